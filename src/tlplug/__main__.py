@@ -1,0 +1,5 @@
+"""``python -m tlplug`` runs the command line."""
+
+from tlplug.cli import main
+
+main()

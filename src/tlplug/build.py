@@ -1,0 +1,135 @@
+"""Turning a recipe into parts: named strategies resolved, then the model assembled.
+
+Resolution happens when an engine is made, so an unknown name or option fails before any
+data is read. Building happens per run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from tlplug.backbone import Backbone, check_groups
+from tlplug.errors import OptionError, TlplugError
+from tlplug.model import TransferModel
+from tlplug.options import resolve_options
+from tlplug.plugins import PluginHost
+from tlplug.recipe import Recipe
+from tlplug.registry import Strategy, split_backbone
+from tlplug.schedule import Stage, check_plan
+from tlplug.weights import LoadReport, backbone_part, load_into, read_state_dict
+
+
+@attrs.frozen
+class Choice:
+    """A strategy picked by name, with its checked, typed options."""
+
+    strategy: Strategy
+    options: dict[str, Any]
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready record of the choice for config.json."""
+        return {"name": self.strategy.name, "plugin": self.strategy.plugin, "options": self.options}
+
+
+@attrs.frozen
+class Parts:
+    """Every strategy of a recipe, resolved."""
+
+    provider: Choice
+    model_name: str
+    head: Choice
+    schedule: Choice
+    lr_schedule: Choice
+    augmentations: tuple[Choice, ...]
+
+
+def resolve(plugins: PluginHost, recipe: Recipe) -> Parts:
+    """Look up every name in ``recipe`` and check every strategy option."""
+    provider_name, model_name = split_backbone(recipe.backbone)
+
+    def choose(kind: str, name: str, options: dict[str, Any]) -> Choice:
+        strategy = plugins.registry(kind).get(name)
+        target = strategy.factory.create if kind == "backbones" else strategy.factory
+        what = f"{strategy.kind.noun} '{name}'"
+        return Choice(strategy, resolve_options(target, options, what))
+
+    unknown = set(recipe.augment_opts) - set(recipe.augment)
+    if unknown:
+        raise OptionError(
+            f"--augment-opt names {', '.join(sorted(unknown))}, which is not in --augment"
+        )
+    return Parts(
+        provider=choose("backbones", provider_name, recipe.backbone_opts),
+        model_name=model_name,
+        head=choose("heads", recipe.head, recipe.head_opts),
+        schedule=choose("schedules", recipe.schedule, recipe.schedule_opts),
+        lr_schedule=choose("lr-schedules", recipe.lr_schedule, recipe.lr_schedule_opts),
+        augmentations=tuple(
+            choose("augmentations", name, recipe.augment_opts.get(name, {}))
+            for name in recipe.augment
+        ),
+    )
+
+
+def build_backbone(parts: Parts, recipe: Recipe) -> tuple[Backbone, LoadReport | None]:
+    """Create the backbone; load ``recipe.weights`` into it when given."""
+    provider = parts.provider.strategy.factory
+    pretrained = recipe.pretrained and not recipe.weights
+    backbone = provider.create(
+        parts.model_name, pretrained, recipe.img_size, **parts.provider.options
+    )
+    try:
+        check_groups(backbone.module, backbone.groups)
+    except ValueError as exc:
+        raise TlplugError(
+            f"provider '{parts.provider.strategy.plugin}' gave bad layer groups for "
+            f"{recipe.backbone}: {exc}"
+        ) from None
+    report = None
+    if recipe.weights:
+        state = backbone_part(read_state_dict(recipe.weights))
+        report = load_into(
+            backbone.module, state, source=str(recipe.weights), classifier=backbone.classifier
+        )
+        backbone.weights = f"file {Path(recipe.weights).resolve()}"
+    return backbone, report
+
+
+def probe(backbone: Backbone, img_size: int, name: str) -> None:
+    """Run one tiny batch through the backbone to check it takes ``img_size`` images."""
+    module = backbone.module
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros(1, 3, img_size, img_size))
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise TlplugError(
+            f"{name} cannot take {img_size}px images ({reason}); try another --img-size"
+        ) from None
+    finally:
+        module.train(was_training)
+    if tuple(out.shape) != (1, backbone.num_features):
+        raise TlplugError(
+            f"{name} gives features of shape {tuple(out.shape)[1:]}, "
+            f"not ({backbone.num_features},) as its provider says"
+        )
+
+
+def build_model(parts: Parts, backbone: Backbone, num_classes: int) -> TransferModel:
+    """Put the recipe's head on ``backbone``."""
+    head = parts.head.strategy.factory(backbone.num_features, num_classes, **parts.head.options)
+    return TransferModel(backbone, head)
+
+
+def make_plan(parts: Parts, groups: list[str], epochs: int) -> list[Stage]:
+    """Ask the schedule for its plan, check it, and drop stages that start after the run."""
+    what = f"schedule '{parts.schedule.strategy.name}'"
+    plan = parts.schedule.strategy.factory(list(groups), epochs, **parts.schedule.options)
+    checked = check_plan(plan, groups, what)
+    return [stage for stage in checked if stage.start < epochs]

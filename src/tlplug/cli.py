@@ -1,0 +1,274 @@
+"""The ``tlplug`` command: run, predict, plugins, list.
+
+Every error a user can cause ends as one line on stderr and a non-zero exit status;
+``TLPLUG_DEBUG=1`` shows the traceback of an unexpected one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import attrs
+import click
+
+from tlplug.errors import OptionError, TlplugError
+from tlplug.options import parse_assignments
+from tlplug.recipe import Recipe
+from tlplug.registry import KINDS
+
+_DEFAULTS = {f.name: f.default for f in attrs.fields(Recipe)}
+
+
+def _default(name: str) -> str:
+    value = _DEFAULTS[name]
+    if isinstance(value, attrs.Factory):
+        value = value.factory()
+    if isinstance(value, tuple):
+        value = ",".join(value) or "none"
+    return f" [default: {value}]"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tlplug")
+def cli() -> None:
+    """Fine-tune pretrained image classifiers from pluggable strategies."""
+
+
+@cli.command()
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    help="Image folder: train/ + val/, or class folders. Default: the built-in synthetic set.",
+)
+@click.option(
+    "--backbone",
+    help="PROVIDER:NAME, e.g. timm:resnet50 or torchvision:vit_b_16." + _default("backbone"),
+)
+@click.option(
+    "--backbone-opt",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Option of the backbone provider (repeatable).",
+)
+@click.option(
+    "--pretrained/--no-pretrained",
+    default=None,
+    help="Start from the provider's pretrained weights. [default: pretrained]",
+)
+@click.option(
+    "--weights",
+    type=click.Path(path_type=Path),
+    help="Backbone weights file (.safetensors, or a state-dict .pth/.pt).",
+)
+@click.option("--head", help="Classification head." + _default("head"))
+@click.option(
+    "--head-opt",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Option of the head, e.g. hidden=4096,4096.",
+)
+@click.option("--schedule", help="Freeze schedule." + _default("schedule"))
+@click.option(
+    "--schedule-opt",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Option of the schedule, e.g. epochs_per_stage=2.",
+)
+@click.option("--lr-schedule", help="Learning-rate schedule." + _default("lr_schedule"))
+@click.option(
+    "--lr-schedule-opt", multiple=True, metavar="KEY=VALUE", help="Option of the LR schedule."
+)
+@click.option(
+    "--augment",
+    multiple=True,
+    help="Training augmentation, repeatable, in order; 'none' for none." + _default("augment"),
+)
+@click.option(
+    "--augment-opt",
+    multiple=True,
+    metavar="NAME.KEY=VALUE",
+    help="Option of an augmentation, e.g. crop.scale=0.5,1.",
+)
+@click.option(
+    "--optimizer",
+    type=click.Choice(["sgd", "adam", "adamw"]),
+    help="Optimizer." + _default("optimizer"),
+)
+@click.option("--lr", type=float, help="Base learning rate." + _default("lr"))
+@click.option(
+    "--weight-decay", type=float, help="Weight decay. [default: sgd 5e-4, adam 0, adamw 0.01]"
+)
+@click.option("--momentum", type=float, help="SGD momentum." + _default("momentum"))
+@click.option("--epochs", type=int, help="Epochs to train." + _default("epochs"))
+@click.option("--batch-size", type=int, help="Images per batch." + _default("batch_size"))
+@click.option("--img-size", type=int, help="Input size in pixels. [default: the backbone's]")
+@click.option("--seed", type=int, help="Random seed." + _default("seed"))
+@click.option("--device", help="auto, cpu or cuda." + _default("device"))
+@click.option("--workers", type=int, help="Data loader processes. [default: cores - 1, at most 8]")
+@click.option(
+    "--val-split",
+    type=float,
+    help="Fraction held out for validation when DATA has no val/ folder. [default: 0.2]",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Run directory. [default: runs/<time>-<backbone>]",
+)
+@click.option("--overwrite", is_flag=True, help="Replace the run in a non-empty --out.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing while training.")
+def run(data, out, overwrite, quiet, **options) -> None:
+    """Fine-tune a backbone on DATA and write a run directory."""
+    from tlplug.engine import Engine
+
+    recipe = _recipe_from_cli(options)
+    engine = Engine.from_plugins(**recipe)
+    engine.fit(data, out=out, overwrite=overwrite, quiet=quiet)
+
+
+def _recipe_from_cli(options: dict) -> dict:
+    """Turn click's option values into recipe keyword arguments (unset ones left out)."""
+    recipe = {}
+    for kind in ("backbone", "head", "schedule", "lr_schedule"):
+        flag = f"--{kind.replace('_', '-')}-opt"
+        given = options.pop(f"{kind}_opt")
+        if given:
+            recipe[f"{kind}_opts"] = parse_assignments(given, flag)
+    augment_opts = options.pop("augment_opt")
+    augment = options.pop("augment")
+    if augment:
+        recipe["augment"] = () if list(augment) == ["none"] else tuple(augment)
+    if augment_opts:
+        nested: dict[str, dict[str, str]] = {}
+        for key, value in parse_assignments(augment_opts, "--augment-opt").items():
+            name, sep, option = key.rpartition(".")
+            if not sep or not name:
+                raise OptionError(f"--augment-opt expects NAME.KEY=VALUE, got '{key}={value}'")
+            nested.setdefault(name, {})[option] = value
+        recipe["augment_opts"] = nested
+    recipe.update({k: v for k, v in options.items() if v is not None})
+    return recipe
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--topk",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Classes to show per image.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option("--device", default="cpu", show_default=True, help="auto, cpu or cuda.")
+def predict(run_dir, images, topk, as_json, device) -> None:
+    """Classify IMAGES (files or folders) with the model of RUN_DIR."""
+    from tlplug.data.folders import list_images
+    from tlplug.engine import Engine
+
+    files: list[Path] = []
+    for path in images:
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                raise TlplugError(f"folder {path} holds no images")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise TlplugError(f"image {path} does not exist")
+    classifier = Engine.load(run_dir, device=device)
+    predictions = classifier.predict(files, topk=topk)
+    if as_json:
+        click.echo(json.dumps([p.to_json() for p in predictions], indent=2))
+        return
+    for p in predictions:
+        top = "  ".join(f"{name} {prob:.3f}" for name, prob in p.top)
+        click.echo(f"{p.source}: {top}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def plugins(as_json) -> None:
+    """List every plugin: distribution, version, status and what it registers."""
+    from tlplug.plugins import PluginHost
+
+    infos = PluginHost().all_infos()
+    if as_json:
+        click.echo(json.dumps([i.to_json() for i in infos], indent=2))
+        return
+    for info in infos:
+        version = f" {info.version}" if info.version else ""
+        click.echo(f"{info.name} ({info.distribution}{version}) {info.status}")
+        if info.error:
+            click.echo(f"    error: {info.error}")
+        for kind, names in info.registers.items():
+            click.echo(f"    {kind}: {', '.join(names)}")
+
+
+@cli.command(name="list")
+@click.argument("kind", type=click.Choice(list(KINDS)))
+@click.argument("pattern", required=False)
+def list_(kind, pattern) -> None:
+    """List registered names of KIND, filtered by a shell-style PATTERN ('timm:*convnext*')."""
+    from tlplug.plugins import PluginHost
+
+    registry = PluginHost().registry(kind)
+    if kind != "backbones":
+        for strategy in registry.strategies(pattern):
+            options = ", ".join(o.describe() for o in strategy.options.values())
+            click.echo(f"{strategy.name:<16} {strategy.description}")
+            if options:
+                click.echo(f"{'':<16}   options: {options}")
+        return
+    provider_pattern, sep, model_pattern = (pattern or "*").rpartition(":")
+    if not sep:
+        provider_pattern, model_pattern = "*", pattern or "*"
+    shown = 0
+    for strategy in registry.strategies(provider_pattern or "*"):
+        provider = strategy.factory
+        for model in provider.list_models(model_pattern):
+            click.echo(f"{strategy.name}:{model:<40} {provider.describe(model)}")
+            shown += 1
+    if not shown:
+        raise TlplugError(
+            f"no backbone matches '{pattern}'; try a wider pattern such as 'timm:*net*'"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning every error into one line and an exit status."""
+    try:
+        cli.main(args=argv, prog_name="tlplug", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "tlplug"
+        click.echo(f"Error: {exc.format_message()} (see '{command} --help')", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        click.echo(f"Error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except TlplugError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("TLPLUG_DEBUG"):
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        click.echo(
+            f"Error: unexpected {type(exc).__name__}: {message} "
+            "(set TLPLUG_DEBUG=1 to see the traceback, and please report it)",
+            err=True,
+        )
+        sys.exit(1)

@@ -1,0 +1,307 @@
+"""The engine: composes the plugins' strategies into one training run; fit and load."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+
+from tlplug import __version__, rundir
+from tlplug.build import Parts, build_backbone, build_model, make_plan, probe, resolve
+from tlplug.console import Console
+from tlplug.data import load_data
+from tlplug.data.loaders import TransformedImages, default_workers, make_loader
+from tlplug.data.transforms import build_transforms
+from tlplug.errors import TlplugError
+from tlplug.freezing import apply_stage, train_mode
+from tlplug.model import BACKBONE_PREFIX, HEAD_PREFIX, TransferModel, count_params
+from tlplug.optim import build_optimizer
+from tlplug.plugins import PluginHost
+from tlplug.recipe import Recipe
+from tlplug.run import Run
+from tlplug.schedule import stage_at
+from tlplug.training import evaluate, train_epoch
+from tlplug.weights import save_atomic
+
+
+@attrs.frozen
+class FitResult:
+    """What :meth:`Engine.fit` returns: the outcome and where the run directory is."""
+
+    best_val_acc: float
+    best_epoch: int
+    final_val_acc: float
+    run_dir: Path
+    history: list[dict[str, Any]]
+
+
+class Engine:
+    """A recipe bound to a set of plugins; trains runs and loads them back."""
+
+    def __init__(self, plugins: PluginHost, recipe: Recipe):
+        self.plugins = plugins
+        self.parts: Parts = resolve(plugins, recipe)
+        # Keep the options typed as the strategies declare them, so config.json is exact.
+        self.recipe = attrs.evolve(
+            recipe,
+            backbone_opts=self.parts.provider.options,
+            head_opts=self.parts.head.options,
+            schedule_opts=self.parts.schedule.options,
+            lr_schedule_opts=self.parts.lr_schedule.options,
+            augment_opts={
+                c.strategy.name: c.options for c in self.parts.augmentations if c.options
+            },
+        )
+
+    @classmethod
+    def from_plugins(cls, *plugins: Any, entrypoints: bool = True, **recipe: Any) -> Engine:
+        """Build an engine from plugin objects or modules plus (unless turned off) every
+        installed plugin; ``recipe`` keys mirror the CLI options (``backbone=``, ``lr=``...)."""
+        return cls(PluginHost(plugins, entrypoints=entrypoints), Recipe.from_kwargs(**recipe))
+
+    def fit(
+        self,
+        data: str | os.PathLike | None = None,
+        *,
+        epochs: int | None = None,
+        out: str | os.PathLike | None = None,
+        overwrite: bool = False,
+        quiet: bool = False,
+    ) -> FitResult:
+        """Train on ``data`` (a folder; None for the synthetic set) and write a run directory."""
+        recipe = attrs.evolve(self.recipe, epochs=epochs) if epochs is not None else self.recipe
+        recipe.check()
+        console = Console(quiet)
+        out_dir = Path(out) if out is not None else rundir.default_run_dir(recipe.backbone)
+        rundir.check_run_dir(out_dir, overwrite)
+        seed_everything(recipe.seed)
+        splits = load_data(data, recipe.val_split, recipe.seed)
+        device = pick_device(recipe.device)
+
+        backbone, report = build_backbone(self.parts, recipe)
+        img_size = recipe.img_size or splits.img_size or backbone.data_config.input_size
+        probe(backbone, img_size, recipe.backbone)
+        model = build_model(self.parts, backbone, len(splits.classes))
+        plan = make_plan(self.parts, model.group_names(), recipe.epochs)
+
+        augmentations = [
+            c.strategy.factory(img_size, **c.options) for c in self.parts.augmentations
+        ]
+        train_tf, eval_tf = build_transforms(backbone.data_config, img_size, augmentations)
+        workers = default_workers() if recipe.workers is None else recipe.workers
+        loader_args = dict(workers=workers, seed=recipe.seed, pin_memory=device.type == "cuda")
+        train_loader = make_loader(
+            TransformedImages(splits.train, train_tf), recipe.batch_size, train=True, **loader_args
+        )
+        val_loader = make_loader(
+            TransformedImages(splits.val, eval_tf), recipe.batch_size, train=False, **loader_args
+        )
+
+        model.to(device)
+        optimizer = build_optimizer(model, recipe)
+        lr_choice = self.parts.lr_schedule
+        scheduler = lr_choice.strategy.factory(
+            optimizer, recipe.epochs * len(train_loader), len(train_loader), **lr_choice.options
+        )
+
+        config = {
+            "tlplug_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "recipe": recipe.to_json(),
+            "resolved": {
+                "backbone": {
+                    "provider": self.parts.provider.describe(),
+                    "model": self.parts.model_name,
+                    "weights": backbone.weights,
+                    "weights_report": report.summary() if report else None,
+                    "num_features": backbone.num_features,
+                    "classifier_keys": list(backbone.classifier),
+                },
+                "state_dict_prefixes": {"backbone": BACKBONE_PREFIX, "head": HEAD_PREFIX},
+                "img_size": img_size,
+                "data_config": backbone.data_config.to_json(),
+                "classes": list(splits.classes),
+                "data": {**splits.info, "num_train": len(splits.train), "num_val": len(splits.val)},
+                "groups": [
+                    {"name": g.name, "params": count_params(model.group_params(g.name))}
+                    for g in model.groups
+                ],
+                "plan": [s.to_json() for s in plan],
+                "head": self.parts.head.describe(),
+                "schedule": self.parts.schedule.describe(),
+                "lr_schedule": lr_choice.describe(),
+                "augmentations": [c.describe() for c in self.parts.augmentations],
+                "weight_decay": recipe.resolved_weight_decay,
+                "workers": workers,
+                "device": str(device),
+            },
+            "versions": _versions(),
+        }
+        rundir.claim_run_dir(out_dir, overwrite)
+        rundir.write_json(out_dir / rundir.CONFIG, config)
+        run = Run(
+            recipe, config, model, optimizer, scheduler, plan, splits.classes, out_dir, device
+        )
+        _announce(console, run, backbone.weights, report, splits, img_size)
+        self.plugins.hook.tlplug_run_start(run=run)
+        return self._train(run, train_loader, val_loader, console)
+
+    def _train(self, run: Run, train_loader, val_loader, console: Console) -> FitResult:
+        recipe, model = run.recipe, run.model
+        started = time.perf_counter()
+        best_acc, best_epoch, best_loss = -1.0, 0, float("inf")
+        stage_index, trainable_params = -1, 0
+        per_class: tuple[list[int], list[int]] = ([], [])
+        for epoch in range(1, recipe.epochs + 1):
+            run.epoch = epoch
+            index = stage_at(run.plan, epoch - 1)
+            stage = run.plan[index]
+            if index != stage_index:
+                stage_index = run.stage = index
+                trainable_params = apply_stage(model, stage.trainable)
+                console.say(
+                    f"stage {index + 1}/{len(run.plan)} '{stage.name}' from epoch {epoch}: "
+                    f"training {', '.join(stage.trainable)} ({trainable_params:,} parameters)"
+                )
+                self.plugins.hook.tlplug_stage_start(run=run, stage=stage)
+            train_mode(model, stage.trainable)
+            train = train_epoch(
+                model, train_loader, run.optimizer, run.lr_scheduler, run.device, console, epoch
+            )
+            val, correct, count = evaluate(model, val_loader, run.device, len(run.classes))
+            record = {
+                "epoch": epoch,
+                "stage": index,
+                "stage_name": stage.name,
+                "trainable_groups": list(stage.trainable),
+                "trainable_params": trainable_params,
+                "train_loss": train.loss,
+                "train_acc": train.acc,
+                "val_loss": val.loss,
+                "val_acc": val.acc,
+                "lr": {g["name"]: g["lr"] for g in run.optimizer.param_groups},
+                "seconds": round(train.seconds + val.seconds, 3),
+                "images_per_s": round(train.images / max(train.seconds, 1e-9), 1),
+            }
+            if (val.acc, -val.loss) > (best_acc, -best_loss):
+                best_acc, best_loss, best_epoch = val.acc, val.loss, epoch
+                per_class = (correct, count)
+                save_weights(model, run.run_dir / rundir.WEIGHTS, run.config)
+            self.plugins.hook.tlplug_epoch_end(run=run, record=record)
+            run.history.append(record)
+            rundir.append_jsonl(run.run_dir / rundir.METRICS, record)
+            console.say(_epoch_line(record, recipe.epochs, best_epoch == epoch))
+        summary = {
+            "best_val_acc": best_acc,
+            "best_epoch": best_epoch,
+            "final_val_acc": run.history[-1]["val_acc"],
+            "epochs": recipe.epochs,
+            "seconds": round(time.perf_counter() - started, 2),
+            "classes": list(run.classes),
+            "num_train": run.config["resolved"]["data"]["num_train"],
+            "num_val": run.config["resolved"]["data"]["num_val"],
+            "per_class_val_acc": {
+                name: (c / n if n else None)
+                for name, c, n in zip(run.classes, *per_class, strict=True)
+            },
+        }
+        self.plugins.hook.tlplug_run_end(run=run, summary=summary)
+        rundir.write_json(run.run_dir / rundir.SUMMARY, summary)
+        console.say(
+            f"best val_acc {best_acc:.4f} at epoch {best_epoch}; run saved in {run.run_dir}\n"
+            f"predict with: tlplug predict {run.run_dir} IMAGE..."
+        )
+        return FitResult(best_acc, best_epoch, summary["final_val_acc"], run.run_dir, run.history)
+
+    @classmethod
+    def load(
+        cls,
+        run_dir: str | os.PathLike,
+        *plugins: Any,
+        entrypoints: bool = True,
+        device: str = "cpu",
+    ):
+        """Rebuild the best model of a run directory, ready to predict (a :class:`Classifier`)."""
+        from tlplug.predict import load_classifier
+
+        return load_classifier(Path(run_dir), PluginHost(plugins, entrypoints=entrypoints), device)
+
+
+def save_weights(model: TransferModel, path: Path, config: dict[str, Any]) -> None:
+    """Write ``model``'s weights with the facts a reader needs in the safetensors metadata."""
+    metadata = {
+        "format": "pt",
+        "tlplug_version": __version__,
+        "backbone": config["recipe"]["backbone"],
+        "backbone_prefix": BACKBONE_PREFIX,
+        "head_prefix": HEAD_PREFIX,
+    }
+    save_atomic(model.state_dict(), path, metadata)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else CPU; an unavailable CUDA is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TlplugError(
+            "--device cuda was asked for but no CUDA GPU is available; use --device cpu"
+        )
+    return torch.device(name)
+
+
+def _announce(console: Console, run: Run, weights: str, report, splits, img_size: int) -> None:
+    recipe = run.recipe
+    counts = ", ".join(
+        f"{name} {list(splits.train.labels).count(i)}" for i, name in enumerate(splits.classes)
+    )
+    console.say(
+        f"tlplug {__version__}: {recipe.backbone} ({weights}) on {run.device}, {img_size}px"
+    )
+    if report is not None:
+        console.say(f"weights {recipe.weights}: {report.summary()}")
+    console.say(
+        f"data: {len(splits.train)} train / {len(splits.val)} val images, "
+        f"{len(splits.classes)} classes ({counts})"
+    )
+    groups = ", ".join(f"{g['name']} {g['params']:,}" for g in run.config["resolved"]["groups"])
+    console.say(f"groups: {groups}")
+    plan = "; ".join(f"epoch {s.start + 1}: {s.name}" for s in run.plan)
+    console.say(f"schedule {recipe.schedule}: {plan}")
+    console.say(f"run directory: {run.run_dir}")
+
+
+def _epoch_line(record: dict[str, Any], epochs: int, best: bool) -> str:
+    lrs = sorted(set(record["lr"].values()))
+    lr = f"{lrs[0]:.2e}" if len(lrs) == 1 else f"{lrs[0]:.2e}..{lrs[-1]:.2e}"
+    return (
+        f"epoch {record['epoch']}/{epochs} [{record['stage_name']}] "
+        f"train_loss {record['train_loss']:.4f} val_loss {record['val_loss']:.4f} "
+        f"val_acc {record['val_acc']:.4f}{' *' if best else ''} lr {lr} "
+        f"{record['seconds']:.1f}s {record['images_per_s']:.0f} img/s"
+    )
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as metadata
+
+    found = {}
+    for name in ("torch", "torchvision", "timm"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found

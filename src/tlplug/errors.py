@@ -1,0 +1,58 @@
+"""Errors a user can act on: each carries a one-line message that says what to do."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class TlplugError(Exception):
+    """Base class for every error tlplug reports to a user as a single line."""
+
+
+class UnknownNameError(TlplugError, KeyError):
+    """A strategy, provider or model name that nothing registered."""
+
+    def __init__(self, kind: str, name: str, choices: Iterable[str], hint: str = ""):
+        self.kind = kind
+        self.name = name
+        self.choices = sorted(set(choices))
+        message = f"unknown {kind} '{name}'"
+        matches = close_matches(name, self.choices)
+        if matches:
+            message += f"; did you mean {_quoted_or(matches)}?"
+        elif 0 < len(self.choices) <= 12:
+            message += f"; choose one of {', '.join(self.choices)}"
+        if hint:
+            message += f" ({hint})"
+        super().__init__(message)
+
+    def __str__(self) -> str:  # KeyError would otherwise add quotes around the message
+        return self.args[0]
+
+
+class OptionError(TlplugError):
+    """A strategy option that does not exist or has a value of the wrong type."""
+
+
+class DataError(TlplugError):
+    """A data folder that is missing, empty or laid out in a way tlplug cannot read."""
+
+
+class WeightsError(TlplugError):
+    """Weights that cannot be fetched, read or matched to the model."""
+
+
+def close_matches(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
+    """Return up to ``n`` names from ``choices`` that look like ``name``, best first."""
+    choices = list(choices)
+    matches = difflib.get_close_matches(name, choices, n=n, cutoff=0.6)
+    if not matches:
+        lowered = {c.lower(): c for c in choices}
+        matches = [lowered[m] for m in difflib.get_close_matches(name.lower(), lowered, n=n)]
+    return matches
+
+
+def _quoted_or(names: list[str]) -> str:
+    quoted = [f"'{n}'" for n in names]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]

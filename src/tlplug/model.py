@@ -1,0 +1,82 @@
+"""The trained network: a provider's backbone plus a head, with named layer groups.
+
+State-dict keys are ``backbone.<the provider's own key>`` and ``head.<key>``, so the
+backbone part of a saved model loads into the plain timm or torchvision model of the same
+name after stripping :data:`BACKBONE_PREFIX`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from tlplug.backbone import Backbone, LayerGroup
+
+BACKBONE_PREFIX = "backbone."
+HEAD_PREFIX = "head."
+HEAD_GROUP = "head"
+
+
+class TransferModel(nn.Module):
+    """``head(backbone(images))``, with the backbone's groups followed by the head group."""
+
+    def __init__(self, backbone: Backbone, head: nn.Module):
+        super().__init__()
+        self.backbone = backbone.module
+        self.head = head
+        self.groups: list[LayerGroup] = [
+            LayerGroup(g.name, tuple(BACKBONE_PREFIX + p for p in g.params))
+            for g in backbone.groups
+        ]
+        self.groups.append(
+            LayerGroup(HEAD_GROUP, tuple(HEAD_PREFIX + n for n, _ in head.named_parameters()))
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits for a batch of normalized images."""
+        return self.head(self.backbone(images))
+
+    def group_names(self) -> list[str]:
+        """Layer-group names, stem to head."""
+        return [g.name for g in self.groups]
+
+    def group_params(self, name: str) -> list[nn.Parameter]:
+        """The parameters of group ``name``."""
+        params = dict(self.named_parameters())
+        group = next(g for g in self.groups if g.name == name)
+        return [params[p] for p in group.params]
+
+    def group_modules(self) -> dict[str, str]:
+        """Map every module that holds parameters or buffers to its group's name."""
+        owner = {p: g.name for g in self.groups for p in g.params}
+        found = {}
+        ordered = [n for n, _ in self.named_parameters()]
+        for path, module in self.named_modules():
+            own = [f"{path}.{n}" for n, _ in module.named_parameters(recurse=False)]
+            if own:
+                found[path] = owner[own[0]]
+            elif any(True for _ in module.buffers(recurse=False)):
+                found[path] = owner[_nearest(path, ordered)] if ordered else HEAD_GROUP
+        return found
+
+
+def count_params(params: Sequence[nn.Parameter]) -> int:
+    """Number of scalars in ``params``."""
+    return sum(p.numel() for p in params)
+
+
+def _nearest(path: str, names: list[str]) -> str:
+    """The parameter sharing the longest module path with ``path`` (for parameter-less norms)."""
+    parts = path.split(".")
+
+    def shared(name: str) -> int:
+        count = 0
+        for a, b in zip(parts, name.split("."), strict=False):
+            if a != b:
+                break
+            count += 1
+        return count
+
+    return max(names, key=shared)

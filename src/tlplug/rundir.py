@@ -1,0 +1,98 @@
+"""The run directory, a contract other tools read.
+
+- ``config.json``: the recipe and everything resolved from it; rebuilds the model.
+- ``metrics.jsonl``: one JSON object per epoch.
+- ``summary.json``: the outcome (best and final accuracy, classes, sizes, time).
+- ``model.safetensors``: the best weights, keys ``backbone.*`` (provider names) and ``head.*``.
+
+Files are written whole through a temporary file and a rename, so a reader never sees half
+of one. A directory is only claimed once the run is certain to start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tlplug.errors import TlplugError
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+WEIGHTS = "model.safetensors"
+RUN_FILES = (CONFIG, METRICS, SUMMARY, WEIGHTS)
+
+
+def default_run_dir(backbone: str, root: Path = Path("runs")) -> Path:
+    """A new directory under ``runs/`` named by time and backbone."""
+    stem = time.strftime("%Y%m%d-%H%M%S") + "-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", backbone)
+    path, n = root / stem, 1
+    while path.exists():
+        n += 1
+        path = root / f"{stem}-{n}"
+    return path
+
+
+def check_run_dir(path: Path, overwrite: bool) -> None:
+    """Refuse a directory that holds anything unless ``overwrite`` and it is a tlplug run."""
+    if path.exists() and not path.is_dir():
+        raise TlplugError(f"--out {path} is a file; choose a directory")
+    if not path.exists() or not any(path.iterdir()):
+        return
+    if not overwrite:
+        raise TlplugError(
+            f"run directory {path} is not empty; pass --overwrite to replace the run in it, "
+            "or choose another --out"
+        )
+    if not (path / CONFIG).is_file():
+        raise TlplugError(
+            f"--overwrite refused: {path} is not empty and holds no tlplug run ({CONFIG} missing)"
+        )
+
+
+def claim_run_dir(path: Path, overwrite: bool) -> None:
+    """Create ``path`` or, with ``overwrite``, remove the previous run's files from it."""
+    check_run_dir(path, overwrite)
+    path.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FILES:
+        (path / name).unlink(missing_ok=True)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as out:
+            json.dump(data, out, indent=2)
+            out.write("\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line to ``path`` and flush it to disk."""
+    with open(path, "a") as out:
+        out.write(json.dumps(record) + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file of a run directory, with a clear error if it is missing or broken."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise TlplugError(
+            f"{path.parent} is not a tlplug run directory ({path.name} missing)"
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TlplugError(f"{path} is not valid JSON ({exc})") from None

@@ -1,0 +1,75 @@
+"""Freeze schedules as data: a plan is a list of stages, each naming the groups that train.
+
+A schedule plugin turns (group names, epochs) into a plan once; the engine then looks up the
+stage of each epoch. Because the plan is plain data it is printed before training, written
+to config.json, and is all a resumed run needs to know where it stands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+
+from tlplug.errors import TlplugError
+
+
+@attrs.frozen
+class Stage:
+    """From epoch ``start`` (0-based) on, exactly the groups in ``trainable`` train."""
+
+    start: int
+    trainable: tuple[str, ...] = attrs.field(converter=tuple)
+    name: str = ""
+
+    def to_json(self) -> dict:
+        """Return the stage as a JSON-ready dict."""
+        return {"start": self.start, "name": self.name, "trainable": list(self.trainable)}
+
+
+def top_groups(groups: Sequence[str], count: int) -> tuple[str, ...]:
+    """The last ``count`` groups (the head and the ``count - 1`` groups below it)."""
+    return tuple(groups[max(0, len(groups) - count) :])
+
+
+def stage_name(groups: Sequence[str], trainable: Sequence[str]) -> str:
+    """A short name: ``head``, ``full``, or ``layer3..head`` for a top-down slice."""
+    if len(trainable) == len(groups):
+        return "full"
+    if list(trainable) == list(groups[-1:]):
+        return groups[-1]
+    return f"{trainable[0]}..{trainable[-1]}"
+
+
+def check_plan(plan: Sequence[Stage], groups: Sequence[str], what: str) -> list[Stage]:
+    """Validate a plan from a schedule plugin and name its unnamed stages."""
+    if not plan:
+        raise TlplugError(f"{what} produced no stages")
+    checked = []
+    for index, stage in enumerate(plan):
+        if not isinstance(stage, Stage):
+            raise TlplugError(
+                f"{what} must return tlplug.Stage objects, got {type(stage).__name__}"
+            )
+        unknown = [g for g in stage.trainable if g not in groups]
+        if unknown:
+            raise TlplugError(
+                f"{what} names unknown group(s) {', '.join(unknown)}; "
+                f"groups are {', '.join(groups)}"
+            )
+        if index == 0 and stage.start != 0:
+            raise TlplugError(f"{what}: the first stage must start at epoch 0")
+        if index and stage.start <= plan[index - 1].start:
+            raise TlplugError(f"{what}: stage starts must increase")
+        ordered = tuple(g for g in groups if g in stage.trainable)
+        checked.append(Stage(stage.start, ordered, stage.name or stage_name(groups, ordered)))
+    return checked
+
+
+def stage_at(plan: Sequence[Stage], epoch: int) -> int:
+    """Index of the stage in force at ``epoch`` (0-based)."""
+    index = 0
+    for i, stage in enumerate(plan):
+        if stage.start <= epoch:
+            index = i
+    return index

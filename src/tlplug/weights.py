@@ -1,0 +1,176 @@
+"""Reading and writing weights files safely: safetensors, or tensors-only torch pickles.
+
+Nothing here unpickles arbitrary objects: ``.pth``/``.pt``/``.bin`` files are read with
+``torch.load(weights_only=True)``, which refuses any pickle that would run code.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import attrs
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from tlplug.errors import WeightsError
+
+# Wrappers that training scripts put around a state dict, innermost model weights last.
+_WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict from a safetensors file or a tensors-only torch checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(path, device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise WeightsError(
+                f"{path} is not a readable safetensors file ({_first_line(exc)}); "
+                "it may be truncated, download or copy it again"
+            ) from None
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise WeightsError(
+            f"refusing to load {path}: it holds pickled objects, not just tensors "
+            f"({_first_line(exc)}); save a plain state_dict or use safetensors"
+        ) from None
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise WeightsError(
+            f"{path} is not a readable torch checkpoint ({_first_line(exc)})"
+        ) from None
+    return _unwrap(loaded, path)
+
+
+def _unwrap(loaded: object, path: Path) -> dict[str, torch.Tensor]:
+    while isinstance(loaded, Mapping):
+        inner = next((loaded[k] for k in _WRAPPER_KEYS if isinstance(loaded.get(k), Mapping)), None)
+        if inner is None:
+            break
+        loaded = inner
+    if not isinstance(loaded, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in loaded.values()
+    ):
+        raise WeightsError(f"{path} does not hold a state dict of tensors")
+    state = dict(loaded)
+    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel/DDP
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+@attrs.frozen
+class LoadReport:
+    """What loading a weights file into a module matched and what it left out."""
+
+    loaded: int
+    ignored_classifier: tuple[str, ...]
+    unexpected: tuple[str, ...]
+
+    def summary(self) -> str:
+        """One line for the console."""
+        parts = [f"loaded {self.loaded} tensors"]
+        if self.ignored_classifier:
+            parts.append(f"ignored {len(self.ignored_classifier)} classifier tensors")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} unmatched in file ({_some(self.unexpected)})")
+        return "; ".join(parts)
+
+
+def load_into(
+    module: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    *,
+    source: str,
+    classifier: tuple[str, ...] = (),
+) -> LoadReport:
+    """Copy the tensors of ``state`` that ``module`` has; report what did not match.
+
+    Keys under a ``classifier`` prefix are dropped. Keys the model lacks are reported. A
+    shape mismatch, or a model tensor the file lacks, is an error naming the keys: the file
+    is for another model.
+    """
+    own = module.state_dict()
+    ignored = tuple(k for k in state if any(k == c or k.startswith(c + ".") for c in classifier))
+    candidates = {k: v for k, v in state.items() if k not in ignored}
+    matched = {k: v for k, v in candidates.items() if k in own}
+    mismatched = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in matched.items()
+        if v.shape != own[k].shape
+    ]
+    if mismatched:
+        raise WeightsError(
+            f"{source} does not fit this model: {len(mismatched)} tensor shapes differ "
+            f"({_some(mismatched)}); is it for another architecture?"
+        )
+    missing = [k for k in own if k not in matched and not _is_counter(k)]
+    if missing:
+        raise WeightsError(
+            f"{source} lacks {len(missing)} of this model's tensors ({_some(missing)}; "
+            f"the file has {_some(list(state))}); is it for another architecture?"
+        )
+    module.load_state_dict(matched, strict=False)
+    return LoadReport(
+        loaded=len(matched),
+        ignored_classifier=ignored,
+        unexpected=tuple(k for k in candidates if k not in own),
+    )
+
+
+def save_atomic(state: Mapping[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write ``state`` as safetensors to ``path`` via a temporary file and a rename."""
+    tensors, seen = {}, set()
+    for key, tensor in state.items():
+        tensor = tensor.detach().to("cpu").contiguous()
+        storage = tensor.untyped_storage().data_ptr()
+        if storage in seen:  # tied weights: safetensors refuses tensors that share memory
+            tensor = tensor.clone()
+        seen.add(tensor.untyped_storage().data_ptr())
+        tensors[key] = tensor
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        save_file(tensors, temp, metadata=metadata)
+        with open(temp, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+
+
+def _is_counter(key: str) -> bool:
+    return key.endswith("num_batches_tracked")
+
+
+def _some(keys: list[str] | tuple[str, ...], n: int = 3) -> str:
+    shown = ", ".join(keys[:n])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+def backbone_part(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The backbone tensors of a tlplug ``model.safetensors``, under the provider's own names.
+
+    Any other state dict is returned unchanged, so a run's weights can start a new run.
+    """
+    from tlplug.model import BACKBONE_PREFIX, HEAD_PREFIX
+
+    if state and all(k.startswith((BACKBONE_PREFIX, HEAD_PREFIX)) for k in state):
+        return {
+            k[len(BACKBONE_PREFIX) :]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)
+        }
+    return dict(state)

@@ -1,0 +1,211 @@
+"""Plugin discovery: built-ins via entry points, a real pip-installed third-party package,
+plugin objects passed to the engine, and a broken plugin that harms nothing else."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomllib
+
+from tlplug import Engine, Stage, hookimpl
+from tlplug.builtin import BUILTIN_PLUGINS
+from tlplug.plugins import PluginHost
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = Path(__file__).parent / "fixtures" / "tlplug-demo-plugin"
+
+
+@pytest.fixture(scope="session")
+def demo_site(tmp_path_factory) -> Path:
+    """The demo plugin pip-installed (for real) into a folder of its own."""
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(DEMO),
+        ],
+        check=True,
+    )
+    return target
+
+
+def tlplug(*args: str, site: Path, **env: str) -> subprocess.CompletedProcess:
+    """Run the installed ``tlplug`` command with ``site`` on the path."""
+    environ = {**os.environ, "PYTHONPATH": str(site), **env}
+    return subprocess.run(
+        [sys.executable, "-m", "tlplug", *args], capture_output=True, text=True, env=environ
+    )
+
+
+def test_builtins_are_declared_as_entry_points():
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"][
+        "tlplug"
+    ]
+    assert declared == BUILTIN_PLUGINS
+
+
+def test_builtins_are_found_through_entry_points():
+    infos = {i.name: i for i in PluginHost().all_infos()}
+    assert set(BUILTIN_PLUGINS) <= set(infos)
+    assert infos["heads"].distribution == "tlplug"
+    assert infos["heads"].registers == {"heads": ["linear", "mlp"]}
+
+
+def test_installed_plugin_is_listed_with_its_distribution(demo_site):
+    result = tlplug("plugins", "--json", site=demo_site)
+    assert result.returncode == 0, result.stderr
+    infos = {i["name"]: i for i in json.loads(result.stdout)}
+    demo = infos["demo"]
+    assert (demo["distribution"], demo["version"], demo["status"]) == (
+        "tlplug-demo-plugin",
+        "1.2.3",
+        "loaded",
+    )
+    assert demo["registers"] == {"heads": ["zero-linear"], "schedules": ["head-then-top2"]}
+    broken = infos["broken"]
+    assert broken["status"] == "failed"
+    assert "needs a package that is not installed" in broken["error"]
+    assert infos["timm"]["status"] == "loaded"
+
+    text = tlplug("plugins", site=demo_site).stdout
+    assert "demo (tlplug-demo-plugin 1.2.3) loaded" in text
+    assert "broken (tlplug-demo-plugin 1.2.3) failed" in text
+
+
+def test_installed_plugin_strategies_are_usable_by_name(demo_site, image_folder, tmp_path):
+    listed = tlplug("list", "heads", site=demo_site).stdout
+    assert "zero-linear" in listed and "A linear head that starts at zero." in listed
+    log = tmp_path / "hook.log"
+    result = tlplug(
+        "run",
+        "--data",
+        str(image_folder),
+        "--backbone",
+        "timm:resnet10t",
+        "--no-pretrained",
+        "--img-size",
+        "32",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--head",
+        "zero-linear",
+        "--schedule",
+        "head-then-top2",
+        "--out",
+        str(tmp_path / "run"),
+        site=demo_site,
+        TLPLUG_DEMO_LOG=str(log),
+    )
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["resolved"]["head"] == {"name": "zero-linear", "plugin": "demo", "options": {}}
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [m["trainable_groups"] for m in metrics] == [["head"], ["layer4", "head"]]
+    assert [m["demo_plugin_saw_epoch"] for m in metrics] == [1, 2]
+    assert [json.loads(line) for line in log.open()] == [
+        {"epoch": 1, "stage": "head"},
+        {"epoch": 2, "stage": "layer4..head"},
+    ]
+
+
+class Recorder:
+    """A plugin object: registers a schedule and watches every lifecycle hook."""
+
+    name = "recorder"
+
+    def __init__(self):
+        self.calls = []
+
+    @hookimpl
+    def tlplug_register_schedules(self, register):
+        register("top-only", self.top_only)
+
+    def top_only(self, groups, epochs, *, top: int = 2):
+        """Train the top ``top`` groups throughout."""
+        return [Stage(0, groups[-top:])]
+
+    @hookimpl
+    def tlplug_run_start(self, run):
+        self.calls.append(("run_start", run.recipe.schedule))
+        run.config["recorder"] = "was here"
+
+    @hookimpl
+    def tlplug_stage_start(self, run, stage):
+        self.calls.append(("stage_start", stage.trainable))
+
+    @hookimpl
+    def tlplug_epoch_end(self, run, record):
+        self.calls.append(("epoch_end", record["epoch"]))
+
+    @hookimpl
+    def tlplug_run_end(self, run, summary):
+        self.calls.append(("run_end", summary["epochs"]))
+        summary["recorder"] = True
+
+
+def test_plugin_object_takes_part_like_an_installed_one(image_folder, tmp_path, tiny):
+    recorder = Recorder()
+    engine = Engine.from_plugins(
+        recorder, entrypoints=False, **tiny, schedule="top-only", schedule_opts={"top": "3"}
+    )
+    result = engine.fit(image_folder, out=tmp_path / "run", quiet=True)
+    assert recorder.calls == [
+        ("run_start", "top-only"),
+        ("stage_start", ("layer3", "layer4", "head")),
+        ("epoch_end", 1),
+        ("epoch_end", 2),
+        ("run_end", 2),
+    ]
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["recorder"] is True
+    assert engine.recipe.schedule_opts == {"top": 3}
+
+
+def test_plugin_failing_while_registering_is_reported_and_skipped():
+    class Faulty:
+        name = "faulty"
+
+        @hookimpl
+        def tlplug_register_heads(self, register):
+            raise RuntimeError("cannot register today")
+
+    host = PluginHost([Faulty()], entrypoints=False)
+    assert host.registry("heads").names() == ["linear", "mlp"]
+    info = host.infos["faulty"]
+    assert info.status == "failed" and "cannot register today" in info.error
+
+
+def test_docs_plugin_example_runs(image_folder, tmp_path, tiny):
+    """The schedule plugin of docs/getting-started.md works as written."""
+    import re
+    import types
+
+    text = (ROOT / "docs" / "getting-started.md").read_text()
+    code = re.search(r"```python\n(# my_schedules.py\n.*?)```", text, re.S).group(1)
+    module = types.ModuleType("my_schedules")
+    exec(compile(code, "my_schedules.py", "exec"), module.__dict__)
+    tiny.update(schedule="top-half", schedule_opts={"warm_epochs": "1"})
+    result = Engine.from_plugins(module, entrypoints=False, **tiny).fit(
+        image_folder, out=tmp_path, quiet=True
+    )
+    assert [h["trainable_groups"] for h in result.history] == [
+        ["head"],
+        ["layer3", "layer4", "head"],
+    ]

@@ -1,0 +1,136 @@
+"""Freeze schedules: the plans they make, and what freezing does to tensors (bit for bit)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tlplug import Engine, Stage, TlplugError, hookimpl
+from tlplug.builtin import schedules
+from tlplug.errors import OptionError
+from tlplug.schedule import check_plan, stage_at
+
+GROUPS = ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
+
+
+def trainable(plan):
+    return [(s.start, s.trainable) for s in plan]
+
+
+def test_full_and_linear_probe():
+    assert trainable(schedules.full(GROUPS, 3)) == [(0, tuple(GROUPS))]
+    assert trainable(schedules.linear_probe(GROUPS, 3)) == [(0, ("head",))]
+
+
+def test_freeze_unfreeze():
+    assert trainable(schedules.freeze_unfreeze(GROUPS, 5, frozen_epochs=2)) == [
+        (0, ("head",)),
+        (2, tuple(GROUPS)),
+    ]
+    assert trainable(schedules.freeze_unfreeze(GROUPS, 5, frozen_epochs=0)) == [(0, tuple(GROUPS))]
+
+
+def test_gradual():
+    plan = schedules.gradual(GROUPS, 10, epochs_per_stage=2, groups_per_stage=2)
+    assert trainable(plan) == [
+        (0, ("head",)),
+        (2, ("layer3", "layer4", "head")),
+        (4, ("layer1", "layer2", "layer3", "layer4", "head")),
+        (6, tuple(GROUPS)),
+    ]
+    with pytest.raises(OptionError):
+        schedules.gradual(GROUPS, 10, epochs_per_stage=0)
+
+
+def test_milestones():
+    plan = schedules.milestones(GROUPS, 20, at=(10, 15), groups_per_stage=1)
+    assert trainable(plan) == [
+        (0, ("head",)),
+        (10, ("layer4", "head")),
+        (15, ("layer3", "layer4", "head")),
+    ]
+    with pytest.raises(OptionError, match="increasing"):
+        schedules.milestones(GROUPS, 20, at=(15, 10))
+
+
+def test_check_plan_names_stages_and_rejects_bad_plans():
+    plan = check_plan([Stage(0, ["head"]), Stage(2, ["head", "layer4"])], GROUPS, "s")
+    assert [s.name for s in plan] == ["head", "layer4..head"]
+    assert plan[1].trainable == ("layer4", "head")
+    with pytest.raises(TlplugError, match="unknown group"):
+        check_plan([Stage(0, ["layer9"])], GROUPS, "s")
+    with pytest.raises(TlplugError, match="first stage must start at epoch 0"):
+        check_plan([Stage(1, ["head"])], GROUPS, "s")
+    with pytest.raises(TlplugError, match="must increase"):
+        check_plan([Stage(0, ["head"]), Stage(0, GROUPS)], GROUPS, "s")
+    assert [stage_at(plan, e) for e in range(4)] == [0, 0, 1, 1]
+
+
+class Snapshots:
+    """Records every tensor of the model, and the optimizer object, after each epoch."""
+
+    name = "snapshots"
+
+    def __init__(self):
+        self.states, self.optimizers, self.groups = [], [], {}
+
+    def _take(self, run):
+        self.states.append({k: v.detach().clone() for k, v in run.model.state_dict().items()})
+        self.optimizers.append(run.optimizer)
+
+    @hookimpl
+    def tlplug_run_start(self, run):
+        owner = run.model.group_modules()
+        for key in run.model.state_dict():
+            self.groups[key] = owner[key.rpartition(".")[0]]
+        self._take(run)
+
+    @hookimpl
+    def tlplug_epoch_end(self, run, record):
+        self._take(run)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "options", "epochs"),
+    [
+        ("linear-probe", {}, 2),
+        ("freeze-unfreeze", {"frozen_epochs": 1}, 2),
+        ("gradual", {"epochs_per_stage": 1}, 3),
+        ("milestones", {"at": "2"}, 3),
+    ],
+)
+def test_frozen_groups_stay_bit_identical(schedule, options, epochs, image_folder, tmp_path, tiny):
+    spy = Snapshots()
+    tiny.update(schedule=schedule, schedule_opts=options, epochs=epochs, optimizer="sgd", lr=0.05)
+    result = Engine.from_plugins(spy, entrypoints=False, **tiny).fit(
+        image_folder, out=tmp_path, quiet=True
+    )
+    assert all(o is spy.optimizers[0] for o in spy.optimizers)
+    for epoch, record in enumerate(result.history, start=1):
+        before, after = spy.states[epoch - 1], spy.states[epoch]
+        for key, group in spy.groups.items():
+            same = torch.equal(before[key], after[key])
+            if group not in record["trainable_groups"]:
+                assert same, f"epoch {epoch}: frozen {key} ({group}) changed"
+        for group in record["trainable_groups"]:
+            weights = [k for k, g in spy.groups.items() if g == group and k.endswith("weight")]
+            assert any(not torch.equal(before[k], after[k]) for k in weights), (
+                f"epoch {epoch}: trainable group {group} did not change"
+            )
+
+
+def test_linear_probe_keeps_pretrained_backbone_exactly(image_folder, tmp_path, tiny):
+    import timm
+    from safetensors.torch import load_file
+
+    torch.manual_seed(4)
+    state = timm.create_model("resnet10t", num_classes=0).state_dict()
+    save_file(state, tmp_path / "w.safetensors")
+    tiny.update(schedule="linear-probe", weights=str(tmp_path / "w.safetensors"), epochs=2)
+    Engine.from_plugins(entrypoints=False, **tiny).fit(
+        image_folder, out=tmp_path / "run", quiet=True
+    )
+    saved = load_file(tmp_path / "run" / "model.safetensors")
+    for key, value in state.items():
+        assert torch.equal(saved["backbone." + key], value), key
