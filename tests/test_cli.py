@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -292,7 +293,8 @@ def test_list_commands(capsys):
 
 
 def test_console_script_is_installed():
-    script = shutil.which("tlplug")
-    assert script, "pip install should put the tlplug command on PATH"
+    beside_python = Path(sys.executable).parent / "tlplug"
+    script = str(beside_python) if beside_python.exists() else shutil.which("tlplug")
+    assert script, "pip install should put the tlplug command beside python"
     result = subprocess.run([script, "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and "version" in result.stdout

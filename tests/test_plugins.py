@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,19 +25,11 @@ DEMO = Path(__file__).parent / "fixtures" / "tlplug-demo-plugin"
 def demo_site(tmp_path_factory) -> Path:
     """The demo plugin pip-installed (for real) into a folder of its own."""
     target = tmp_path_factory.mktemp("site")
+    source = tmp_path_factory.mktemp("src") / DEMO.name
+    shutil.copytree(DEMO, source)  # pip builds inside the source tree; keep the repo clean
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(target),
-            str(DEMO),
-        ],
+        [*pip, "--target", str(target), str(source)],
         check=True,
     )
     return target

@@ -141,6 +141,29 @@ def _exclusive_paths(names: Sequence[str], owners: dict[str, set[int]], index: i
     return paths
 
 
+def groups_from_children(model: nn.Module) -> list[LayerGroup]:
+    """Generic grouping for an architecture with no grouping of its own.
+
+    Each top-level child holding parameters is a group, except a container (Sequential,
+    ModuleList) that holds most of the parameters, which is the stage list: each of its
+    children becomes a group. The model's own direct parameters join the first group.
+    """
+    total = sum(p.numel() for p in model.parameters())
+    lists: list[list[str]] = []
+    for name, child in model.named_children():
+        members = [c for c in child.named_children() if has_params(c[1])]
+        share = sum(p.numel() for p in child.parameters()) / max(1, total)
+        if isinstance(child, (nn.Sequential, nn.ModuleList)) and len(members) > 1 and share > 0.5:
+            for sub, module in members:
+                lists.append([f"{name}.{sub}.{n}" for n, _ in module.named_parameters()])
+        elif has_params(child):
+            lists.append([f"{name}.{n}" for n, _ in child.named_parameters()])
+    own = [n for n, _ in model.named_parameters(recurse=False)]
+    if own:
+        lists = [own + (lists[0] if lists else []), *lists[1:]]
+    return groups_from_lists(lists)
+
+
 def has_params(module: nn.Module) -> bool:
     """True when ``module`` or a submodule holds a parameter."""
     return next(module.parameters(), None) is not None

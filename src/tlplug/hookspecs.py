@@ -27,7 +27,8 @@ def tlplug_register_backbones(register):
     Called once per engine. ``register(name, provider)`` takes a provider object with
     ``list_models(pattern=None) -> list[str]``, ``describe(model) -> str`` and
     ``create(model, pretrained, img_size, **options) -> tlplug.Backbone``. The keyword-only
-    parameters of ``create`` are the provider's options (``--backbone-opt``).
+    parameters of ``create`` are the provider's options (``--backbone-opt``). Every
+    implementation is called.
     """
 
 
@@ -38,7 +39,7 @@ def tlplug_register_heads(register):
     Called once per engine. ``register(name, factory)``: the engine calls
     ``factory(num_features, num_classes, **options)`` and expects an ``nn.Module`` mapping
     ``(batch, num_features)`` to ``(batch, num_classes)`` logits. Keyword-only parameters
-    of the factory are its options (``--head-opt``).
+    of the factory are its options (``--head-opt``). Every implementation is called.
     """
 
 
@@ -49,7 +50,8 @@ def tlplug_register_schedules(register):
     Called once per engine. ``register(name, factory)``: the engine calls
     ``factory(groups, epochs, **options)`` with the layer-group names ordered stem to head
     and the number of epochs, and expects a list of :class:`tlplug.Stage`, the first
-    starting at epoch 0. Keyword-only parameters are options (``--schedule-opt``).
+    starting at epoch 0. Keyword-only parameters are options (``--schedule-opt``). Every
+    implementation is called.
     """
 
 
@@ -61,7 +63,8 @@ def tlplug_register_lr_schedules(register):
     ``factory(optimizer, total_steps, steps_per_epoch, **options)`` once per run and expects
     a ``torch.optim.lr_scheduler.LRScheduler`` that it steps after every optimizer step.
     The optimizer already holds every parameter group, frozen ones included, so the
-    scheduler never sees a group appear. Keyword-only parameters are options.
+    scheduler never sees a group appear. Keyword-only parameters are options. Every
+    implementation is called.
     """
 
 
@@ -74,6 +77,7 @@ def tlplug_register_augmentations(register):
     ``uint8`` image tensor of shape ``(3, img_size, img_size)``; torchvision v2 transforms
     qualify. Augmentations run in the order given, after the base resize and center crop
     and before normalization. Keyword-only parameters are options (``--augment-opt``).
+    Every implementation is called.
     """
 
 
@@ -85,7 +89,8 @@ def tlplug_run_start(run):
     """Called once when a run has built its model, optimizer and data, before epoch 1.
 
     ``run`` is the live :class:`tlplug.run.Run`; ``run.config`` is what config.json will
-    hold and may still be extended with JSON-serialisable entries.
+    hold and may still be extended with JSON-serialisable entries. Every implementation
+    is called; return values are ignored.
     """
 
 
@@ -94,7 +99,7 @@ def tlplug_stage_start(run, stage):
     """Called when a freeze stage begins, after the engine has applied it.
 
     ``stage`` is the :class:`tlplug.Stage` now in force; ``run.model`` has exactly the
-    stage's groups trainable.
+    stage's groups trainable. Every implementation is called; return values are ignored.
     """
 
 
@@ -103,7 +108,7 @@ def tlplug_epoch_end(run, record):
     """Called after each epoch's validation, before the record is written.
 
     ``record`` is the dict that becomes one line of metrics.jsonl; a plugin may add
-    JSON-serialisable keys to it.
+    JSON-serialisable keys to it. Every implementation is called; return values are ignored.
     """
 
 
@@ -111,5 +116,6 @@ def tlplug_epoch_end(run, record):
 def tlplug_run_end(run, summary):
     """Called once after the last epoch, before summary.json is written.
 
-    ``summary`` is the dict that becomes summary.json; a plugin may add keys to it.
+    ``summary`` is the dict that becomes summary.json; a plugin may add keys to it. Every
+    implementation is called; return values are ignored.
     """

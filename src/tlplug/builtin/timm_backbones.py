@@ -5,13 +5,7 @@ from __future__ import annotations
 import fnmatch
 
 from tlplug import hookimpl
-from tlplug.backbone import (
-    Backbone,
-    DataConfig,
-    groups_by_prefix,
-    groups_from_lists,
-    has_params,
-)
+from tlplug.backbone import Backbone, DataConfig, groups_from_children, groups_from_lists
 from tlplug.errors import UnknownNameError, WeightsError
 from tlplug.pretrained import hf_cached_file, host_reachable, hub_offline, offline_message
 
@@ -151,12 +145,6 @@ def _groups(net):
     """timm's own coarse layer grouping (stem, stages, final norm), named by module."""
     from timm.models import group_parameters
 
-    try:
-        matcher = net.group_matcher(coarse=True)
-        lists = list(group_parameters(net, matcher).values())
-    except (AttributeError, NotImplementedError):
-        lists = None
-    if not lists:
-        children = [(name, [name]) for name, child in net.named_children() if has_params(child)]
-        return groups_by_prefix(net, [("stem", children[0][1]), *children[1:]] if children else [])
-    return groups_from_lists(lists)
+    if not hasattr(net, "group_matcher"):
+        return groups_from_children(net)
+    return groups_from_lists(list(group_parameters(net, net.group_matcher(coarse=True)).values()))

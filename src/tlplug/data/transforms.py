@@ -1,0 +1,44 @@
+"""From PIL image to normalized tensor: the base transform plus training augmentations.
+
+Every image is resized (shorter side to ``img_size / crop_pct``) and center-cropped to
+``img_size`` as a uint8 tensor; training augmentations act on that tensor; normalization
+with the backbone's mean and std comes last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torchvision.transforms import InterpolationMode, v2
+
+from tlplug.backbone import DataConfig
+
+
+def base_transform(config: DataConfig, img_size: int) -> v2.Compose:
+    """Resize, center crop and convert a PIL image to a ``uint8`` tensor."""
+    resize = max(img_size, int(img_size / config.crop_pct))
+    interpolation = InterpolationMode(config.interpolation)
+    return v2.Compose(
+        [
+            v2.Resize(resize, interpolation=interpolation, antialias=True),
+            v2.CenterCrop(img_size),
+            v2.PILToTensor(),
+        ]
+    )
+
+
+def normalize(config: DataConfig) -> v2.Compose:
+    """Scale a ``uint8`` tensor to float and normalize with the backbone's statistics."""
+    return v2.Compose(
+        [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(config.mean), list(config.std))]
+    )
+
+
+def build_transforms(
+    config: DataConfig, img_size: int, augmentations: Sequence[Callable] = ()
+) -> tuple[v2.Compose, v2.Compose]:
+    """Return ``(train, eval)`` transforms; augmentations apply to training only, in order."""
+    base, norm = base_transform(config, img_size), normalize(config)
+    train = v2.Compose([base, *augmentations, norm])
+    return train, v2.Compose([base, norm])
