@@ -168,6 +168,8 @@ def test_plugin_object_takes_part_like_an_installed_one(image_folder, tmp_path, 
     ]
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["recorder"] is True
+    config = json.loads((result.run_dir / "config.json").read_text())
+    assert config["recorder"] == "was here"
     assert engine.recipe.schedule_opts == {"top": 3}
 
 

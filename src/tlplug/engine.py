@@ -90,67 +90,75 @@ class Engine:
         model = build_model(self.parts, backbone, len(splits.classes))
         plan = make_plan(self.parts, model.group_names(), recipe.epochs)
 
-        augmentations = [
-            c.strategy.factory(img_size, **c.options) for c in self.parts.augmentations
-        ]
-        train_tf, eval_tf = build_transforms(backbone.data_config, img_size, augmentations)
-        workers = default_workers() if recipe.workers is None else recipe.workers
-        loader_args = dict(workers=workers, seed=recipe.seed, pin_memory=device.type == "cuda")
-        train_loader = make_loader(
-            TransformedImages(splits.train, train_tf), recipe.batch_size, train=True, **loader_args
+        train_loader, val_loader, workers = self._loaders(
+            recipe, splits, backbone, img_size, device
         )
-        val_loader = make_loader(
-            TransformedImages(splits.val, eval_tf), recipe.batch_size, train=False, **loader_args
-        )
-
         model.to(device)
         optimizer = build_optimizer(model, recipe)
         lr_choice = self.parts.lr_schedule
         scheduler = lr_choice.strategy.factory(
             optimizer, recipe.epochs * len(train_loader), len(train_loader), **lr_choice.options
         )
-
         config = {
             "tlplug_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "recipe": recipe.to_json(),
-            "resolved": {
-                "backbone": {
-                    "provider": self.parts.provider.describe(),
-                    "model": self.parts.model_name,
-                    "weights": backbone.weights,
-                    "weights_report": report.summary() if report else None,
-                    "num_features": backbone.num_features,
-                    "classifier_keys": list(backbone.classifier),
-                },
-                "state_dict_prefixes": {"backbone": BACKBONE_PREFIX, "head": HEAD_PREFIX},
-                "img_size": img_size,
-                "data_config": backbone.data_config.to_json(),
-                "classes": list(splits.classes),
-                "data": {**splits.info, "num_train": len(splits.train), "num_val": len(splits.val)},
-                "groups": [
-                    {"name": g.name, "params": count_params(model.group_params(g.name))}
-                    for g in model.groups
-                ],
-                "plan": [s.to_json() for s in plan],
-                "head": self.parts.head.describe(),
-                "schedule": self.parts.schedule.describe(),
-                "lr_schedule": lr_choice.describe(),
-                "augmentations": [c.describe() for c in self.parts.augmentations],
-                "weight_decay": recipe.resolved_weight_decay,
-                "workers": workers,
-                "device": str(device),
-            },
+            "resolved": self._resolved(recipe, backbone, report, model, plan, splits, img_size)
+            | {"workers": workers, "device": str(device)},
             "versions": _versions(),
         }
         rundir.claim_run_dir(out_dir, overwrite)
-        rundir.write_json(out_dir / rundir.CONFIG, config)
         run = Run(
             recipe, config, model, optimizer, scheduler, plan, splits.classes, out_dir, device
         )
-        _announce(console, run, backbone.weights, report, splits, img_size)
         self.plugins.hook.tlplug_run_start(run=run)
+        rundir.write_json(out_dir / rundir.CONFIG, config)
+        _announce(console, run, backbone.weights, report, splits, img_size)
         return self._train(run, train_loader, val_loader, console)
+
+    def _loaders(self, recipe: Recipe, splits, backbone, img_size: int, device: torch.device):
+        """Train and validation loaders with the backbone's preprocessing and the augmentations."""
+        augmentations = [
+            c.strategy.factory(img_size, **c.options) for c in self.parts.augmentations
+        ]
+        train_tf, eval_tf = build_transforms(backbone.data_config, img_size, augmentations)
+        workers = default_workers() if recipe.workers is None else recipe.workers
+        common = dict(workers=workers, seed=recipe.seed, pin_memory=device.type == "cuda")
+        train = make_loader(
+            TransformedImages(splits.train, train_tf), recipe.batch_size, train=True, **common
+        )
+        val = make_loader(
+            TransformedImages(splits.val, eval_tf), recipe.batch_size, train=False, **common
+        )
+        return train, val, workers
+
+    def _resolved(self, recipe, backbone, report, model, plan, splits, img_size) -> dict:
+        """What the engine made of the recipe: the ``resolved`` part of config.json."""
+        return {
+            "backbone": {
+                "provider": self.parts.provider.describe(),
+                "model": self.parts.model_name,
+                "weights": backbone.weights,
+                "weights_report": report.summary() if report else None,
+                "num_features": backbone.num_features,
+                "classifier_keys": list(backbone.classifier),
+            },
+            "state_dict_prefixes": {"backbone": BACKBONE_PREFIX, "head": HEAD_PREFIX},
+            "img_size": img_size,
+            "data_config": backbone.data_config.to_json(),
+            "classes": list(splits.classes),
+            "data": {**splits.info, "num_train": len(splits.train), "num_val": len(splits.val)},
+            "groups": [
+                {"name": g.name, "params": count_params(model.group_params(g.name))}
+                for g in model.groups
+            ],
+            "plan": [s.to_json() for s in plan],
+            "head": self.parts.head.describe(),
+            "schedule": self.parts.schedule.describe(),
+            "lr_schedule": self.parts.lr_schedule.describe(),
+            "augmentations": [c.describe() for c in self.parts.augmentations],
+            "weight_decay": recipe.resolved_weight_decay,
+        }
 
     def _train(self, run: Run, train_loader, val_loader, console: Console) -> FitResult:
         recipe, model = run.recipe, run.model
