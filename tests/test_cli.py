@@ -298,3 +298,39 @@ def test_console_script_is_installed():
     assert script, "pip install should put the tlplug command beside python"
     result = subprocess.run([script, "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and "version" in result.stdout
+
+
+def test_groups_command(capsys):
+    code, out, _ = tlplug(capsys, "groups", "timm:resnet10t")
+    assert code == 0
+    rows = [line.split() for line in out.strip().splitlines()]
+    assert [r[0] for r in rows] == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
+    assert int(rows[4][1].replace(",", "")) > int(rows[1][1].replace(",", ""))
+
+
+def test_unreadable_image_in_a_loader_worker_is_one_line(tmp_path, image_folder, capsys):
+    import shutil
+
+    shutil.copytree(image_folder, tmp_path / "d")
+    broken = tmp_path / "d" / "val" / "dots" / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    code, _, err = tlplug(
+        capsys,
+        "run",
+        "--data",
+        tmp_path / "d",
+        "--backbone",
+        "timm:resnet10t",
+        "--epochs",
+        "1",
+        "--out",
+        tmp_path / "r",
+        *TINY_ARGS[:-2],
+        "--workers",
+        "1",
+    )
+    assert code == 1
+    assert err.strip().splitlines() == [
+        f"Error: cannot read image {broken} (cannot identify image file '{broken}'); "
+        "remove or replace the file"
+    ]

@@ -14,7 +14,7 @@ from pathlib import Path
 import attrs
 import click
 
-from tlplug.errors import OptionError, TlplugError
+from tlplug.errors import OptionError, TlplugError, one_line
 from tlplug.options import parse_assignments
 from tlplug.recipe import Recipe
 from tlplug.registry import KINDS
@@ -210,6 +210,29 @@ def plugins(as_json) -> None:
             click.echo(f"    {kind}: {', '.join(names)}")
 
 
+@cli.command()
+@click.argument("backbone")
+@click.option("--backbone-opt", multiple=True, metavar="KEY=VALUE", help="Provider option.")
+@click.option("--img-size", type=int, help="Input size, for architectures that need one.")
+def groups(backbone, backbone_opt, img_size) -> None:
+    """Show the layer groups of BACKBONE, stem to top, with their parameter counts."""
+    from tlplug.build import build_backbone
+    from tlplug.engine import Engine
+
+    engine = Engine.from_plugins(
+        backbone=backbone,
+        backbone_opts=parse_assignments(backbone_opt, "--backbone-opt"),
+        pretrained=False,
+        img_size=img_size,
+    )
+    built, _ = build_backbone(engine.parts, engine.recipe)
+    params = dict(built.module.named_parameters())
+    for group in built.groups:
+        count = sum(params[name].numel() for name in group.params)
+        click.echo(f"{group.name:<32} {count:>12,}")
+    click.echo(f"{'head':<32} {'(--head)':>12}")
+
+
 @cli.command(name="list")
 @click.argument("kind", type=click.Choice(list(KINDS)))
 @click.argument("pattern", required=False)
@@ -257,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"Error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     except TlplugError as exc:
-        click.echo(f"Error: {exc}", err=True)
+        click.echo(f"Error: {one_line(exc)}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
@@ -265,9 +288,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         if os.environ.get("TLPLUG_DEBUG"):
             raise
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         click.echo(
-            f"Error: unexpected {type(exc).__name__}: {message} "
+            f"Error: unexpected {type(exc).__name__}: {one_line(exc)} "
             "(set TLPLUG_DEBUG=1 to see the traceback, and please report it)",
             err=True,
         )

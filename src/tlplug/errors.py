@@ -43,6 +43,21 @@ class WeightsError(TlplugError):
     """Weights that cannot be fetched, read or matched to the model."""
 
 
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` as one line.
+
+    An error raised in a data-loader worker reaches the main process re-wrapped, its message
+    holding the worker's traceback; the original message is its last line.
+    """
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if "Original Traceback" in lines[0] or lines[0].startswith("Caught "):
+        _, sep, message = lines[-1].partition(": ")
+        return message if sep else lines[-1]
+    return lines[0]
+
+
 def close_matches(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
     """Return up to ``n`` names from ``choices`` that look like ``name``, best first."""
     choices = list(choices)
