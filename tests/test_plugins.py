@@ -204,3 +204,20 @@ def test_docs_plugin_example_runs(image_folder, tmp_path, tiny):
         ["head"],
         ["layer3", "layer4", "head"],
     ]
+
+
+def test_plugin_with_a_misspelt_hook_is_reported():
+    class Misspelt:
+        name = "misspelt"
+
+        @hookimpl
+        def tlplug_register_head(self, register):
+            register("never", None)
+
+    host = PluginHost([Misspelt()], entrypoints=False)
+    info = host.infos["misspelt"]
+    assert info.status == "failed"
+    assert (
+        "unknown hook(s) tlplug_register_head (did you mean tlplug_register_heads?)" in info.error
+    )
+    assert host.registry("heads").names() == ["linear", "mlp"]

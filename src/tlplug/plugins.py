@@ -17,6 +17,7 @@ import pluggy
 
 from tlplug import hookspecs
 from tlplug.builtin import BUILTIN_PLUGINS
+from tlplug.errors import TlplugError, close_matches
 from tlplug.registry import KINDS, Registry
 
 ENTRY_POINT_GROUP = "tlplug"
@@ -71,6 +72,10 @@ class PluginHost:
                 del self.infos[name]
                 return
             self.pm.register(plugin, name=name)
+            unknown = [c.name for c in self.pm.get_hookcallers(plugin) or [] if c.spec is None]
+            if unknown:
+                self.pm.unregister(plugin)
+                raise TlplugError(f"implements unknown hook(s) {', '.join(_suggest(unknown))}")
         except Exception as exc:  # a broken plugin must not take the others down
             info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
 
@@ -107,6 +112,15 @@ class PluginHost:
     def hook(self) -> Any:
         """The pluggy hook relay, for calling lifecycle hooks."""
         return self.pm.hook
+
+
+def _suggest(names: list[str]) -> list[str]:
+    hooks = [n for n in dir(hookspecs) if n.startswith("tlplug_")]
+    shown = []
+    for name in names:
+        matches = close_matches(name, hooks, n=1)
+        shown.append(f"{name} (did you mean {matches[0]}?)" if matches else name)
+    return shown
 
 
 def _object_name(plugin: Any, index: int) -> str:

@@ -67,8 +67,6 @@ class Recipe:
                 values[key] = None
             else:
                 values[key] = coerce(value, hints[key], f"setting '{key}'")
-        if isinstance(values.get("augment"), str):
-            values["augment"] = (values["augment"],)
         recipe = cls(**values)
         recipe.check()
         return recipe
