@@ -1,4 +1,4 @@
-"""The ``tlplug`` command: run, predict, plugins, list.
+"""The ``tlplug`` command: run, predict, plugins, list, groups.
 
 Every error a user can cause ends as one line on stderr and a non-zero exit status;
 ``TLPLUG_DEBUG=1`` shows the traceback of an unexpected one.
