@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 import tomllib
+import torch
 
-from tlplug import Engine, Stage, hookimpl
+from tlplug import Engine, Stage, TlplugError, hookimpl
 from tlplug.builtin import BUILTIN_PLUGINS
 from tlplug.plugins import PluginHost
 
@@ -221,3 +222,30 @@ def test_plugin_with_a_misspelt_hook_is_reported():
         "unknown hook(s) tlplug_register_head (did you mean tlplug_register_heads?)" in info.error
     )
     assert host.registry("heads").names() == ["linear", "mlp"]
+
+
+def test_predicting_needs_only_the_plugins_that_make_the_network(image_folder, tmp_path, tiny):
+    recorder = Recorder()
+    Engine.from_plugins(recorder, entrypoints=False, **tiny, schedule="top-only").fit(
+        image_folder, epochs=1, out=tmp_path / "a", quiet=True
+    )
+    assert Engine.load(tmp_path / "a", entrypoints=False).classes  # no recorder needed
+
+    class HeadPlugin:
+        name = "head-plugin"
+
+        @hookimpl
+        def tlplug_register_heads(self, register):
+            register(
+                "tiny-head",
+                lambda num_features, num_classes: torch.nn.Linear(num_features, num_classes),
+            )
+
+    Engine.from_plugins(HeadPlugin(), entrypoints=False, **tiny, head="tiny-head").fit(
+        image_folder, epochs=1, out=tmp_path / "b", quiet=True
+    )
+    with pytest.raises(
+        TlplugError, match="unknown head 'tiny-head'.*trained with plugin.*head-plugin"
+    ):
+        Engine.load(tmp_path / "b", entrypoints=False)
+    assert Engine.load(tmp_path / "b", HeadPlugin(), entrypoints=False).classes

@@ -47,29 +47,29 @@ class Parts:
     augmentations: tuple[Choice, ...]
 
 
+def choose(plugins: PluginHost, kind: str, name: str, options: dict[str, Any]) -> Choice:
+    """Look up the ``kind`` strategy called ``name`` and check ``options`` against it."""
+    strategy = plugins.registry(kind).get(name)
+    target = strategy.factory.create if kind == "backbones" else strategy.factory
+    return Choice(strategy, resolve_options(target, options, f"{strategy.kind.noun} '{name}'"))
+
+
 def resolve(plugins: PluginHost, recipe: Recipe) -> Parts:
     """Look up every name in ``recipe`` and check every strategy option."""
     provider_name, model_name = split_backbone(recipe.backbone)
-
-    def choose(kind: str, name: str, options: dict[str, Any]) -> Choice:
-        strategy = plugins.registry(kind).get(name)
-        target = strategy.factory.create if kind == "backbones" else strategy.factory
-        what = f"{strategy.kind.noun} '{name}'"
-        return Choice(strategy, resolve_options(target, options, what))
-
     unknown = set(recipe.augment_opts) - set(recipe.augment)
     if unknown:
         raise OptionError(
             f"--augment-opt names {', '.join(sorted(unknown))}, which is not in --augment"
         )
     return Parts(
-        provider=choose("backbones", provider_name, recipe.backbone_opts),
+        provider=choose(plugins, "backbones", provider_name, recipe.backbone_opts),
         model_name=model_name,
-        head=choose("heads", recipe.head, recipe.head_opts),
-        schedule=choose("schedules", recipe.schedule, recipe.schedule_opts),
-        lr_schedule=choose("lr-schedules", recipe.lr_schedule, recipe.lr_schedule_opts),
+        head=choose(plugins, "heads", recipe.head, recipe.head_opts),
+        schedule=choose(plugins, "schedules", recipe.schedule, recipe.schedule_opts),
+        lr_schedule=choose(plugins, "lr-schedules", recipe.lr_schedule, recipe.lr_schedule_opts),
         augmentations=tuple(
-            choose("augmentations", name, recipe.augment_opts.get(name, {}))
+            choose(plugins, "augmentations", name, recipe.augment_opts.get(name, {}))
             for name in recipe.augment
         ),
     )
@@ -121,10 +121,10 @@ def probe(backbone: Backbone, img_size: int, name: str) -> None:
         )
 
 
-def build_model(parts: Parts, backbone: Backbone, num_classes: int) -> TransferModel:
-    """Put the recipe's head on ``backbone``."""
-    head = parts.head.strategy.factory(backbone.num_features, num_classes, **parts.head.options)
-    return TransferModel(backbone, head)
+def build_model(head: Choice, backbone: Backbone, num_classes: int) -> TransferModel:
+    """Put the chosen head on ``backbone``."""
+    module = head.strategy.factory(backbone.num_features, num_classes, **head.options)
+    return TransferModel(backbone, module)
 
 
 def make_plan(parts: Parts, groups: list[str], epochs: int) -> list[Stage]:

@@ -87,7 +87,7 @@ class Engine:
         backbone, report = build_backbone(self.parts, recipe)
         img_size = recipe.img_size or splits.img_size or backbone.data_config.input_size
         probe(backbone, img_size, recipe.backbone)
-        model = build_model(self.parts, backbone, len(splits.classes))
+        model = build_model(self.parts.head, backbone, len(splits.classes))
         plan = make_plan(self.parts, model.group_names(), recipe.epochs)
 
         train_loader, val_loader, workers = self._loaders(

@@ -12,13 +12,14 @@ from torch import nn
 
 from tlplug import rundir
 from tlplug.backbone import DataConfig
-from tlplug.build import build_model, resolve
+from tlplug.build import build_model, choose
 from tlplug.data.folders import FileImages
 from tlplug.data.transforms import build_transforms
 from tlplug.engine import pick_device
-from tlplug.errors import TlplugError, WeightsError
+from tlplug.errors import TlplugError, UnknownNameError, WeightsError
 from tlplug.plugins import PluginHost
 from tlplug.recipe import Recipe
+from tlplug.registry import split_backbone
 from tlplug.weights import read_state_dict
 
 
@@ -101,10 +102,20 @@ def load_classifier(run_dir: Path, plugins: PluginHost, device: str = "cpu") -> 
         raise TlplugError(
             f"{run_dir} has no {rundir.WEIGHTS}; the run ended before its first epoch"
         )
-    parts = resolve(plugins, recipe)
-    provider = parts.provider.strategy.factory
-    backbone = provider.create(parts.model_name, False, img_size, **parts.provider.options)
-    model = build_model(parts, backbone, len(classes))
+    # Only the parts that make the network: a run trained with a schedule or augmentation
+    # plugin can be used for prediction without that plugin.
+    provider_name, model_name = split_backbone(recipe.backbone)
+    try:
+        provider = choose(plugins, "backbones", provider_name, recipe.backbone_opts)
+        head = choose(plugins, "heads", recipe.head, recipe.head_opts)
+    except UnknownNameError as exc:
+        used = {resolved["backbone"]["provider"]["plugin"], resolved["head"]["plugin"]}
+        raise TlplugError(
+            f"{exc}; {run_dir} was trained with plugin(s) {', '.join(sorted(used))}, "
+            "install them to use it"
+        ) from None
+    backbone = provider.strategy.factory.create(model_name, False, img_size, **provider.options)
+    model = build_model(head, backbone, len(classes))
     state = read_state_dict(weights)
     own = model.state_dict()
     if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
