@@ -60,6 +60,8 @@ def test_check_plan_names_stages_and_rejects_bad_plans():
     assert plan[1].trainable == ("layer4", "head")
     with pytest.raises(TlplugError, match="unknown group"):
         check_plan([Stage(0, ["layer9"])], GROUPS, "s")
+    with pytest.raises(TlplugError, match="stage 2 trains no group"):
+        check_plan([Stage(0, ["head"]), Stage(1, [])], GROUPS, "s")
     with pytest.raises(TlplugError, match="first stage must start at epoch 0"):
         check_plan([Stage(1, ["head"])], GROUPS, "s")
     with pytest.raises(TlplugError, match="must increase"):

@@ -54,7 +54,7 @@ class TransferModel(nn.Module):
         found = {}
         ordered = [n for n, _ in self.named_parameters()]
         for path, module in self.named_modules():
-            own = [f"{path}.{n}" for n, _ in module.named_parameters(recurse=False)]
+            own = [f"{path}.{n}" if path else n for n, _ in module.named_parameters(recurse=False)]
             if own:
                 found[path] = owner[own[0]]
             elif any(True for _ in module.buffers(recurse=False)):

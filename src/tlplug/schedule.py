@@ -51,6 +51,8 @@ def check_plan(plan: Sequence[Stage], groups: Sequence[str], what: str) -> list[
             raise TlplugError(
                 f"{what} must return tlplug.Stage objects, got {type(stage).__name__}"
             )
+        if not stage.trainable:
+            raise TlplugError(f"{what}: stage {index + 1} trains no group")
         unknown = [g for g in stage.trainable if g not in groups]
         if unknown:
             raise TlplugError(
