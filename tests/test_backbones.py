@@ -87,3 +87,10 @@ def test_wildcard_listing(providers):
     ]
     assert providers["timm"].describe("resnet18").startswith("pretrained: ")
     assert "IMAGENET1K_V1" in providers["torchvision"].describe("resnet18")
+
+
+def test_timm_feature_encoder_without_classifier_is_pooled(providers):
+    backbone = providers["timm"].create("qwen3_vit_88m_enc", False, 32)
+    assert backbone.num_features == 1024
+    assert features(backbone, 32).shape == (2, 1024)
+    check_groups(backbone.module, backbone.groups)

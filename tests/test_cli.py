@@ -242,6 +242,10 @@ def test_overwrite_replaces_a_run_but_not_other_folders(image_folder, tmp_path, 
         (["--optimizer", "lion"], "Invalid value for '--optimizer'"),
         (["--nonsense"], "No such option '--nonsense'"),
         (["--device", "cuda"], "no CUDA GPU is available"),
+        (
+            ["--backbone", "timm:levit_128s", "--img-size", "40"],
+            "timm:levit_128s cannot take 40px images",
+        ),
     ],
 )
 def test_errors_are_one_line(args, message, capsys, tmp_path):

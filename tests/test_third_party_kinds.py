@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
-from tlplug import Backbone, DataConfig, Engine, hookimpl, hookspecs
+from tlplug import Backbone, DataConfig, Engine, TlplugError, hookimpl, hookspecs
 from tlplug.backbone import groups_by_prefix
 
 
@@ -27,6 +27,8 @@ class TinyProvider:
 
     def create(self, model, pretrained, img_size, *, depth: int = 2):
         """Build the CNN; ``depth`` conv stages after the stem."""
+        if depth < 1:
+            raise ValueError("depth must be at least 1")
         width = int(model[3:])
         stages = [
             nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
@@ -103,6 +105,16 @@ def test_plugin_brings_every_kind(image_folder, tmp_path):
     assert classifier.model.backbone.stage2[0].out_channels == 8
     with torch.no_grad():
         assert classifier(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_provider_failure_is_a_clear_error():
+    from tlplug.build import build_backbone
+
+    engine = Engine.from_plugins(
+        ThirdParty(), entrypoints=False, backbone="tiny:cnn8", backbone_opts={"depth": 0}
+    )
+    with pytest.raises(TlplugError, match="^could not build tiny:cnn8: depth must be at least 1$"):
+        build_backbone(engine.parts, engine.recipe)
 
 
 def test_every_hook_is_documented_and_exercised():

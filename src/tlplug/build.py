@@ -13,7 +13,7 @@ import attrs
 import torch
 
 from tlplug.backbone import Backbone, check_groups
-from tlplug.errors import OptionError, TlplugError
+from tlplug.errors import OptionError, TlplugError, one_line
 from tlplug.model import TransferModel
 from tlplug.options import resolve_options
 from tlplug.plugins import PluginHost
@@ -79,9 +79,15 @@ def build_backbone(parts: Parts, recipe: Recipe) -> tuple[Backbone, LoadReport |
     """Create the backbone; load ``recipe.weights`` into it when given."""
     provider = parts.provider.strategy.factory
     pretrained = recipe.pretrained and not recipe.weights
-    backbone = provider.create(
-        parts.model_name, pretrained, recipe.img_size, **parts.provider.options
-    )
+    try:
+        backbone = provider.create(
+            parts.model_name, pretrained, recipe.img_size, **parts.provider.options
+        )
+    except TlplugError:
+        raise
+    except Exception as exc:  # the library's own error, e.g. an input size it cannot take
+        size = f" for {recipe.img_size}px input" if recipe.img_size else ""
+        raise TlplugError(f"could not build {recipe.backbone}{size}: {one_line(exc)}") from None
     try:
         check_groups(backbone.module, backbone.groups)
     except ValueError as exc:

@@ -80,10 +80,13 @@ class TimmProvider:
         net = _create(timm, model, pretrained, kwargs)
         data = resolve_data_config({}, model=net)
         classifier = cfg.classifier if cfg is not None else "fc"
+        # head_hidden_size is the width after timm's pre-logits layers (MobileNetV3's conv_head)
+        num_features = getattr(net, "head_hidden_size", None) or net.num_features
+        if not hasattr(net, "reset_classifier"):
+            num_features = _pool_encoder(net, img_size or data["input_size"][-1])
         return Backbone(
             module=net,
-            # head_hidden_size is the width after timm's pre-logits layers (MobileNetV3's conv_head)
-            num_features=getattr(net, "head_hidden_size", None) or net.num_features,
+            num_features=num_features,
             groups=_groups(net),
             data_config=DataConfig(
                 mean=tuple(data["mean"]),
@@ -145,6 +148,31 @@ def _groups(net):
     """timm's own coarse layer grouping (stem, stages, final norm), named by module."""
     from timm.models import group_parameters
 
-    if not hasattr(net, "group_matcher"):
-        return groups_from_children(net)
-    return groups_from_lists(list(group_parameters(net, net.group_matcher(coarse=True)).values()))
+    for coarse in (True, False):  # a few architectures only implement the fine grouping
+        try:
+            matcher = net.group_matcher(coarse=coarse)
+        except (AttributeError, AssertionError, NotImplementedError):
+            continue
+        return groups_from_lists(list(group_parameters(net, matcher).values()))
+    return groups_from_children(net)
+
+
+def _pool_encoder(net, size: int) -> int:
+    """Make a feature encoder without a classifier (a VLM vision tower) return pooled features.
+
+    Its token ``(B, N, C)`` or map ``(B, C, H, W)`` output is averaged by a forward hook, so
+    the module and its state-dict keys stay timm's own. Returns the pooled width.
+    """
+    import torch
+
+    def pool(module, args, output):
+        if output.ndim == 3:
+            return output.mean(1)
+        return output.mean((2, 3)) if output.ndim == 4 else output
+
+    net.register_forward_hook(pool)
+    was_training = net.training
+    with torch.no_grad():
+        width = net.eval()(torch.zeros(1, 3, size, size)).shape[-1]
+    net.train(was_training)
+    return width
