@@ -114,7 +114,7 @@ def test_provider_failure_is_a_clear_error():
         ThirdParty(), entrypoints=False, backbone="tiny:cnn8", backbone_opts={"depth": 0}
     )
     with pytest.raises(TlplugError, match="^could not build tiny:cnn8: depth must be at least 1$"):
-        build_backbone(engine.parts, engine.recipe)
+        build_backbone(engine.parts.provider, engine.recipe)
 
 
 def test_every_hook_is_documented_and_exercised():

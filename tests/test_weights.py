@@ -73,7 +73,7 @@ def create_with_weights(path: Path, backbone: str = "timm:resnet10t"):
     )
     from tlplug.build import build_backbone
 
-    return build_backbone(engine.parts, engine.recipe)
+    return build_backbone(engine.parts.provider, engine.recipe)
 
 
 def test_weights_safetensors_ignores_classifier(tmp_path):

@@ -75,13 +75,13 @@ def resolve(plugins: PluginHost, recipe: Recipe) -> Parts:
     )
 
 
-def build_backbone(parts: Parts, recipe: Recipe) -> tuple[Backbone, LoadReport | None]:
-    """Create the backbone; load ``recipe.weights`` into it when given."""
-    provider = parts.provider.strategy.factory
+def build_backbone(provider: Choice, recipe: Recipe) -> tuple[Backbone, LoadReport | None]:
+    """Create ``recipe.backbone`` with the chosen provider; load ``recipe.weights`` if given."""
+    model_name = split_backbone(recipe.backbone)[1]
     pretrained = recipe.pretrained and not recipe.weights
     try:
-        backbone = provider.create(
-            parts.model_name, pretrained, recipe.img_size, **parts.provider.options
+        backbone = provider.strategy.factory.create(
+            model_name, pretrained, recipe.img_size, **provider.options
         )
     except TlplugError:
         raise
@@ -92,7 +92,7 @@ def build_backbone(parts: Parts, recipe: Recipe) -> tuple[Backbone, LoadReport |
         check_groups(backbone.module, backbone.groups)
     except ValueError as exc:
         raise TlplugError(
-            f"provider '{parts.provider.strategy.plugin}' gave bad layer groups for "
+            f"provider '{provider.strategy.plugin}' gave bad layer groups for "
             f"{recipe.backbone}: {exc}"
         ) from None
     report = None

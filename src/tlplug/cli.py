@@ -218,6 +218,7 @@ def groups(backbone, backbone_opt, img_size) -> None:
     """Show the layer groups of BACKBONE, stem to top, with their parameter counts."""
     from tlplug.build import build_backbone
     from tlplug.engine import Engine
+    from tlplug.model import count_params
 
     engine = Engine.from_plugins(
         backbone=backbone,
@@ -225,10 +226,10 @@ def groups(backbone, backbone_opt, img_size) -> None:
         pretrained=False,
         img_size=img_size,
     )
-    built, _ = build_backbone(engine.parts, engine.recipe)
+    built, _ = build_backbone(engine.parts.provider, engine.recipe)
     params = dict(built.module.named_parameters())
     for group in built.groups:
-        count = sum(params[name].numel() for name in group.params)
+        count = count_params([params[name] for name in group.params])
         click.echo(f"{group.name:<32} {count:>12,}")
     click.echo(f"{'head':<32} {'(--head)':>12}")
 

@@ -84,7 +84,7 @@ class Engine:
         splits = load_data(data, recipe.val_split, recipe.seed)
         device = pick_device(recipe.device)
 
-        backbone, report = build_backbone(self.parts, recipe)
+        backbone, report = build_backbone(self.parts.provider, recipe)
         img_size = recipe.img_size or splits.img_size or backbone.data_config.input_size
         probe(backbone, img_size, recipe.backbone)
         model = build_model(self.parts.head, backbone, len(splits.classes))

@@ -12,7 +12,7 @@ from torch import nn
 
 from tlplug import rundir
 from tlplug.backbone import DataConfig
-from tlplug.build import build_model, choose
+from tlplug.build import build_backbone, build_model, choose
 from tlplug.data.folders import FileImages
 from tlplug.data.transforms import build_transforms
 from tlplug.engine import pick_device
@@ -104,7 +104,7 @@ def load_classifier(run_dir: Path, plugins: PluginHost, device: str = "cpu") -> 
         )
     # Only the parts that make the network: a run trained with a schedule or augmentation
     # plugin can be used for prediction without that plugin.
-    provider_name, model_name = split_backbone(recipe.backbone)
+    provider_name = split_backbone(recipe.backbone)[0]
     try:
         provider = choose(plugins, "backbones", provider_name, recipe.backbone_opts)
         head = choose(plugins, "heads", recipe.head, recipe.head_opts)
@@ -114,7 +114,8 @@ def load_classifier(run_dir: Path, plugins: PluginHost, device: str = "cpu") -> 
             f"{exc}; {run_dir} was trained with plugin(s) {', '.join(sorted(used))}, "
             "install them to use it"
         ) from None
-    backbone = provider.strategy.factory.create(model_name, False, img_size, **provider.options)
+    bare = attrs.evolve(recipe, pretrained=False, weights=None, img_size=img_size)
+    backbone, _ = build_backbone(provider, bare)
     model = build_model(head, backbone, len(classes))
     state = read_state_dict(weights)
     own = model.state_dict()

@@ -45,10 +45,6 @@ class FileImages:
                 f"cannot read image {path} ({exc}); remove or replace the file"
             ) from None
 
-    def describe(self, index: int) -> str:
-        """The image's path."""
-        return str(self.paths[index])
-
 
 def is_image(path: Path) -> bool:
     """True for a visible file with an image suffix (any case)."""

@@ -24,9 +24,6 @@ class ImageList(Protocol):
     def load(self, index: int) -> Image.Image:
         """Return image ``index`` as an RGB PIL image."""
 
-    def describe(self, index: int) -> str:
-        """Name image ``index`` in messages (a path, or a synthetic id)."""
-
 
 @attrs.frozen
 class Splits:

@@ -47,10 +47,6 @@ class SyntheticImages:
         rng = random.Random(f"{self.seed}/{self.split}/{index}")
         return draw(CLASSES[index % len(CLASSES)], rng)
 
-    def describe(self, index: int) -> str:
-        """A name for image ``index``."""
-        return f"synthetic:{self.split}/{index}"
-
 
 def synthetic_splits(seed: int = 0) -> Splits:
     """The synthetic train and validation sets."""
