@@ -1,15 +1,18 @@
-"""Build every model of the given providers (random init) and check what tlplug relies on.
+"""Build every model of the given providers (random init) and check the transfer mechanics.
 
-For each model: the provider builds it, every parameter is in exactly one uniquely named
-layer group (at least two), and a forward pass at the smallest size it accepts (trying
-64, 96, 128, 160, 224 px and its own input size) gives ``(batch, num_features)``. Prints one
-line per failure and pass/fail counts per provider.
+For each model: it is built as a run builds it, every parameter is in exactly one uniquely
+named layer group (at least two), a forward pass at the smallest size it accepts (trying
+64, 96, 128, 160, 224 px and its own input size) gives ``(batch, num_features)``, and
+:func:`tlplug.mechanics_check.check_mechanics` takes one SGD step per stage of a gradual
+plan: frozen tensors bit-identical, trainable groups changed, optimizer state exactly for
+the groups that trained. Prints one line per failure and pass/fail counts per provider.
 
 Models are checked one at a time in a worker process, so one that exhausts memory is
-reported and the sweep goes on. A model whose parameters alone would not fit in this
-machine's memory is counted as too large, not as a failure.
+reported and the sweep goes on. A model whose weights, gradients and momentum would not
+fit in this machine's memory is counted as too large, not as a failure.
 
     python scripts/sweep_backbones.py torchvision timm [--pattern 'vit_*'] [--start NAME]
+        [--stages N]  # at most N stages per model (default: one group per stage)
 """
 
 from __future__ import annotations
@@ -24,31 +27,33 @@ import warnings
 
 import torch
 
-from tlplug.backbone import check_groups
+from tlplug.build import build_backbone, choose
+from tlplug.mechanics_check import check_mechanics
 from tlplug.plugins import PluginHost
+from tlplug.recipe import Recipe
 
 SIZES = (64, 96, 128, 160, 224)
 TOO_LARGE = "too large"
 
 
-def check(provider_name: str, name: str) -> str:
+def check(provider_name: str, name: str, stages: int | None) -> str:
     """Return '' when ``name`` passes, else the reason it fails (or starts with TOO_LARGE)."""
     warnings.simplefilter("ignore")
-    provider = PluginHost(entrypoints=False).registry("backbones").get(provider_name).factory
+    provider = choose(PluginHost(entrypoints=False), "backbones", provider_name, {})
     needed = _bytes_needed(provider_name, name)
     available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if needed > 0.45 * available:
+    if 3 * needed > 0.75 * available:
         return f"{TOO_LARGE}: its weights alone take {needed / 2**30:.0f} GiB"
     torch.manual_seed(0)
-    native = provider.create(name, False, None).data_config.input_size
+    native = provider.strategy.factory.create(name, False, None).data_config.input_size
     last = ""
     for size in sorted({s for s in SIZES if s < native} | {native}):
         try:
-            backbone = provider.create(name, False, size)
+            recipe = Recipe(backbone=f"{provider_name}:{name}", pretrained=False, img_size=size)
+            backbone, _ = build_backbone(provider, recipe)
         except Exception as exc:  # some architectures only build at their own size
             last = f"create@{size}: {type(exc).__name__}: {str(exc)[:120]}"
             continue
-        check_groups(backbone.module, backbone.groups)
         try:
             with torch.no_grad():
                 out = backbone.module.eval()(torch.randn(2, 3, size, size))
@@ -59,7 +64,10 @@ def check(provider_name: str, name: str) -> str:
             return f"features {tuple(out.shape)} != (2, {backbone.num_features})"
         if len(backbone.groups) < 2:
             return f"only {len(backbone.groups)} group(s)"
-        return ""
+        total = len(backbone.groups) + 1
+        per_stage = 1 if not stages else max(1, -(-(total - 1) // max(1, stages - 1)))
+        problems = check_mechanics(backbone, size, groups_per_stage=per_stage)
+        return "; ".join(problems[:3])
     return last
 
 
@@ -85,6 +93,7 @@ def main() -> int:
     parser.add_argument("providers", nargs="+")
     parser.add_argument("--pattern", default="*")
     parser.add_argument("--start", default="", help="skip names sorting before this one")
+    parser.add_argument("--stages", type=int, help="at most this many stages per model")
     args = parser.parse_args()
     host = PluginHost(entrypoints=False)
     failed_total = 0
@@ -96,7 +105,7 @@ def main() -> int:
         pool = _pool()
         for name in names:
             try:
-                reason = pool.submit(check, provider_name, name).result()
+                reason = pool.submit(check, provider_name, name, args.stages).result()
             except futures.process.BrokenProcessPool:
                 reason, pool = "the worker died (out of memory?)", _pool()
             except Exception as exc:

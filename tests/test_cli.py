@@ -73,11 +73,13 @@ def test_run_directory_contract(timm_run, image_folder):
         "layer4",
         "head",
     ]
+    common = {"biases": [], "lr_scale": 1.0}
     assert resolved["plan"] == [
-        {"start": 0, "name": "head", "trainable": ["head"]},
-        {"start": 1, "name": "layer4..head", "trainable": ["layer4", "head"]},
-        {"start": 2, "name": "layer3..head", "trainable": ["layer3", "layer4", "head"]},
+        {"start": 0, "name": "head", "trainable": ["head"], **common},
+        {"start": 1, "name": "layer4..head", "trainable": ["layer4", "head"], **common},
+        {"start": 2, "name": "layer3..head", "trainable": ["layer3", "layer4", "head"], **common},
     ]
+    assert resolved["bn_policy"] == "frozen"
     assert resolved["state_dict_prefixes"] == {"backbone": "backbone.", "head": "head."}
     assert resolved["img_size"] == 32 and resolved["data"]["layout"] == "train/val"
 
@@ -92,6 +94,7 @@ def test_run_directory_contract(timm_run, image_folder):
         "val_loss",
         "val_acc",
         "lr",
+        "bn_policy",
         "seconds",
         "images_per_s",
     }

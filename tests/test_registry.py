@@ -16,13 +16,21 @@ def host():
 def test_builtin_names(host):
     assert host.registry("heads").names() == ["linear", "mlp"]
     assert host.registry("schedules").names() == [
+        "bitfit",
         "freeze-unfreeze",
         "full",
         "gradual",
         "linear-probe",
+        "lp-ft",
         "milestones",
     ]
-    assert host.registry("lr-schedules").names() == ["constant", "cosine", "onecycle", "step"]
+    assert host.registry("lr-schedules").names() == [
+        "constant",
+        "cosine",
+        "onecycle",
+        "plateau",
+        "step",
+    ]
     assert host.registry("augmentations").names() == [
         "color-jitter",
         "crop",

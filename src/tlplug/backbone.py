@@ -164,6 +164,42 @@ def groups_from_children(model: nn.Module) -> list[LayerGroup]:
     return groups_from_lists(lists)
 
 
+def fold_norm_groups(model: nn.Module, groups: Sequence[LayerGroup]) -> list[LayerGroup]:
+    """Fold each group that holds only norm layers (a final LayerNorm, ``norm5``) into the
+    group before it: a norm is part of the stage whose output it normalizes."""
+    folded: list[LayerGroup] = []
+    for group in groups:
+        if folded and all(_is_norm(model, name) for name in group.params):
+            last = folded.pop()
+            group = LayerGroup(f"{last.name}+{group.name}", last.params + group.params)
+        folded.append(group)
+    return folded
+
+
+def merge_groups(groups: Sequence[LayerGroup], count: int) -> list[LayerGroup]:
+    """Merge neighbouring groups into at most ``count``: the stem alone, the rest in
+    ``count - 1`` runs of near-equal length (``blocks.0..blocks.3``)."""
+    if len(groups) <= count:
+        return list(groups)
+    if count == 1:
+        return [LayerGroup("backbone", tuple(p for g in groups for p in g.params))]
+    rest = groups[1:]
+    runs, extra = divmod(len(rest), count - 1)
+    merged, start = [groups[0]], 0
+    for index in range(count - 1):
+        end = start + runs + (1 if index < extra else 0)
+        chunk = rest[start:end]
+        name = chunk[0].name if len(chunk) == 1 else f"{chunk[0].name}..{chunk[-1].name}"
+        merged.append(LayerGroup(name, tuple(p for g in chunk for p in g.params)))
+        start = end
+    return merged
+
+
+def _is_norm(model: nn.Module, param_name: str) -> bool:
+    module = model.get_submodule(param_name.rpartition(".")[0])
+    return "norm" in type(module).__name__.lower()
+
+
 def has_params(module: nn.Module) -> bool:
     """True when ``module`` or a submodule holds a parameter."""
     return next(module.parameters(), None) is not None

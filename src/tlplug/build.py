@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 import torch
 
-from tlplug.backbone import Backbone, check_groups
+from tlplug.backbone import Backbone, check_groups, fold_norm_groups, merge_groups
 from tlplug.errors import OptionError, TlplugError, one_line
 from tlplug.model import TransferModel
 from tlplug.options import resolve_options
@@ -95,6 +95,9 @@ def build_backbone(provider: Choice, recipe: Recipe) -> tuple[Backbone, LoadRepo
             f"provider '{provider.strategy.plugin}' gave bad layer groups for "
             f"{recipe.backbone}: {exc}"
         ) from None
+    backbone.groups = fold_norm_groups(backbone.module, backbone.groups)
+    if recipe.max_groups:
+        backbone.groups = merge_groups(backbone.groups, recipe.max_groups)
     report = None
     if recipe.weights:
         state = backbone_part(read_state_dict(recipe.weights))

@@ -99,7 +99,34 @@ def cli() -> None:
 )
 @click.option("--lr", type=float, help="Base learning rate." + _default("lr"))
 @click.option(
+    "--lr-decay",
+    type=float,
+    help="Layer-wise LR decay G: group i below the head trains at lr x G^i.",
+)
+@click.option(
+    "--lr-mult",
+    metavar="M,M,...",
+    help="LR multiplier per group, stem to head (see 'tlplug groups BACKBONE').",
+)
+@click.option(
+    "--bn-policy",
+    type=click.Choice(["frozen", "eval", "train"]),
+    help="BatchNorm of frozen groups: frozen (eval mode, statistics kept), eval (every "
+    "BatchNorm in eval mode) or train (statistics follow the data)." + _default("bn_policy"),
+)
+@click.option(
+    "--max-groups",
+    type=int,
+    help="Merge the backbone's layer groups into at most this many (stem included).",
+)
+@click.option(
     "--weight-decay", type=float, help="Weight decay. [default: sgd 5e-4, adam 0, adamw 0.01]"
+)
+@click.option(
+    "--decay-norm-bias",
+    is_flag=True,
+    default=None,
+    help="Apply weight decay to biases and norm parameters too (off by default).",
 )
 @click.option("--momentum", type=float, help="SGD momentum." + _default("momentum"))
 @click.option("--epochs", type=int, help="Epochs to train." + _default("epochs"))
@@ -214,7 +241,8 @@ def plugins(as_json) -> None:
 @click.argument("backbone")
 @click.option("--backbone-opt", multiple=True, metavar="KEY=VALUE", help="Provider option.")
 @click.option("--img-size", type=int, help="Input size, for architectures that need one.")
-def groups(backbone, backbone_opt, img_size) -> None:
+@click.option("--max-groups", type=int, help="Merge the groups into at most this many.")
+def groups(backbone, backbone_opt, img_size, max_groups) -> None:
     """Show the layer groups of BACKBONE, stem to top, with their parameter counts."""
     from tlplug.build import build_backbone
     from tlplug.engine import Engine
@@ -225,6 +253,7 @@ def groups(backbone, backbone_opt, img_size) -> None:
         backbone_opts=parse_assignments(backbone_opt, "--backbone-opt"),
         pretrained=False,
         img_size=img_size,
+        max_groups=max_groups,
     )
     built, _ = build_backbone(engine.parts.provider, engine.recipe)
     params = dict(built.module.named_parameters())

@@ -21,7 +21,7 @@ from tlplug.data.transforms import build_transforms
 from tlplug.errors import TlplugError
 from tlplug.freezing import apply_stage, train_mode
 from tlplug.model import BACKBONE_PREFIX, HEAD_PREFIX, TransferModel, count_params
-from tlplug.optim import build_optimizer
+from tlplug.optim import StageScaledScheduler, build_optimizer, group_lrs, lr_multipliers
 from tlplug.plugins import PluginHost
 from tlplug.recipe import Recipe
 from tlplug.run import Run
@@ -94,17 +94,15 @@ class Engine:
             recipe, splits, backbone, img_size, device
         )
         model.to(device)
-        optimizer = build_optimizer(model, recipe)
-        lr_choice = self.parts.lr_schedule
-        scheduler = lr_choice.strategy.factory(
-            optimizer, recipe.epochs * len(train_loader), len(train_loader), **lr_choice.options
-        )
+        multipliers = lr_multipliers(model.group_names(), recipe)
+        optimizer = build_optimizer(model, recipe, multipliers)
+        scheduler = self._lr_scheduler(optimizer, recipe.epochs, len(train_loader))
         config = {
             "tlplug_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "recipe": recipe.to_json(),
             "resolved": self._resolved(recipe, backbone, report, model, plan, splits, img_size)
-            | {"workers": workers, "device": str(device)},
+            | {"workers": workers, "device": str(device), "lr_multipliers": multipliers},
             "versions": _versions(),
         }
         rundir.claim_run_dir(out_dir, overwrite)
@@ -115,6 +113,19 @@ class Engine:
         rundir.write_json(out_dir / rundir.CONFIG, config)
         _announce(console, run, backbone.weights, report, splits, img_size)
         return self._train(run, train_loader, val_loader, console)
+
+    def _lr_scheduler(self, optimizer, epochs: int, steps_per_epoch: int) -> StageScaledScheduler:
+        """The chosen LR schedule over the whole run, wrapped to apply stage LR scales."""
+        choice = self.parts.lr_schedule
+        scheduler = choice.strategy.factory(
+            optimizer, epochs * steps_per_epoch, steps_per_epoch, **choice.options
+        )
+        if not callable(getattr(scheduler, "step", None)) or not hasattr(scheduler, "state_dict"):
+            raise TlplugError(
+                f"LR schedule '{choice.strategy.name}' returned {type(scheduler).__name__}, "
+                "not a torch LR scheduler"
+            )
+        return StageScaledScheduler(scheduler, optimizer)
 
     def _loaders(self, recipe: Recipe, splits, backbone, img_size: int, device: torch.device):
         """Train and validation loaders with the backbone's preprocessing and the augmentations."""
@@ -158,42 +169,50 @@ class Engine:
             "lr_schedule": self.parts.lr_schedule.describe(),
             "augmentations": [c.describe() for c in self.parts.augmentations],
             "weight_decay": recipe.resolved_weight_decay,
+            "weight_decay_on_bias_and_norm": recipe.decay_norm_bias,
+            "bn_policy": recipe.bn_policy,
         }
 
     def _train(self, run: Run, train_loader, val_loader, console: Console) -> FitResult:
         recipe, model = run.recipe, run.model
         started = time.perf_counter()
         best_acc, best_epoch, best_loss = -1.0, 0, float("inf")
-        stage_index, trainable_params = -1, 0
+        trainable_params = 0
         per_class: tuple[list[int], list[int]] = ([], [])
         for epoch in range(1, recipe.epochs + 1):
             run.epoch = epoch
             index = stage_at(run.plan, epoch - 1)
             stage = run.plan[index]
-            if index != stage_index:
-                stage_index = run.stage = index
-                trainable_params = apply_stage(model, stage.trainable)
-                console.say(
-                    f"stage {index + 1}/{len(run.plan)} '{stage.name}' from epoch {epoch}: "
-                    f"training {', '.join(stage.trainable)} ({trainable_params:,} parameters)"
-                )
+            stage_record = {}
+            if index != run.stage:
+                run.stage = index
+                trainable_params = apply_stage(model, stage)
+                run.lr_scheduler.set_scale(stage.lr_scale)
+                stage_record = {"stage_start": True, "stage_lr": _stage_lrs(run, stage)}
+                console.say(_stage_line(run, stage, trainable_params, stage_record["stage_lr"]))
                 self.plugins.hook.tlplug_stage_start(run=run, stage=stage)
-            train_mode(model, stage.trainable)
+            train_mode(model, stage, recipe.bn_policy)
             train = train_epoch(
                 model, train_loader, run.optimizer, run.lr_scheduler, run.device, console, epoch
             )
+            run.step += len(train_loader)
             val, correct, count = evaluate(model, val_loader, run.device, len(run.classes))
+            run.lr_scheduler.epoch_end(val.loss)
             record = {
                 "epoch": epoch,
                 "stage": index,
                 "stage_name": stage.name,
+                **stage_record,
                 "trainable_groups": list(stage.trainable),
+                "bias_groups": list(stage.biases),
                 "trainable_params": trainable_params,
+                "bn_policy": recipe.bn_policy,
+                "lr_scale": stage.lr_scale,
                 "train_loss": train.loss,
                 "train_acc": train.acc,
                 "val_loss": val.loss,
                 "val_acc": val.acc,
-                "lr": {g["name"]: g["lr"] for g in run.optimizer.param_groups},
+                "lr": group_lrs(run.optimizer),
                 "seconds": round(train.seconds + val.seconds, 3),
                 "images_per_s": round(train.images / max(train.seconds, 1e-9), 1),
             }
@@ -290,6 +309,25 @@ def _announce(console: Console, run: Run, weights: str, report, splits, img_size
     plan = "; ".join(f"epoch {s.start + 1}: {s.name}" for s in run.plan)
     console.say(f"schedule {recipe.schedule}: {plan}")
     console.say(f"run directory: {run.run_dir}")
+
+
+def _stage_lrs(run: Run, stage) -> dict[str, float]:
+    """The learning rate each training group starts the stage with."""
+    lrs = group_lrs(run.optimizer)
+    return {name: lrs[name] for name in run.model.group_names() if name in stage.training}
+
+
+def _stage_line(run: Run, stage, params: int, lrs: dict[str, float]) -> str:
+    parts = [", ".join(stage.trainable)] if stage.trainable else []
+    if stage.biases:
+        parts.append(f"the biases of {len(stage.biases)} groups")
+    rates = ", ".join(f"{name} {lr:.2e}" for name, lr in lrs.items())
+    scale = f", LR x{stage.lr_scale:g}" if stage.lr_scale != 1 else ""
+    return (
+        f"stage {run.stage + 1}/{len(run.plan)} '{stage.name}' from epoch {run.epoch}: "
+        f"training {' and '.join(parts)} ({params:,} parameters); lr {rates}{scale}; "
+        f"frozen BatchNorm policy '{run.recipe.bn_policy}'"
+    )
 
 
 def _epoch_line(record: dict[str, Any], epochs: int, best: bool) -> str:

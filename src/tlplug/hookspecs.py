@@ -50,7 +50,8 @@ def tlplug_register_schedules(register):
     Called once per engine. ``register(name, factory)``: the engine calls
     ``factory(groups, epochs, **options)`` with the layer-group names ordered stem to head
     and the number of epochs, and expects a list of :class:`tlplug.Stage`, the first
-    starting at epoch 0. Keyword-only parameters are options (``--schedule-opt``). Every
+    starting at epoch 0; a stage may also train only the biases of some groups and scale
+    the LR. Keyword-only parameters are options (``--schedule-opt``). Every
     implementation is called.
     """
 
@@ -61,10 +62,11 @@ def tlplug_register_lr_schedules(register):
 
     Called once per engine. ``register(name, factory)``: the engine calls
     ``factory(optimizer, total_steps, steps_per_epoch, **options)`` once per run and expects
-    a ``torch.optim.lr_scheduler.LRScheduler`` that it steps after every optimizer step.
+    a ``torch.optim.lr_scheduler.LRScheduler`` that it steps after every optimizer step,
+    or a ``ReduceLROnPlateau`` that it steps after every epoch with the validation loss.
     The optimizer already holds every parameter group, frozen ones included, so the
-    scheduler never sees a group appear. Keyword-only parameters are options. Every
-    implementation is called.
+    scheduler never sees a group appear; each group's ``lr`` already carries its
+    multiplier. Keyword-only parameters are options. Every implementation is called.
     """
 
 

@@ -45,8 +45,28 @@ class TransferModel(nn.Module):
     def group_params(self, name: str) -> list[nn.Parameter]:
         """The parameters of group ``name``."""
         params = dict(self.named_parameters())
-        group = next(g for g in self.groups if g.name == name)
-        return [params[p] for p in group.params]
+        return [params[p] for p in self.group_param_names(name)]
+
+    def group_param_names(self, name: str) -> tuple[str, ...]:
+        """The full parameter names of group ``name``."""
+        return next(g for g in self.groups if g.name == name).params
+
+    def subtree_groups(self) -> dict[str, frozenset[str]]:
+        """Map every module path to the groups owning the parameters and buffers below it.
+
+        A module that holds none (an activation, a dropout) maps to its parent's groups.
+        """
+        direct = self.group_modules()
+        below: dict[str, set[str]] = {path: set() for path, _ in self.named_modules()}
+        for path, group in direct.items():
+            parts = path.split(".") if path else []
+            for depth in range(len(parts) + 1):
+                below[".".join(parts[:depth])].add(group)
+        found: dict[str, frozenset[str]] = {}
+        for path in below:
+            groups = below[path] or found.get(path.rpartition(".")[0], set())
+            found[path] = frozenset(groups)
+        return found
 
     def group_modules(self) -> dict[str, str]:
         """Map every module that holds parameters or buffers to its group's name."""

@@ -2,26 +2,136 @@
 
 Freezing never rebuilds it: a frozen group's parameters just receive no gradient, which
 every torch optimizer skips. State of a group that trained is kept across stage changes,
-and LR schedulers see the same groups from the first step to the last.
+a group that never trained has none yet, and LR schedulers see the same groups from the
+first step to the last.
+
+Per-group learning rates are multipliers on the base LR (``--lr-decay``, ``--lr-mult``).
+Biases, norm parameters and the backbone's own no-weight-decay parameters (ViT position
+embeddings, class tokens) get no weight decay unless asked; a layer group with both kinds
+is two torch param groups that share its ``name``.
 """
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Sequence
+from typing import Any
 
-from tlplug.model import TransferModel
+import torch
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+from tlplug.errors import OptionError
+from tlplug.model import BACKBONE_PREFIX, TransferModel
 from tlplug.recipe import Recipe
 
 
-def build_optimizer(model: TransferModel, recipe: Recipe) -> torch.optim.Optimizer:
+def lr_multipliers(groups: Sequence[str], recipe: Recipe) -> dict[str, float]:
+    """Each group's LR multiplier: ``lr_decay ** i`` with i counted from the head, or
+    ``lr_mult`` given stem to head, or 1."""
+    if recipe.lr_mult:
+        if len(recipe.lr_mult) != len(groups):
+            raise OptionError(
+                f"--lr-mult gives {len(recipe.lr_mult)} multipliers for {len(groups)} groups; "
+                f"give one per group, stem to head: {', '.join(groups)}"
+            )
+        return {g: float(m) for g, m in zip(groups, recipe.lr_mult, strict=True)}
+    decay = recipe.lr_decay if recipe.lr_decay is not None else 1.0
+    last = len(groups) - 1
+    return {g: decay ** (last - i) for i, g in enumerate(groups)}
+
+
+def build_optimizer(
+    model: TransferModel, recipe: Recipe, multipliers: dict[str, float]
+) -> torch.optim.Optimizer:
     """Create the recipe's optimizer over every group of ``model`` (frozen ones included)."""
-    groups = [
-        {"params": model.group_params(name), "name": name, "lr": recipe.lr}
-        for name in model.group_names()
-    ]
     decay = recipe.resolved_weight_decay
+    exempt = None if recipe.decay_norm_bias else _no_decay_names(model)
+    groups: list[dict[str, Any]] = []
+    for name in model.group_names():
+        params = dict(zip(model.group_param_names(name), model.group_params(name), strict=True))
+        with_decay = [p for n, p in params.items() if not _exempt(n, p, exempt)]
+        without = [p for n, p in params.items() if _exempt(n, p, exempt)]
+        common = {"name": name, "lr": recipe.lr * multipliers[name], "lr_mult": multipliers[name]}
+        for members, value in ((with_decay, decay), (without, 0.0)):
+            if members:
+                groups.append({"params": members, "weight_decay": value, **common})
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, weight_decay=decay)
     if recipe.optimizer == "adam":
         return torch.optim.Adam(groups, lr=recipe.lr, weight_decay=decay)
     return torch.optim.AdamW(groups, lr=recipe.lr, weight_decay=decay)
+
+
+def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """The current learning rate of each layer group, by name."""
+    return {g["name"]: g["lr"] for g in optimizer.param_groups}
+
+
+def _no_decay_names(model: TransferModel) -> tuple[str, ...]:
+    """Full names of the parameters the backbone asks to exempt (timm's ``no_weight_decay``)."""
+    ask = getattr(model.backbone, "no_weight_decay", None)
+    names = ask() if callable(ask) else ()
+    return tuple(BACKBONE_PREFIX + n for n in names)
+
+
+def _exempt(name: str, param: torch.nn.Parameter, names: tuple[str, ...] | None) -> bool:
+    """True for a bias, a norm weight or a listed parameter; never when ``names`` is None."""
+    if names is None:
+        return False
+    return (
+        param.ndim <= 1
+        or name.endswith(".bias")
+        or any(name == n or name.startswith(n + ".") for n in names)
+    )
+
+
+class StageScaledScheduler:
+    """A run's LR scheduler, with the LR scale of the freeze stage in force applied on top.
+
+    The wrapped scheduler always sees its own, unscaled learning rates (the scale is taken
+    off before it steps and put back after), so chainable schedulers and
+    ``ReduceLROnPlateau`` work unchanged. ``ReduceLROnPlateau`` steps once per epoch with
+    the validation loss; every other scheduler steps after every optimizer step.
+    """
+
+    def __init__(self, scheduler: Any, optimizer: torch.optim.Optimizer):
+        self.scheduler = scheduler
+        self.optimizer = optimizer
+        self.scale = 1.0
+        self.per_epoch = isinstance(scheduler, ReduceLROnPlateau)
+
+    def set_scale(self, scale: float) -> None:
+        """Apply ``scale`` to every group's LR from now on."""
+        if scale != self.scale:
+            self._rescale(scale / self.scale)
+            self.scale = scale
+
+    def step(self) -> None:
+        """Advance after one optimizer step (a no-op for per-epoch schedulers)."""
+        if not self.per_epoch:
+            self._unscaled(self.scheduler.step)
+
+    def epoch_end(self, val_loss: float) -> None:
+        """Advance a per-epoch scheduler with the epoch's validation loss."""
+        if self.per_epoch:
+            self._unscaled(lambda: self.scheduler.step(val_loss))
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-ready state: the wrapped scheduler's and the stage scale."""
+        return {"scheduler": self.scheduler.state_dict(), "scale": self.scale}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (the optimizer's LRs are restored with it)."""
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scale = state["scale"]
+
+    def _unscaled(self, advance) -> None:
+        if self.scale == 1.0:
+            advance()
+            return
+        self._rescale(1 / self.scale)
+        advance()
+        self._rescale(self.scale)
+
+    def _rescale(self, factor: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] *= factor

@@ -17,6 +17,7 @@ from tlplug.errors import OptionError, close_matches
 from tlplug.options import coerce
 
 Optimizer = Literal["sgd", "adam", "adamw"]
+BnPolicy = Literal["frozen", "eval", "train"]
 
 # Weight decay per optimizer when none is given: decoupled decay needs a larger value.
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adam": 0.0, "adamw": 0.01}
@@ -40,8 +41,13 @@ class Recipe:
     augment_opts: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     optimizer: Optimizer = "adamw"
     lr: float = 1e-3
+    lr_decay: float | None = None
+    lr_mult: tuple[float, ...] = ()
     weight_decay: float | None = None
+    decay_norm_bias: bool = False
     momentum: float = 0.9
+    bn_policy: BnPolicy = "frozen"
+    max_groups: int | None = None
     epochs: int = 5
     batch_size: int = 32
     img_size: int | None = None
@@ -81,6 +87,14 @@ class Recipe:
             raise OptionError(f"--img-size must be at least 16, got {self.img_size}")
         if self.val_split is not None and not 0 < self.val_split < 1:
             raise OptionError(f"--val-split must be between 0 and 1, got {self.val_split}")
+        if self.lr_decay is not None and not 0 < self.lr_decay <= 1:
+            raise OptionError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
+        if self.lr_decay is not None and self.lr_mult:
+            raise OptionError("give --lr-decay or --lr-mult, not both")
+        if any(not m >= 0 for m in self.lr_mult):
+            raise OptionError(f"--lr-mult multipliers must be >= 0, got {list(self.lr_mult)}")
+        if self.max_groups is not None and self.max_groups < 1:
+            raise OptionError(f"--max-groups must be at least 1, got {self.max_groups}")
         if self.weight_decay is not None and self.weight_decay < 0:
             raise OptionError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if self.workers is not None and self.workers < 0:
@@ -99,6 +113,7 @@ class Recipe:
         """Return the recipe as a JSON-ready dict."""
         data = attrs.asdict(self)
         data["augment"] = list(self.augment)
+        data["lr_mult"] = list(self.lr_mult)
         return data
 
     @classmethod

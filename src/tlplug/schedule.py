@@ -16,15 +16,44 @@ from tlplug.errors import TlplugError
 
 @attrs.frozen
 class Stage:
-    """From epoch ``start`` (0-based) on, exactly the groups in ``trainable`` train."""
+    """From epoch ``start`` (0-based) on, exactly the groups in ``trainable`` train.
+
+    Of the groups in ``biases`` only the bias parameters train (BitFit); every other group
+    is frozen. ``lr_scale`` multiplies every group's learning rate while the stage lasts
+    (LP-FT fine-tunes at a lower rate than it probes).
+    """
 
     start: int
     trainable: tuple[str, ...] = attrs.field(converter=tuple)
     name: str = ""
+    biases: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    lr_scale: float = 1.0
 
     def to_json(self) -> dict:
         """Return the stage as a JSON-ready dict."""
-        return {"start": self.start, "name": self.name, "trainable": list(self.trainable)}
+        return {
+            "start": self.start,
+            "name": self.name,
+            "trainable": list(self.trainable),
+            "biases": list(self.biases),
+            "lr_scale": self.lr_scale,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Stage:
+        """Rebuild a stage from :meth:`to_json` output."""
+        return cls(
+            data["start"],
+            data["trainable"],
+            data.get("name", ""),
+            data.get("biases", ()),
+            data.get("lr_scale", 1.0),
+        )
+
+    @property
+    def training(self) -> tuple[str, ...]:
+        """Every group with at least one trainable parameter in this stage."""
+        return (*self.biases, *self.trainable)
 
 
 def top_groups(groups: Sequence[str], count: int) -> tuple[str, ...]:
@@ -32,8 +61,10 @@ def top_groups(groups: Sequence[str], count: int) -> tuple[str, ...]:
     return tuple(groups[max(0, len(groups) - count) :])
 
 
-def stage_name(groups: Sequence[str], trainable: Sequence[str]) -> str:
-    """A short name: ``head``, ``full``, or ``layer3..head`` for a top-down slice."""
+def stage_name(groups: Sequence[str], trainable: Sequence[str], biases: Sequence[str] = ()) -> str:
+    """A short name: ``head``, ``full``, ``layer3..head`` for a top-down slice, ``biases+head``."""
+    if biases:
+        return f"biases+{stage_name(groups, trainable)}" if trainable else "biases"
     if len(trainable) == len(groups):
         return "full"
     if list(trainable) == list(groups[-1:]):
@@ -51,9 +82,13 @@ def check_plan(plan: Sequence[Stage], groups: Sequence[str], what: str) -> list[
             raise TlplugError(
                 f"{what} must return tlplug.Stage objects, got {type(stage).__name__}"
             )
-        if not stage.trainable:
+        if not stage.training:
             raise TlplugError(f"{what}: stage {index + 1} trains no group")
-        unknown = [g for g in stage.trainable if g not in groups]
+        if set(stage.trainable) & set(stage.biases):
+            raise TlplugError(f"{what}: stage {index + 1} lists a group as trainable and biases")
+        if not stage.lr_scale > 0:
+            raise TlplugError(f"{what}: stage {index + 1} has lr_scale {stage.lr_scale}; use > 0")
+        unknown = [g for g in stage.training if g not in groups]
         if unknown:
             raise TlplugError(
                 f"{what} names unknown group(s) {', '.join(unknown)}; "
@@ -64,7 +99,9 @@ def check_plan(plan: Sequence[Stage], groups: Sequence[str], what: str) -> list[
         if index and stage.start <= plan[index - 1].start:
             raise TlplugError(f"{what}: stage starts must increase")
         ordered = tuple(g for g in groups if g in stage.trainable)
-        checked.append(Stage(stage.start, ordered, stage.name or stage_name(groups, ordered)))
+        biases = tuple(g for g in groups if g in stage.biases)
+        name = stage.name or stage_name(groups, ordered, biases)
+        checked.append(Stage(stage.start, ordered, name, biases, float(stage.lr_scale)))
     return checked
 
 

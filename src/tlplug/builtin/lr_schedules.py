@@ -1,4 +1,4 @@
-"""Built-in learning-rate schedules, stepped once per optimizer step.
+"""Built-in learning-rate schedules, stepped once per optimizer step (``plateau`` per epoch).
 
 Each scales every parameter group's own base LR, so per-group multipliers survive, and
 each is built once for the whole run, across every freeze stage.
@@ -19,6 +19,7 @@ def tlplug_register_lr_schedules(register):
     register("cosine", cosine)
     register("onecycle", onecycle)
     register("step", step)
+    register("plateau", plateau)
 
 
 def constant(optimizer, total_steps: int, steps_per_epoch: int, *, warmup_epochs: float = 0.0):
@@ -75,6 +76,22 @@ def step(
     """Multiply the LR by ``gamma`` every ``step_epochs`` epochs."""
     every = max(1, step_epochs * steps_per_epoch)
     return lr_scheduler.LambdaLR(optimizer, lambda s: gamma ** (s // every))
+
+
+def plateau(
+    optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    *,
+    factor: float = 0.1,
+    patience: int = 2,
+    min_lr: float = 0.0,
+):
+    """Multiply the LR by ``factor`` when the validation loss stops improving for
+    ``patience`` epochs (stepped once per epoch)."""
+    return lr_scheduler.ReduceLROnPlateau(
+        optimizer, factor=factor, patience=patience, min_lr=min_lr
+    )
 
 
 def _warmup(step_index: int, warmup: int) -> float:

@@ -18,6 +18,8 @@ def tlplug_register_schedules(register):
     register("freeze-unfreeze", freeze_unfreeze)
     register("gradual", gradual)
     register("milestones", milestones)
+    register("lp-ft", lp_ft)
+    register("bitfit", bitfit)
 
 
 def full(groups: list[str], epochs: int) -> list[Stage]:
@@ -63,3 +65,27 @@ def milestones(
     for index, epoch in enumerate(at, start=1):
         plan.append(Stage(epoch, top_groups(groups, 1 + index * groups_per_stage)))
     return plan
+
+
+def lp_ft(
+    groups: list[str], epochs: int, *, probe_epochs: int | None = None, ft_lr_scale: float = 0.1
+) -> list[Stage]:
+    """Linear probe, then fine-tune everything at ``ft_lr_scale`` times the LR (LP-FT).
+
+    Kumar et al. 2022: a head fitted first keeps fine-tuning from distorting the
+    pretrained features. ``probe_epochs`` defaults to half the run.
+    """
+    probe = max(1, epochs // 2) if probe_epochs is None else probe_epochs
+    if probe < 1:
+        raise OptionError("lp-ft option probe_epochs must be >= 1")
+    if not ft_lr_scale > 0:
+        raise OptionError("lp-ft option ft_lr_scale must be > 0")
+    return [
+        Stage(0, top_groups(groups, 1), "probe"),
+        Stage(probe, groups, "fine-tune", lr_scale=ft_lr_scale),
+    ]
+
+
+def bitfit(groups: list[str], epochs: int) -> list[Stage]:
+    """Train the head and the bias parameters of every backbone group (Ben Zaken et al. 2022)."""
+    return [Stage(0, top_groups(groups, 1), biases=groups[:-1])]
