@@ -43,7 +43,7 @@ def check(provider_name: str, name: str, stages: int | None) -> str:
     needed = _bytes_needed(provider_name, name)
     available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if 3 * needed > 0.75 * available:
-        return f"{TOO_LARGE}: its weights alone take {needed / 2**30:.0f} GiB"
+        return f"{TOO_LARGE}: its weights, gradients and momentum take {3 * needed / 2**30:.0f} GiB"
     torch.manual_seed(0)
     native = provider.strategy.factory.create(name, False, None).data_config.input_size
     last = ""
@@ -94,6 +94,7 @@ def main() -> int:
     parser.add_argument("--pattern", default="*")
     parser.add_argument("--start", default="", help="skip names sorting before this one")
     parser.add_argument("--stages", type=int, help="at most this many stages per model")
+    parser.add_argument("--verbose", action="store_true", help="print passing models too")
     args = parser.parse_args()
     host = PluginHost(entrypoints=False)
     failed_total = 0
@@ -118,6 +119,8 @@ def main() -> int:
                 print(f"FAIL {provider_name}:{name}: {reason}", flush=True)
             else:
                 counts["passed"] += 1
+                if args.verbose:
+                    print(f"ok {provider_name}:{name}", flush=True)
         pool.shutdown()
         failed_total += counts["failed"]
         print(
