@@ -45,7 +45,7 @@ def check(provider_name: str, name: str, stages: int | None) -> str:
     if 3 * needed > 0.75 * available:
         return f"{TOO_LARGE}: its weights, gradients and momentum take {3 * needed / 2**30:.0f} GiB"
     torch.manual_seed(0)
-    native = provider.strategy.factory.create(name, False, None).data_config.input_size
+    native = _native_size(provider.strategy.factory, name)
     last = ""
     for size in sorted({s for s in SIZES if s < native} | {native}):
         try:
@@ -69,6 +69,15 @@ def check(provider_name: str, name: str, stages: int | None) -> str:
         problems = check_mechanics(backbone, size, groups_per_stage=per_stage)
         return "; ".join(problems[:3])
     return last
+
+
+def _native_size(provider, name: str) -> int:
+    """The model's own input size, read from a weightless (meta device) build when possible."""
+    try:
+        with torch.device("meta"):
+            return provider.create(name, False, None).data_config.input_size
+    except Exception:
+        return provider.create(name, False, None).data_config.input_size
 
 
 def _bytes_needed(provider_name: str, name: str) -> int:
