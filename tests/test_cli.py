@@ -187,8 +187,8 @@ def test_existing_run_is_refused_and_untouched(timm_run, image_folder, capsys):
     code, _, err = tlplug(capsys, "run", "--data", image_folder, "--out", timm_run, *TINY_ARGS)
     assert code == 1
     assert err.strip() == (
-        f"Error: run directory {timm_run} is not empty; pass --overwrite to replace the run "
-        "in it, or choose another --out"
+        f"Error: run directory {timm_run} is not empty; pass --resume {timm_run} to "
+        "continue the run in it, --overwrite to replace it, or choose another --out"
     )
     assert {p.name: p.read_bytes() for p in timm_run.iterdir()} == before
 

@@ -145,13 +145,42 @@ def cli() -> None:
     type=click.Path(path_type=Path),
     help="Run directory. [default: runs/<time>-<backbone>]",
 )
+@click.option(
+    "--skip-nonfinite",
+    type=int,
+    help="Batches with a NaN or infinite loss to step over before stopping. [default: 0]",
+)
+@click.option(
+    "--auto-batch-size",
+    is_flag=True,
+    default=None,
+    help="Halve --batch-size until a training step fits in memory.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace the run in a non-empty --out.")
+@click.option(
+    "--resume",
+    type=click.Path(path_type=Path),
+    metavar="RUN_DIR",
+    help="Continue the interrupted run in RUN_DIR with its own recipe and data.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing while training.")
-def run(data, out, overwrite, quiet, **options) -> None:
+def run(data, out, overwrite, resume, quiet, **options) -> None:
     """Fine-tune a backbone on DATA and write a run directory."""
     from tlplug.engine import Engine
 
     recipe = _recipe_from_cli(options)
+    if resume is not None:
+        given = [f"--{k.replace('_', '-')}" for k in recipe] + [
+            flag for flag, value in (("--data", data), ("--out", out), ("--overwrite", overwrite))
+            if value
+        ]  # fmt: skip
+        if given:
+            raise OptionError(
+                f"--resume continues {resume} with the recipe and data in its config.json; "
+                f"drop {', '.join(given)}"
+            )
+        Engine.resume(resume, quiet=quiet)
+        return
     engine = Engine.from_plugins(**recipe)
     engine.fit(data, out=out, overwrite=overwrite, quiet=quiet)
 
@@ -311,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except TlplugError as exc:
         click.echo(f"Error: {one_line(exc)}", err=True)
-        sys.exit(1)
+        sys.exit(getattr(exc, "exit_code", 1))
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)

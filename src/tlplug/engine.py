@@ -12,21 +12,22 @@ import attrs
 import numpy as np
 import torch
 
-from tlplug import __version__, rundir
+from tlplug import __version__, checkpoint, rundir
 from tlplug.build import Parts, build_backbone, build_model, make_plan, probe, resolve
 from tlplug.console import Console
 from tlplug.data import load_data
-from tlplug.data.loaders import TransformedImages, default_workers, make_loader
+from tlplug.data.loaders import TransformedImages, default_workers, epoch_seed, make_loader
 from tlplug.data.transforms import build_transforms
 from tlplug.errors import TlplugError
 from tlplug.freezing import apply_stage, train_mode
+from tlplug.interrupt import Interrupted, StopRequest
 from tlplug.model import BACKBONE_PREFIX, HEAD_PREFIX, TransferModel, count_params
 from tlplug.optim import StageScaledScheduler, build_optimizer, group_lrs, lr_multipliers
 from tlplug.plugins import PluginHost
 from tlplug.recipe import Recipe
 from tlplug.run import Run
 from tlplug.schedule import stage_at
-from tlplug.training import evaluate, train_epoch
+from tlplug.training import Diverged, NonFinite, evaluate, fit_batch_size, train_epoch
 from tlplug.weights import save_atomic
 
 
@@ -80,6 +81,48 @@ class Engine:
         console = Console(quiet)
         out_dir = Path(out) if out is not None else rundir.default_run_dir(recipe.backbone)
         rundir.check_run_dir(out_dir, overwrite)
+        run, loaders, announce = self._prepare(recipe, data, out_dir)
+        rundir.claim_run_dir(out_dir, overwrite)
+        self.plugins.hook.tlplug_run_start(run=run)
+        rundir.write_json(out_dir / rundir.CONFIG, run.config)
+        announce(console)
+        return self._train(run, *loaders, console)
+
+    @classmethod
+    def resume(
+        cls,
+        run_dir: str | os.PathLike,
+        *plugins: Any,
+        entrypoints: bool = True,
+        quiet: bool = False,
+    ) -> FitResult:
+        """Continue the interrupted run in ``run_dir`` after its last finished epoch."""
+        run_dir = Path(run_dir)
+        config = rundir.read_json(run_dir / rundir.CONFIG)
+        state = checkpoint.read_resume(run_dir / checkpoint.RESUME)
+        try:
+            recipe = Recipe.from_json(config["recipe"])
+            data = config["resolved"]["data"]
+        except (KeyError, TypeError) as exc:
+            raise TlplugError(f"{run_dir / rundir.CONFIG} is incomplete ({exc})") from None
+        if state.epoch >= recipe.epochs:
+            raise TlplugError(f"{run_dir} already finished all {recipe.epochs} epochs")
+        engine = cls(PluginHost(plugins, entrypoints=entrypoints), recipe)
+        source = data.get("root") if data.get("kind") == "folder" else None
+        run, loaders, announce = engine._prepare(engine.recipe, source, run_dir)
+        _check_same_run(run.config["resolved"], config["resolved"], run_dir)
+        run.config = config
+        best = checkpoint.restore(run, state)
+        run.history = rundir.truncate_metrics(run_dir / rundir.METRICS, run.epoch)
+        console = Console(quiet)
+        engine.plugins.hook.tlplug_run_start(run=run)
+        announce(console)
+        console.say(f"resuming after epoch {run.epoch} of {recipe.epochs}")
+        return engine._train(run, *loaders, console, best)
+
+    def _prepare(self, recipe: Recipe, data, out_dir: Path):
+        """Build everything a run needs, writing nothing: the run, its two loaders, and a
+        function that prints what was built."""
         seed_everything(recipe.seed)
         splits = load_data(data, recipe.val_split, recipe.seed)
         device = pick_device(recipe.device)
@@ -89,11 +132,13 @@ class Engine:
         probe(backbone, img_size, recipe.backbone)
         model = build_model(self.parts.head, backbone, len(splits.classes))
         plan = make_plan(self.parts, model.group_names(), recipe.epochs)
-
-        train_loader, val_loader, workers = self._loaders(
-            recipe, splits, backbone, img_size, device
-        )
         model.to(device)
+        batch_size = recipe.batch_size
+        if recipe.auto_batch_size:
+            batch_size = fit_batch_size(model, batch_size, img_size, len(splits.classes), device)
+        train_loader, val_loader, workers = self._loaders(
+            recipe, splits, backbone, img_size, device, batch_size
+        )
         multipliers = lr_multipliers(model.group_names(), recipe)
         optimizer = build_optimizer(model, recipe, multipliers)
         scheduler = self._lr_scheduler(optimizer, recipe.epochs, len(train_loader))
@@ -102,17 +147,22 @@ class Engine:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "recipe": recipe.to_json(),
             "resolved": self._resolved(recipe, backbone, report, model, plan, splits, img_size)
-            | {"workers": workers, "device": str(device), "lr_multipliers": multipliers},
+            | {
+                "workers": workers,
+                "device": str(device),
+                "lr_multipliers": multipliers,
+                "batch_size": batch_size,
+            },
             "versions": _versions(),
         }
-        rundir.claim_run_dir(out_dir, overwrite)
         run = Run(
             recipe, config, model, optimizer, scheduler, plan, splits.classes, out_dir, device
         )
-        self.plugins.hook.tlplug_run_start(run=run)
-        rundir.write_json(out_dir / rundir.CONFIG, config)
-        _announce(console, run, backbone.weights, report, splits, img_size)
-        return self._train(run, train_loader, val_loader, console)
+
+        def announce(console: Console) -> None:
+            _announce(console, run, backbone.weights, report, splits, img_size)
+
+        return run, (train_loader, val_loader), announce
 
     def _lr_scheduler(self, optimizer, epochs: int, steps_per_epoch: int) -> StageScaledScheduler:
         """The chosen LR schedule over the whole run, wrapped to apply stage LR scales."""
@@ -127,7 +177,9 @@ class Engine:
             )
         return StageScaledScheduler(scheduler, optimizer)
 
-    def _loaders(self, recipe: Recipe, splits, backbone, img_size: int, device: torch.device):
+    def _loaders(
+        self, recipe: Recipe, splits, backbone, img_size: int, device: torch.device, batch_size: int
+    ):
         """Train and validation loaders with the backbone's preprocessing and the augmentations."""
         augmentations = [
             c.strategy.factory(img_size, **c.options) for c in self.parts.augmentations
@@ -136,11 +188,9 @@ class Engine:
         workers = default_workers() if recipe.workers is None else recipe.workers
         common = dict(workers=workers, seed=recipe.seed, pin_memory=device.type == "cuda")
         train = make_loader(
-            TransformedImages(splits.train, train_tf), recipe.batch_size, train=True, **common
+            TransformedImages(splits.train, train_tf), batch_size, train=True, **common
         )
-        val = make_loader(
-            TransformedImages(splits.val, eval_tf), recipe.batch_size, train=False, **common
-        )
+        val = make_loader(TransformedImages(splits.val, eval_tf), batch_size, train=False, **common)
         return train, val, workers
 
     def _resolved(self, recipe, backbone, report, model, plan, splits, img_size) -> dict:
@@ -173,78 +223,118 @@ class Engine:
             "bn_policy": recipe.bn_policy,
         }
 
-    def _train(self, run: Run, train_loader, val_loader, console: Console) -> FitResult:
+    def _train(
+        self,
+        run: Run,
+        train_loader,
+        val_loader,
+        console: Console,
+        tally: dict[str, Any] | None = None,
+    ) -> FitResult:
+        """Train from the epoch after ``run.epoch`` to the end; ``tally`` carries the best
+        result, time and skipped batches of a resumed run."""
         recipe, model = run.recipe, run.model
-        started = time.perf_counter()
-        best_acc, best_epoch, best_loss = -1.0, 0, float("inf")
-        trainable_params = 0
-        per_class: tuple[list[int], list[int]] = ([], [])
-        for epoch in range(1, recipe.epochs + 1):
-            run.epoch = epoch
-            index = stage_at(run.plan, epoch - 1)
-            stage = run.plan[index]
-            stage_record = {}
-            if index != run.stage:
-                run.stage = index
-                trainable_params = apply_stage(model, stage)
-                run.lr_scheduler.set_scale(stage.lr_scale)
-                stage_record = {"stage_start": True, "stage_lr": _stage_lrs(run, stage)}
-                console.say(_stage_line(run, stage, trainable_params, stage_record["stage_lr"]))
-                self.plugins.hook.tlplug_stage_start(run=run, stage=stage)
-            train_mode(model, stage, recipe.bn_policy)
-            train = train_epoch(
-                model, train_loader, run.optimizer, run.lr_scheduler, run.device, console, epoch
-            )
-            run.step += len(train_loader)
-            val, correct, count = evaluate(model, val_loader, run.device, len(run.classes))
-            run.lr_scheduler.epoch_end(val.loss)
-            record = {
-                "epoch": epoch,
-                "stage": index,
-                "stage_name": stage.name,
-                **stage_record,
-                "trainable_groups": list(stage.trainable),
-                "bias_groups": list(stage.biases),
-                "trainable_params": trainable_params,
-                "bn_policy": recipe.bn_policy,
-                "lr_scale": stage.lr_scale,
-                "train_loss": train.loss,
-                "train_acc": train.acc,
-                "val_loss": val.loss,
-                "val_acc": val.acc,
-                "lr": group_lrs(run.optimizer),
-                "seconds": round(train.seconds + val.seconds, 3),
-                "images_per_s": round(train.images / max(train.seconds, 1e-9), 1),
-            }
-            if (val.acc, -val.loss) > (best_acc, -best_loss):
-                best_acc, best_loss, best_epoch = val.acc, val.loss, epoch
-                per_class = (correct, count)
-                save_weights(model, run.run_dir / rundir.WEIGHTS, run.config)
-            self.plugins.hook.tlplug_epoch_end(run=run, record=record)
-            run.history.append(record)
-            rundir.append_jsonl(run.run_dir / rundir.METRICS, record)
-            console.say(_epoch_line(record, recipe.epochs, best_epoch == epoch))
+        tally = tally or {
+            "best_acc": -1.0,
+            "best_loss": float("inf"),
+            "best_epoch": 0,
+            "per_class": [[], []],
+            "seconds": 0.0,
+            "skipped_nonfinite": 0,
+        }
+        nonfinite = NonFinite(recipe.skip_nonfinite, tally["skipped_nonfinite"])
+        started = time.perf_counter() - tally["seconds"]
+        trainable_params = apply_stage(model, run.plan[run.stage]) if run.stage >= 0 else 0
+        with StopRequest() as stop:
+            for epoch in range(run.epoch + 1, recipe.epochs + 1):
+                run.epoch = epoch
+                index = stage_at(run.plan, epoch - 1)
+                stage = run.plan[index]
+                stage_record = {}
+                if index != run.stage:
+                    run.stage = index
+                    trainable_params = apply_stage(model, stage)
+                    run.lr_scheduler.set_scale(stage.lr_scale)
+                    stage_record = {"stage_start": True, "stage_lr": _stage_lrs(run, stage)}
+                    console.say(_stage_line(run, stage, trainable_params, stage_record["stage_lr"]))
+                    self.plugins.hook.tlplug_stage_start(run=run, stage=stage)
+                seed_everything(epoch_seed(recipe.seed, epoch))
+                train_loader.sampler.set_epoch(epoch)
+                train_mode(model, stage, recipe.bn_policy)
+                try:
+                    train = train_epoch(
+                        model, train_loader, run.optimizer, run.lr_scheduler, run.device,
+                        console, epoch, stop=stop, nonfinite=nonfinite,
+                    )  # fmt: skip
+                except Diverged as exc:
+                    raise Diverged(f"{exc}. {_kept(run, tally)}") from None
+                if not train.complete:
+                    raise Interrupted(
+                        f"stopped by {stop.requested} during epoch {epoch}. "
+                        f"{_kept(run, tally)}; continue with: tlplug run --resume {run.run_dir}",
+                        128 + stop.signum,
+                    )
+                run.step += len(train_loader)
+                val, correct, count = evaluate(model, val_loader, run.device, len(run.classes))
+                run.lr_scheduler.epoch_end(val.loss)
+                record = {
+                    "epoch": epoch,
+                    "stage": index,
+                    "stage_name": stage.name,
+                    **stage_record,
+                    "trainable_groups": list(stage.trainable),
+                    "bias_groups": list(stage.biases),
+                    "trainable_params": trainable_params,
+                    "bn_policy": recipe.bn_policy,
+                    "lr_scale": stage.lr_scale,
+                    "train_loss": train.loss,
+                    "train_acc": train.acc,
+                    "val_loss": val.loss,
+                    "val_acc": val.acc,
+                    "lr": group_lrs(run.optimizer),
+                    "seconds": round(train.seconds + val.seconds, 3),
+                    "images_per_s": round(train.images / max(train.seconds, 1e-9), 1),
+                    "skipped_nonfinite": nonfinite.skipped,
+                }
+                best = (val.acc, -val.loss) > (tally["best_acc"], -tally["best_loss"])
+                if best:
+                    tally.update(best_acc=val.acc, best_loss=val.loss, best_epoch=epoch)
+                    tally["per_class"] = [correct, count]
+                    save_weights(model, run.run_dir / rundir.WEIGHTS, run.config)
+                self.plugins.hook.tlplug_epoch_end(run=run, record=record)
+                run.history.append(record)
+                rundir.append_jsonl(run.run_dir / rundir.METRICS, record)
+                tally.update(
+                    seconds=time.perf_counter() - started, skipped_nonfinite=nonfinite.skipped
+                )
+                checkpoint.save_resume(run.run_dir / checkpoint.RESUME, run, tally)
+                console.say(_epoch_line(record, recipe.epochs, best))
         summary = {
-            "best_val_acc": best_acc,
-            "best_epoch": best_epoch,
+            "best_val_acc": tally["best_acc"],
+            "best_epoch": tally["best_epoch"],
             "final_val_acc": run.history[-1]["val_acc"],
             "epochs": recipe.epochs,
             "seconds": round(time.perf_counter() - started, 2),
+            "skipped_nonfinite": nonfinite.skipped,
             "classes": list(run.classes),
             "num_train": run.config["resolved"]["data"]["num_train"],
             "num_val": run.config["resolved"]["data"]["num_val"],
             "per_class_val_acc": {
                 name: (c / n if n else None)
-                for name, c, n in zip(run.classes, *per_class, strict=True)
+                for name, c, n in zip(run.classes, *tally["per_class"], strict=True)
             },
         }
         self.plugins.hook.tlplug_run_end(run=run, summary=summary)
         rundir.write_json(run.run_dir / rundir.SUMMARY, summary)
         console.say(
-            f"best val_acc {best_acc:.4f} at epoch {best_epoch}; run saved in {run.run_dir}\n"
+            f"best val_acc {tally['best_acc']:.4f} at epoch {tally['best_epoch']}; "
+            f"run saved in {run.run_dir}\n"
             f"predict with: tlplug predict {run.run_dir} IMAGE..."
         )
-        return FitResult(best_acc, best_epoch, summary["final_val_acc"], run.run_dir, run.history)
+        return FitResult(
+            tally["best_acc"], tally["best_epoch"], summary["final_val_acc"], run.run_dir,
+            run.history,
+        )  # fmt: skip
 
     @classmethod
     def load(
@@ -309,6 +399,30 @@ def _announce(console: Console, run: Run, weights: str, report, splits, img_size
     plan = "; ".join(f"epoch {s.start + 1}: {s.name}" for s in run.plan)
     console.say(f"schedule {recipe.schedule}: {plan}")
     console.say(f"run directory: {run.run_dir}")
+
+
+def _kept(run: Run, tally: dict[str, Any]) -> str:
+    """What of an ended run is safe on disk."""
+    if not tally["best_epoch"]:
+        return "No epoch finished, so nothing was saved"
+    return (
+        f"The best weights so far (epoch {tally['best_epoch']}) are kept in "
+        f"{run.run_dir / rundir.WEIGHTS}, the state after epoch {run.epoch - 1} in "
+        f"{run.run_dir / checkpoint.RESUME}"
+    )
+
+
+def _check_same_run(now: dict[str, Any], then: dict[str, Any], run_dir: Path) -> None:
+    """Refuse to resume when the data or the model would differ from the run's own."""
+    for key, what in (("classes", "classes"), ("groups", "layer groups"), ("plan", "plan")):
+        if now[key] != then[key]:
+            raise TlplugError(f"cannot resume {run_dir}: its {what} differ from what it had")
+    for key in ("num_train", "num_val"):
+        if now["data"][key] != then["data"][key]:
+            raise TlplugError(
+                f"cannot resume {run_dir}: its data now has {now['data'][key]} "
+                f"{key[4:]} images, not {then['data'][key]}"
+            )
 
 
 def _stage_lrs(run: Run, stage) -> dict[str, float]:

@@ -55,6 +55,8 @@ class Recipe:
     device: str = "auto"
     workers: int | None = None
     val_split: float | None = None
+    skip_nonfinite: int = 0
+    auto_batch_size: bool = False
 
     @classmethod
     def from_kwargs(cls, **given: Any) -> Recipe:
@@ -97,6 +99,8 @@ class Recipe:
             raise OptionError(f"--max-groups must be at least 1, got {self.max_groups}")
         if self.weight_decay is not None and self.weight_decay < 0:
             raise OptionError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.skip_nonfinite < 0:
+            raise OptionError(f"--skip-nonfinite must be >= 0, got {self.skip_nonfinite}")
         if self.workers is not None and self.workers < 0:
             raise OptionError(f"--workers must be >= 0, got {self.workers}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):

@@ -4,6 +4,7 @@
 - ``metrics.jsonl``: one JSON object per epoch.
 - ``summary.json``: the outcome (best and final accuracy, classes, sizes, time).
 - ``model.safetensors``: the best weights, keys ``backbone.*`` (provider names) and ``head.*``.
+- ``resume.safetensors``: the state after the last finished epoch (:mod:`tlplug.checkpoint`).
 
 Files are written whole through a temporary file and a rename, so a reader never sees half
 of one. A directory is only claimed once the run is certain to start.
@@ -25,7 +26,8 @@ CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 WEIGHTS = "model.safetensors"
-RUN_FILES = (CONFIG, METRICS, SUMMARY, WEIGHTS)
+RESUME = "resume.safetensors"
+RUN_FILES = (CONFIG, METRICS, SUMMARY, WEIGHTS, RESUME)
 
 
 def default_run_dir(backbone: str, root: Path = Path("runs")) -> Path:
@@ -46,8 +48,8 @@ def check_run_dir(path: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise TlplugError(
-            f"run directory {path} is not empty; pass --overwrite to replace the run in it, "
-            "or choose another --out"
+            f"run directory {path} is not empty; pass --resume {path} to continue the run in "
+            "it, --overwrite to replace it, or choose another --out"
         )
     if not (path / CONFIG).is_file():
         raise TlplugError(
@@ -65,11 +67,15 @@ def claim_run_dir(path: Path, overwrite: bool) -> None:
 
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as indented JSON, atomically."""
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, fsync and rename."""
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "w") as out:
-            json.dump(data, out, indent=2)
-            out.write("\n")
+            out.write(text)
             out.flush()
             os.fsync(out.fileno())
         os.replace(temp, path)
@@ -84,6 +90,25 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
         out.write(json.dumps(record) + "\n")
         out.flush()
         os.fsync(out.fileno())
+
+
+def truncate_metrics(path: Path, epochs: int) -> list[dict[str, Any]]:
+    """Keep the records of the first ``epochs`` epochs in ``path`` (atomically); return them.
+
+    A run killed after writing an epoch's record but before its resume state has one record
+    too many; resuming drops it and trains that epoch again.
+    """
+    records = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+            if record.get("epoch", 0) <= epochs:
+                records.append(record)
+    write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+    return records
 
 
 def read_json(path: Path) -> Any:

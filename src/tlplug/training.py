@@ -13,15 +13,35 @@ from torch.utils.data import DataLoader
 from tlplug.console import Console
 from tlplug.errors import TlplugError
 
+_OOM_ERRORS = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), MemoryError)
+
+
+class Diverged(TlplugError):
+    """The loss stopped being finite."""
+
+
+class OutOfMemory(TlplugError):
+    """A training step ran out of memory."""
+
 
 @attrs.frozen
 class EpochStats:
-    """Mean loss, accuracy, images seen and wall time of one pass over a loader."""
+    """Mean loss, accuracy, images seen and wall time of one pass over a loader; ``complete``
+    is False when a stop request ended the pass early."""
 
     loss: float
     acc: float
     images: int
     seconds: float
+    complete: bool = True
+
+
+@attrs.define
+class NonFinite:
+    """How many batches with a non-finite loss a run may skip, and how many it has."""
+
+    allowed: int = 0
+    skipped: int = 0
 
 
 def train_epoch(
@@ -32,8 +52,17 @@ def train_epoch(
     device: torch.device,
     console: Console,
     epoch: int,
+    *,
+    stop=None,
+    nonfinite: NonFinite | None = None,
 ) -> EpochStats:
-    """Train for one pass over ``loader``, stepping the LR schedule after every batch."""
+    """Train for one pass over ``loader``, stepping the LR schedule after every batch.
+
+    A batch whose loss is NaN or infinite takes no optimizer step; it is skipped while
+    ``nonfinite`` allows, else the run stops with :class:`Diverged`. ``stop`` (a
+    :class:`~tlplug.interrupt.StopRequest`) ends the pass after the step in progress.
+    """
+    nonfinite = nonfinite if nonfinite is not None else NonFinite()
     loss_fn = nn.CrossEntropyLoss()
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
@@ -41,22 +70,98 @@ def train_epoch(
     for step, (images, labels) in enumerate(batches, start=1):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        logits = model(images)
-        loss = loss_fn(logits, labels)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise TlplugError(
-                f"the loss became {value} at epoch {epoch}, step {step}; try a lower --lr"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        try:
+            logits = model(images)
+            loss = loss_fn(logits, labels)
+            value = loss.item()
+            optimizer.zero_grad(set_to_none=True)
+            if math.isfinite(value):
+                loss.backward()
+                optimizer.step()
+        except (*_OOM_ERRORS, RuntimeError) as exc:
+            if not _is_oom(exc):
+                raise
+            raise OutOfMemory(_oom_message(len(labels), epoch, step)) from None
         scheduler.step()
-        total_loss += value * len(labels)
-        correct += (logits.argmax(1) == labels).sum().item()
-        seen += len(labels)
+        if not math.isfinite(value):
+            _skip_or_stop(value, epoch, step, nonfinite, console)
+        else:
+            total_loss += value * len(labels)
+            correct += (logits.argmax(1) == labels).sum().item()
+            seen += len(labels)
+        if stop is not None and stop.requested:
+            break
     return EpochStats(
-        total_loss / max(1, seen), correct / max(1, seen), seen, time.perf_counter() - start
+        total_loss / max(1, seen),
+        correct / max(1, seen),
+        seen,
+        time.perf_counter() - start,
+        complete=stop is None or not stop.requested,
+    )
+
+
+def fit_batch_size(
+    model: nn.Module, batch_size: int, img_size: int, num_classes: int, device: torch.device
+) -> int:
+    """The largest batch size, halving from ``batch_size``, at which a training step of the
+    whole model fits in memory. The model's weights and statistics are left as they were."""
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
+    size = batch_size
+    try:
+        while True:
+            try:
+                model.train()
+                for param in model.parameters():
+                    param.requires_grad_(True)
+                images = torch.randn(size, 3, img_size, img_size, device=device)
+                labels = torch.arange(size, device=device) % num_classes
+                nn.functional.cross_entropy(model(images), labels).backward()
+                return size
+            except (*_OOM_ERRORS, RuntimeError) as exc:
+                if isinstance(exc, RuntimeError) and not _is_oom(exc):
+                    raise
+                if size == 1:
+                    raise OutOfMemory(
+                        "out of memory even at batch size 1; try a smaller --img-size or "
+                        "a smaller --backbone"
+                    ) from None
+                size //= 2
+            finally:
+                model.zero_grad(set_to_none=True)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+    finally:
+        model.load_state_dict(saved)
+        for param, flag in zip(model.parameters(), flags, strict=True):
+            param.requires_grad_(flag)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, _OOM_ERRORS) or (
+        "out of memory" in str(exc) or "can't allocate memory" in str(exc)
+    )
+
+
+def _skip_or_stop(value: float, epoch: int, step: int, nonfinite: NonFinite, console) -> None:
+    if nonfinite.skipped < nonfinite.allowed:
+        nonfinite.skipped += 1
+        console.say(
+            f"skipped epoch {epoch}, step {step}: the loss was {value} "
+            f"({nonfinite.skipped} of {nonfinite.allowed} allowed by --skip-nonfinite)"
+        )
+        return
+    hint = " or --skip-nonfinite N to step over a few bad batches" if not nonfinite.allowed else ""
+    raise Diverged(f"the loss became {value} at epoch {epoch}, step {step}; try a lower --lr{hint}")
+
+
+def _oom_message(batch_size: int, epoch: int, step: int) -> str:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return (
+        f"out of memory in a training step at batch size {batch_size} (epoch {epoch}, step "
+        f"{step}); try --batch-size {max(1, batch_size // 2)}, a smaller --img-size, "
+        "or --auto-batch-size to find the largest batch that fits"
     )
 
 

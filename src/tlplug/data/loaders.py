@@ -1,14 +1,22 @@
-"""Torch datasets and loaders over an :class:`~tlplug.data.sources.ImageList`."""
+"""Torch datasets and loaders over an :class:`~tlplug.data.sources.ImageList`.
+
+Training order and augmentation randomness are functions of (seed, epoch) alone: the
+sampler draws each epoch's permutation from a generator seeded for that epoch and hands
+every index to the dataset with a seed of its own, which seeds the transform. So an epoch
+looks the same however many loader workers there are, and a run resumed after epoch k
+sees exactly the batches an uninterrupted run would have seen.
+"""
 
 from __future__ import annotations
 
 import os
 import random
+import signal
 from collections.abc import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tlplug.data.sources import ImageList
 
@@ -23,8 +31,42 @@ class TransformedImages(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int):
-        return self.transform(self.images.load(index)), self.images.labels[index]
+    def __getitem__(self, key: int | tuple[int, int]):
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        image = self.images.load(index)
+        if seed is None:
+            return self.transform(image), self.images.labels[index]
+        with torch.random.fork_rng(devices=()):  # leave the training loop's RNG alone
+            torch.manual_seed(seed)
+            return self.transform(image), self.images.labels[index]
+
+
+class EpochSampler(Sampler):
+    """Yields ``(index, item_seed)`` in an order drawn from ``(seed, epoch)`` alone."""
+
+    def __init__(self, size: int, seed: int, shuffle: bool):
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the order and item seeds of ``epoch``."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        order = torch.randperm(self.size, generator=generator) if self.shuffle else None
+        seeds = torch.randint(0, 2**62, (self.size,), generator=generator)
+        for position in range(self.size):
+            index = int(order[position]) if order is not None else position
+            yield index, int(seeds[position])
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A seed for ``epoch`` of a run seeded with ``seed``."""
+    return (seed * 1_000_003 + epoch) % 2**63
 
 
 def default_workers() -> int:
@@ -41,22 +83,23 @@ def make_loader(
     seed: int,
     pin_memory: bool,
 ) -> DataLoader:
-    """A loader that shuffles (seeded) and drops a ragged last batch when training."""
-    generator = torch.Generator().manual_seed(seed)
+    """A loader over ``dataset`` with an :class:`EpochSampler` (shuffled when training); a
+    ragged last training batch is dropped. Call ``loader.sampler.set_epoch`` per epoch."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train,
+        sampler=EpochSampler(len(dataset), seed, shuffle=train),
         drop_last=train and len(dataset) > batch_size,
         num_workers=workers,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
         worker_init_fn=_seed_worker,
-        generator=generator,
     )
 
 
 def _seed_worker(worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group; the main process decides when to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

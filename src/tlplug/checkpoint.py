@@ -1,0 +1,153 @@
+"""The resume state: everything a run needs to continue after its last finished epoch.
+
+One safetensors file, written after every epoch through a temporary file, fsync and rename,
+so the previous state stays whole until the new one is complete. Its tensors are the
+model's and the optimizer's state and the RNG states; its metadata holds, as JSON, the rest:
+the schedule state (stage, epochs and steps done, LR scheduler), the optimizer's settings,
+the best result so far and the recipe. Nothing is pickled, so reading one runs no code.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+
+from tlplug.errors import TlplugError
+from tlplug.run import Run
+from tlplug.rundir import RESUME
+from tlplug.weights import save_atomic
+
+__all__ = ["RESUME", "ResumeState", "read_resume", "restore", "save_resume"]
+
+FORMAT = "tlplug-resume/1"
+_META_KEY = "tlplug_resume"
+
+
+@attrs.frozen
+class ResumeState:
+    """A resume state as read from disk: tensors by key and the JSON part."""
+
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+
+    @property
+    def epoch(self) -> int:
+        """The last epoch the run finished."""
+        return self.meta["epoch"]
+
+
+def save_resume(path: Path, run: Run, best: dict[str, Any]) -> None:
+    """Write ``run``'s state after its current epoch to ``path``, atomically."""
+    tensors = {f"model.{k}": v for k, v in run.model.state_dict().items()}
+    optimizer = run.optimizer.state_dict()
+    plain: dict[str, dict[str, Any]] = {}
+    for index, values in optimizer["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value
+            else:
+                plain.setdefault(str(index), {})[key] = value
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["rng.cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    numpy_state = np.random.get_state()
+    meta = {
+        "format": FORMAT,
+        "epoch": run.epoch,
+        "schedule": run.schedule_state(),
+        "optimizer": {"param_groups": optimizer["param_groups"], "state": plain},
+        "best": best,
+        "recipe": run.recipe.to_json(),
+        "rng": {
+            "python": _jsonable(random.getstate()),
+            "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+        },
+    }
+    save_atomic(tensors, path, {"format": "pt", _META_KEY: json.dumps(meta)})
+
+
+def read_resume(path: Path) -> ResumeState:
+    """Read a resume state, refusing anything that is not one (and never unpickling)."""
+    if not path.is_file():
+        raise TlplugError(
+            f"{path.parent} has no resume state ({path.name}); a run writes one after each "
+            "epoch, so this one stopped before its first epoch ended: start it again"
+        )
+    try:
+        with safe_open(path, framework="pt", device="cpu") as reader:
+            meta_text = (reader.metadata() or {}).get(_META_KEY)
+            tensors = {key: reader.get_tensor(key) for key in reader.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise TlplugError(
+            f"{path} is not a readable resume state ({reason}); it may be truncated or not "
+            "from tlplug. Start the run again with --overwrite"
+        ) from None
+    try:
+        meta = json.loads(meta_text or "")
+        if meta.get("format") != FORMAT:
+            raise ValueError(meta.get("format"))
+    except (ValueError, AttributeError):
+        raise TlplugError(
+            f"{path} is a safetensors file but not a tlplug resume state ({FORMAT})"
+        ) from None
+    return ResumeState(tensors, meta)
+
+
+def restore(run: Run, state: ResumeState) -> dict[str, Any]:
+    """Load ``state`` into ``run`` (model, optimizer, schedules, RNGs); return the best result."""
+    model = {k[len("model.") :]: v for k, v in state.tensors.items() if k.startswith("model.")}
+    own = run.model.state_dict()
+    differing = sorted(set(model) ^ set(own)) or [
+        f"{k} {tuple(model[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if model[k].shape != own[k].shape
+    ]
+    if differing:
+        shown = ", ".join(differing[:3]) + (
+            f", ... ({len(differing)} in all)" * (len(differing) > 3)
+        )
+        raise TlplugError(
+            f"the resume state is for another model or class count ({shown}); "
+            "resume only the run that wrote it"
+        )
+    run.model.load_state_dict(model)
+    saved = state.meta["optimizer"]
+    if len(saved["param_groups"]) != len(run.optimizer.param_groups):
+        raise TlplugError("the resume state's optimizer has other parameter groups than this run")
+    per_param: dict[int, dict[str, Any]] = {}
+    for key, tensor in state.tensors.items():
+        if key.startswith("optimizer."):
+            index, name = key[len("optimizer.") :].split(".", 1)
+            per_param.setdefault(int(index), {})[name] = tensor
+    for index, values in saved["state"].items():
+        per_param.setdefault(int(index), {}).update(values)
+    groups = [
+        {k: tuple(v) if k == "betas" else v for k, v in group.items()}
+        for group in saved["param_groups"]
+    ]
+    run.optimizer.load_state_dict({"state": per_param, "param_groups": groups})
+    run.load_schedule_state(state.meta["schedule"])
+    torch.set_rng_state(state.tensors["rng.torch"])
+    if "rng.cuda" in state.tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(state.tensors["rng.cuda"]))
+    rng = state.meta["rng"]
+    random.setstate(_tuples(rng["python"]))
+    kind, keys, *rest = rng["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
+    return state.meta["best"]
+
+
+def _jsonable(value: Any) -> Any:
+    return [_jsonable(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
