@@ -1,0 +1,324 @@
+"""Runs that survive: resume state, --resume, signals, divergence, hostile files, memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from tlplug import Engine, TlplugError, hookimpl
+from tlplug.checkpoint import read_resume
+from tlplug.cli import main
+
+TINY_ARGS = ["--no-pretrained", "--img-size", "32", "--batch-size", "8", "--workers", "0"]
+RUN_RECIPE = dict(
+    backbone="timm:resnet10t", pretrained=False, img_size=32, batch_size=8, workers=0,
+    schedule="gradual", optimizer="adamw", augment=("flip", "crop"), epochs=4,
+)  # fmt: skip
+
+
+def tlplug(capsys, *args) -> tuple[int, str, str]:
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def epochs_of(run_dir: Path) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").open()]
+
+
+def final_model(run_dir: Path) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in load_file(run_dir / "resume.safetensors").items() if k[:6] == "model."}
+
+
+def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+class CrashAt:
+    """A plugin that makes the run fail at the end of ``epoch`` (a crash of any kind)."""
+
+    name = "crash"
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    @hookimpl
+    def tlplug_epoch_end(self, run, record):
+        if run.epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(image_folder, tmp_path):
+    whole = Engine.from_plugins(entrypoints=False, **RUN_RECIPE).fit(
+        image_folder, out=tmp_path / "whole", quiet=True
+    )
+    engine = Engine.from_plugins(CrashAt(3), entrypoints=False, **RUN_RECIPE)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        engine.fit(image_folder, out=tmp_path / "cut", quiet=True)
+    assert read_resume(tmp_path / "cut" / "resume.safetensors").epoch == 2
+    resumed = Engine.resume(tmp_path / "cut", entrypoints=False, quiet=True)
+    assert epochs_of(tmp_path / "cut") == [1, 2, 3, 4]
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in whole.history]
+    assert [r["lr"] for r in resumed.history] == [r["lr"] for r in whole.history]
+    assert_same_tensors(final_model(tmp_path / "whole"), final_model(tmp_path / "cut"))
+    assert_same_tensors(
+        load_file(tmp_path / "whole" / "model.safetensors"),
+        load_file(tmp_path / "cut" / "model.safetensors"),
+    )
+    summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert summary["best_epoch"] == whole.best_epoch
+
+
+def test_resume_state_holds_everything_as_tensors_and_json(image_folder, tmp_path):
+    Engine.from_plugins(entrypoints=False, **(RUN_RECIPE | {"epochs": 1})).fit(
+        image_folder, out=tmp_path, quiet=True
+    )
+    state = read_resume(tmp_path / "resume.safetensors")
+    assert state.epoch == 1 and state.meta["schedule"]["stage"] == 0
+    assert state.meta["recipe"]["schedule"] == "gradual"
+    assert {"best_acc", "best_epoch", "seconds"} <= state.meta["best"].keys()
+    assert "rng.torch" in state.tensors
+    assert any(k.startswith("optimizer.") and k.endswith(".exp_avg") for k in state.tensors)
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
+
+
+def run_cli(*args: str, **kwargs) -> subprocess.Popen:
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tlplug", "run", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        **kwargs,
+    )
+
+
+def wait_for_epochs(run_dir: Path, count: int, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the run did not reach epoch {count}: {process.communicate()}")
+
+
+KILL_ARGS = [
+    "--backbone", "timm:resnet10t", "--no-pretrained", "--img-size", "32", "--workers", "0",
+    "--schedule", "freeze-unfreeze", "--augment", "flip", "--augment", "crop", "--epochs", "3",
+    "--quiet",
+]  # fmt: skip
+
+
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
+    whole = run_cli(*KILL_ARGS, "--out", str(tmp_path / "whole"))
+    assert whole.wait(timeout=300) == 0, whole.communicate()
+    killed = run_cli(*KILL_ARGS, "--out", str(tmp_path / "cut"))
+    wait_for_epochs(tmp_path / "cut", 1, killed)
+    time.sleep(1.0)  # into epoch 2
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=30)
+    assert read_resume(tmp_path / "cut" / "resume.safetensors").epoch in (1, 2)
+    resumed = run_cli("--resume", str(tmp_path / "cut"), "--quiet")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert epochs_of(tmp_path / "cut") == [1, 2, 3]
+    assert_same_tensors(final_model(tmp_path / "whole"), final_model(tmp_path / "cut"))
+
+
+def test_sigint_stops_at_a_safe_point_and_says_how_to_resume(tmp_path):
+    run_dir = tmp_path / "run"
+    process = run_cli(*KILL_ARGS, "--out", str(run_dir))
+    wait_for_epochs(run_dir, 1, process)
+    before = (run_dir / "resume.safetensors").read_bytes()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1 and "Traceback" not in err
+    assert f"continue with: tlplug run --resume {run_dir}" in lines[0]
+    state = read_resume(run_dir / "resume.safetensors")
+    assert state.epoch >= 1 and (
+        state.epoch > 1 or (run_dir / "resume.safetensors").read_bytes() == before
+    )
+    resumed = run_cli("--resume", str(run_dir), "--quiet")
+    assert resumed.wait(timeout=300) == 0, resumed.communicate()
+    assert epochs_of(run_dir) == [1, 2, 3]
+
+
+class NanHead(nn.Linear):
+    """A head whose logits are NaN in the training steps listed in ``bad`` (1-based)."""
+
+    def __init__(self, num_features: int, num_classes: int, bad: tuple[int, ...]):
+        super().__init__(num_features, num_classes)
+        self.bad, self.calls = bad, 0
+
+    def forward(self, features):
+        logits = super().forward(features)
+        if self.training:
+            self.calls += 1
+            if self.calls in self.bad:
+                return logits * float("nan")
+        return logits
+
+
+class NanHeads:
+    name = "nan-heads"
+
+    def __init__(self, bad: tuple[int, ...]):
+        self.bad = bad
+
+    @hookimpl
+    def tlplug_register_heads(self, register):
+        register("nan", lambda f, n: NanHead(f, n, self.bad))
+
+
+def test_divergence_stops_keeps_the_best_weights_and_names_the_step(image_folder, tmp_path):
+    recipe = RUN_RECIPE | {"head": "nan", "epochs": 3}  # 4 steps per epoch: step 6 is in epoch 2
+    engine = Engine.from_plugins(NanHeads((6,)), entrypoints=False, **recipe)
+    with pytest.raises(TlplugError) as caught:
+        engine.fit(image_folder, out=tmp_path, quiet=True)
+    message = str(caught.value)
+    assert "the loss became nan at epoch 2, step 2; try a lower --lr" in message
+    assert "--skip-nonfinite" in message and "(epoch 1) are kept" in message
+    best = load_file(tmp_path / "model.safetensors")
+    assert_same_tensors(
+        best,
+        {
+            k[6:]: v
+            for k, v in load_file(tmp_path / "resume.safetensors").items()
+            if k[:6] == "model."
+        },
+    )
+    assert epochs_of(tmp_path) == [1]
+
+
+def test_skip_nonfinite_steps_over_bad_batches(image_folder, tmp_path):
+    recipe = RUN_RECIPE | {"head": "nan", "epochs": 2, "skip_nonfinite": 2}
+    result = Engine.from_plugins(NanHeads((2, 7)), entrypoints=False, **recipe).fit(
+        image_folder, out=tmp_path, quiet=True
+    )
+    assert [r["skipped_nonfinite"] for r in result.history] == [1, 2]
+    assert json.loads((tmp_path / "summary.json").read_text())["skipped_nonfinite"] == 2
+    assert all(torch.isfinite(v).all() for v in load_file(tmp_path / "model.safetensors").values())
+
+
+class OomHead(nn.Linear):
+    """A head that runs out of memory for training batches larger than 4 (as a GPU would)."""
+
+    def forward(self, features):
+        if self.training and len(features) > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().forward(features)
+
+
+class OomHeads:
+    name = "oom-heads"
+
+    @hookimpl
+    def tlplug_register_heads(self, register):
+        register("oom", OomHead)
+
+
+def test_out_of_memory_names_the_batch_size_and_auto_batch_size_fits(image_folder, tmp_path):
+    recipe = RUN_RECIPE | {"head": "oom", "epochs": 1, "batch_size": 16}
+    with pytest.raises(TlplugError, match="out of memory .* at batch size 16 .*--batch-size 8"):
+        Engine.from_plugins(OomHeads(), entrypoints=False, **recipe).fit(
+            image_folder, out=tmp_path / "a", quiet=True
+        )
+    assert not (tmp_path / "a" / "model.safetensors").exists()
+    recipe["auto_batch_size"] = True
+    Engine.from_plugins(OomHeads(), entrypoints=False, **recipe).fit(
+        image_folder, out=tmp_path / "b", quiet=True
+    )
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert config["resolved"]["batch_size"] == 4
+
+
+@pytest.fixture(scope="module")
+def finished_run(image_folder, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    Engine.from_plugins(entrypoints=False, **(RUN_RECIPE | {"epochs": 1})).fit(
+        image_folder, out=run_dir, quiet=True
+    )
+    return run_dir
+
+
+class Payload:
+    """Pickles to a call that would create a file when unpickled."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("target", ["resume.safetensors", "model.safetensors"])
+def test_a_pickle_in_place_of_a_run_file_is_refused_and_runs_nothing(
+    target, finished_run, image_folder, tmp_path, capsys
+):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    marker = tmp_path / "pwned"
+    torch.save({"x": Payload(marker)}, run_dir / target)
+    if target == "resume.safetensors":
+        cfg = json.loads((run_dir / "config.json").read_text())
+        cfg["recipe"]["epochs"] = 2
+        (run_dir / "config.json").write_text(json.dumps(cfg))
+        code, _, err = tlplug(capsys, "run", "--resume", run_dir)
+    else:
+        code, _, err = tlplug(capsys, "predict", run_dir, image_folder / "val")
+    assert code == 1 and not marker.exists()
+    assert err.count("\n") == 1 and "not a readable" in err and "Traceback" not in err
+
+
+def test_resume_refuses_a_state_from_another_class_count(
+    finished_run, class_folders, tmp_path, capsys
+):
+    other = tmp_path / "other"
+    recipe = RUN_RECIPE | {"epochs": 2}
+    with pytest.raises(RuntimeError):
+        Engine.from_plugins(CrashAt(1), entrypoints=False, **recipe).fit(
+            class_folders, out=other, quiet=True
+        )
+    (other / "metrics.jsonl").write_text("")
+    shutil.copy(finished_run / "resume.safetensors", other / "resume.safetensors")
+    code, _, err = tlplug(capsys, "run", "--resume", other)
+    assert code == 1
+    assert "resume state is for another model or class count" in err
+    assert "head.0.weight (3, 512) vs (2, 512)" in err
+
+
+def test_truncated_resume_state_gets_a_clear_message(finished_run, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    data = (run_dir / "resume.safetensors").read_bytes()
+    (run_dir / "resume.safetensors").write_bytes(data[: len(data) // 2])
+    code, _, err = tlplug(capsys, "run", "--resume", run_dir)
+    assert code == 1 and "not a readable resume state" in err and "truncated" in err
+
+
+def test_resume_takes_no_other_options_and_a_finished_run_is_not_resumed(finished_run, capsys):
+    code, _, err = tlplug(capsys, "run", "--resume", finished_run, "--lr", "0.1")
+    assert code == 1 and "drop --lr" in err
+    code, _, err = tlplug(capsys, "run", "--resume", finished_run)
+    assert code == 1 and "already finished all 1 epochs" in err
