@@ -69,7 +69,8 @@ def test_unknown_option_names_the_valid_ones():
         ("count", 2.5, "must be an integer"),
         ("on", "maybe", "true or false"),
         ("mode", "c", "one of a, b"),
-        ("rate", True, "must be a number"),
+        ("rate", True, "must be a finite number"),
+        ("rate", "nan", "must be a finite number"),
     ],
 )
 def test_bad_values_are_clear_errors(key, value, message):

@@ -202,7 +202,9 @@ def _recipe_from_cli(options: dict) -> dict:
         for key, value in parse_assignments(augment_opts, "--augment-opt").items():
             name, sep, option = key.rpartition(".")
             if not sep or not name:
-                raise OptionError(f"--augment-opt expects NAME.KEY=VALUE, got '{key}={value}'")
+                raise OptionError(
+                    f"--augment-opt expects NAME.KEY=VALUE, got {key + '=' + value!r}"
+                )
             nested.setdefault(name, {})[option] = value
         recipe["augment_opts"] = nested
     recipe.update({k: v for k, v in options.items() if v is not None})

@@ -10,6 +10,7 @@ before any work starts.
 from __future__ import annotations
 
 import inspect
+import math
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -66,7 +67,7 @@ def parse_assignments(items: Iterable[str], flag: str) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise OptionError(f"{flag} expects KEY=VALUE, got '{item}'")
+            raise OptionError(f"{flag} expects KEY=VALUE, got {item!r}")
         parsed[key.strip()] = value.strip()
     return parsed
 
@@ -119,7 +120,7 @@ def coerce(value: Any, expected: Any, what: str) -> Any:
         for choice in args:
             if text == str(choice):
                 return choice
-        raise OptionError(f"{what} must be one of {', '.join(map(str, args))}, got '{value}'")
+        raise OptionError(f"{what} must be one of {', '.join(map(str, args))}, got {value!r}")
     if origin in (tuple, list):
         item_type = args[0] if args else str
         if isinstance(value, str):
@@ -138,18 +139,21 @@ def coerce(value: Any, expected: Any, what: str) -> Any:
             return True
         if text in _FALSE:
             return False
-        raise OptionError(f"{what} must be true or false, got '{value}'")
+        raise OptionError(f"{what} must be true or false, got {value!r}")
     if expected in (int, float):
         if isinstance(value, bool):
-            raise OptionError(f"{what} must be a number, got {value}")
+            raise OptionError(f"{what} must be a finite number, got {value}")
         try:
             number = expected(value)
             if expected is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError
+            if not math.isfinite(number):
+                raise ValueError
             return number
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise OptionError(
-                f"{what} must be {'an integer' if expected is int else 'a number'}, got '{value}'"
+                f"{what} must be {'an integer' if expected is int else 'a finite number'}, "
+                f"got {value!r}"
             ) from None
     if expected is str:
         return str(value)

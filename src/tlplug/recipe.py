@@ -68,10 +68,14 @@ class Recipe:
             if key not in fields:
                 matches = close_matches(key, fields)
                 hint = f"; did you mean '{matches[0]}'?" if matches else ""
-                raise OptionError(f"unknown recipe setting '{key}'{hint}")
+                raise OptionError(f"unknown recipe setting {key!r}{hint}")
             if key.endswith("_opts"):
+                if value is not None and not isinstance(value, dict):
+                    raise OptionError(f"setting '{key}' must be a mapping of options")
                 values[key] = dict(value or {})
             elif value is None:
+                if type(None) not in typing.get_args(hints[key]):
+                    raise OptionError(f"setting '{key}' needs a value")
                 values[key] = None
             else:
                 values[key] = coerce(value, hints[key], f"setting '{key}'")
@@ -104,7 +108,7 @@ class Recipe:
         if self.workers is not None and self.workers < 0:
             raise OptionError(f"--workers must be >= 0, got {self.workers}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise OptionError(f"--device must be auto, cpu or cuda, got '{self.device}'")
+            raise OptionError(f"--device must be auto, cpu or cuda, got {self.device!r}")
 
     @property
     def resolved_weight_decay(self) -> float:
