@@ -91,8 +91,10 @@ def tlplug_run_start(run):
     """Called once when a run has built its model, optimizer and data, before epoch 1.
 
     ``run`` is the live :class:`tlplug.run.Run`; ``run.config`` is what config.json will
-    hold and may still be extended with JSON-serialisable entries. Every implementation
-    is called; return values are ignored.
+    hold and may still be extended with JSON-serialisable entries. A resumed run calls it
+    again after restoring its state: ``run.epoch`` is then the last finished epoch and
+    ``run.config`` the run's existing config. Every implementation is called; return
+    values are ignored.
     """
 
 
