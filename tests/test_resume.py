@@ -144,14 +144,15 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert_same_tensors(final_model(tmp_path / "whole"), final_model(tmp_path / "cut"))
 
 
-def test_sigint_stops_at_a_safe_point_and_says_how_to_resume(tmp_path):
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_at_a_safe_point_and_says_how_to_resume(signum, code, tmp_path):
     run_dir = tmp_path / "run"
     process = run_cli(*KILL_ARGS, "--out", str(run_dir))
     wait_for_epochs(run_dir, 1, process)
     before = (run_dir / "resume.safetensors").read_bytes()
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     _, err = process.communicate(timeout=120)
-    assert process.returncode == 130, err
+    assert process.returncode == code, err
     lines = [line for line in err.splitlines() if line.startswith("Error:")]
     assert len(lines) == 1 and "Traceback" not in err
     assert f"continue with: tlplug run --resume {run_dir}" in lines[0]
@@ -162,6 +163,18 @@ def test_sigint_stops_at_a_safe_point_and_says_how_to_resume(tmp_path):
     resumed = run_cli("--resume", str(run_dir), "--quiet")
     assert resumed.wait(timeout=300) == 0, resumed.communicate()
     assert epochs_of(run_dir) == [1, 2, 3]
+
+
+def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    process = run_cli(*KILL_ARGS, "--out", str(run_dir))
+    wait_for_epochs(run_dir, 1, process)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert read_resume(run_dir / "resume.safetensors").epoch >= 1
 
 
 class NanHead(nn.Linear):
