@@ -112,10 +112,11 @@ def run_cli(*args: str, **kwargs) -> subprocess.Popen:
 
 
 def wait_for_epochs(run_dir: Path, count: int, process: subprocess.Popen) -> None:
+    """Wait until the run's resume state holds epoch ``count``."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
-        metrics = run_dir / "metrics.jsonl"
-        if metrics.is_file() and len(metrics.read_text().splitlines()) >= count:
+        state = run_dir / "resume.safetensors"
+        if state.is_file() and read_resume(state).epoch >= count:
             return
         time.sleep(0.05)
     raise AssertionError(f"the run did not reach epoch {count}: {process.communicate()}")
