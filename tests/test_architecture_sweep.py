@@ -31,6 +31,7 @@ ARCHITECTURES = [
     ("torchvision:squeezenet1_1", 64),  # a conv classifier
     ("torchvision:googlenet", 32),  # auxiliary heads
     ("torchvision:inception_v3", 80),  # auxiliary head, needs 75 px or more
+    ("timm:coat_lite_tiny", 64),  # modules shared by two paths, root tokens in several groups
 ]
 
 

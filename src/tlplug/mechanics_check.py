@@ -76,5 +76,6 @@ def check_mechanics(
 
 def _owners(model: TransferModel) -> dict[str, str]:
     """The group of every state-dict key (parameters and buffers)."""
+    params = {p: g.name for g in model.groups for p in g.params}
     modules = model.group_modules()
-    return {key: modules[key.rpartition(".")[0]] for key in model.state_dict()}
+    return {key: params.get(key) or modules[key.rpartition(".")[0]] for key in model.state_dict()}

@@ -56,9 +56,10 @@ class TransferModel(nn.Module):
 
         A module that holds none (an activation, a dropout) maps to its parent's groups.
         """
-        direct = self.group_modules()
-        below: dict[str, set[str]] = {path: set() for path, _ in self.named_modules()}
-        for path, group in direct.items():
+        holders = [(p.rpartition(".")[0], g.name) for g in self.groups for p in g.params]
+        holders += list(self.group_modules().items())
+        below = {path: set() for path, _ in self.named_modules(remove_duplicate=False)}
+        for path, group in holders:
             parts = path.split(".") if path else []
             for depth in range(len(parts) + 1):
                 below[".".join(parts[:depth])].add(group)
@@ -69,17 +70,25 @@ class TransferModel(nn.Module):
         return found
 
     def group_modules(self) -> dict[str, str]:
-        """Map every module that holds parameters or buffers to its group's name."""
+        """Map every module path that holds parameters or buffers to its group's name.
+
+        A module shared under several paths (CoaT's convolutional position encodings) is
+        listed under each, with the group of the path its parameters are named by.
+        """
         owner = {p: g.name for g in self.groups for p in g.params}
-        found = {}
+        by_module: dict[int, str] = {}
         ordered = [n for n, _ in self.named_parameters()]
         for path, module in self.named_modules():
             own = [f"{path}.{n}" if path else n for n, _ in module.named_parameters(recurse=False)]
             if own:
-                found[path] = owner[own[0]]
+                by_module[id(module)] = owner[own[0]]
             elif any(True for _ in module.buffers(recurse=False)):
-                found[path] = owner[_nearest(path, ordered)] if ordered else HEAD_GROUP
-        return found
+                by_module[id(module)] = owner[_nearest(path, ordered)] if ordered else HEAD_GROUP
+        return {
+            path: by_module[id(module)]
+            for path, module in self.named_modules(remove_duplicate=False)
+            if id(module) in by_module
+        }
 
 
 def count_params(params: Sequence[nn.Parameter]) -> int:
