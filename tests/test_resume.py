@@ -336,3 +336,10 @@ def test_resume_takes_no_other_options_and_a_finished_run_is_not_resumed(finishe
     assert code == 1 and "drop --lr" in err
     code, _, err = tlplug(capsys, "run", "--resume", finished_run)
     assert code == 1 and "already finished all 1 epochs" in err
+
+
+def test_run_files_are_readable_as_the_umask_allows(finished_run):
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("config.json", "summary.json", "model.safetensors", "resume.safetensors"):
+        assert (finished_run / name).stat().st_mode & 0o777 == 0o666 & ~umask, name

@@ -78,10 +78,19 @@ def write_text(path: Path, text: str) -> None:
             out.write(text)
             out.flush()
             os.fsync(out.fileno())
-        os.replace(temp, path)
+        publish(temp, path)
     finally:
         if os.path.exists(temp):
             os.unlink(temp)
+
+
+def publish(temp: str, path: Path) -> None:
+    """Rename the finished temporary file ``temp`` to ``path``, readable as the umask allows
+    (a temporary file starts private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temp, 0o666 & ~umask)
+    os.replace(temp, path)
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tlplug.errors import WeightsError
+from tlplug.rundir import publish
 
 # Wrappers that training scripts put around a state dict, innermost model weights last.
 _WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
@@ -142,7 +143,7 @@ def save_atomic(state: Mapping[str, torch.Tensor], path: Path, metadata: dict[st
         save_file(tensors, temp, metadata=metadata)
         with open(temp, "rb") as written:
             os.fsync(written.fileno())
-        os.replace(temp, path)
+        publish(temp, path)
     finally:
         if os.path.exists(temp):
             os.unlink(temp)
