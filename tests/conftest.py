@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tlplug.cli import main
 from tlplug.data.synthetic import draw
 
 TINY = {
@@ -51,3 +52,14 @@ def class_folders(tmp_path_factory) -> Path:
 def tiny() -> dict:
     """A recipe that trains in seconds on CPU."""
     return dict(TINY)
+
+
+def tlplug(capsys, *args) -> tuple[int, str, str]:
+    """Run the CLI in-process; return (exit code, stdout, stderr)."""
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

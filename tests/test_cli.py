@@ -10,20 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tlplug
 from tlplug.cli import main
 
 TINY_ARGS = ["--no-pretrained", "--img-size", "32", "--batch-size", "8", "--workers", "0"]
-
-
-def tlplug(capsys, *args: str) -> tuple[int, str, str]:
-    """Run the CLI in-process; return (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def read_jsonl(path: Path) -> list[dict]:

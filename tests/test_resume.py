@@ -16,25 +16,15 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from conftest import tlplug
 from tlplug import Engine, TlplugError, hookimpl
 from tlplug.checkpoint import read_resume
-from tlplug.cli import main
 
 TINY_ARGS = ["--no-pretrained", "--img-size", "32", "--batch-size", "8", "--workers", "0"]
 RUN_RECIPE = dict(
     backbone="timm:resnet10t", pretrained=False, img_size=32, batch_size=8, workers=0,
     schedule="gradual", optimizer="adamw", augment=("flip", "crop"), epochs=4,
 )  # fmt: skip
-
-
-def tlplug(capsys, *args) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def epochs_of(run_dir: Path) -> list[int]:
