@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
+from tlplug.background_writer import BackgroundWriter
 from tlplug.errors import TlplugError
 from tlplug.run import Run
 from tlplug.rundir import RESUME
-from tlplug.weights import save_atomic
+from tlplug.weights import save_atomic, snapshot
 
 __all__ = ["RESUME", "ResumeState", "read_resume", "restore", "save_resume"]
 
@@ -43,8 +44,11 @@ class ResumeState:
         return self.meta["epoch"]
 
 
-def save_resume(path: Path, run: Run, best: dict[str, Any]) -> None:
-    """Write ``run``'s state after its current epoch to ``path``, atomically."""
+def save_resume(
+    path: Path, run: Run, best: dict[str, Any], writer: BackgroundWriter | None = None
+) -> None:
+    """Write ``run``'s state after its current epoch to ``path``, atomically; with a
+    ``writer``, snapshot it now and write it in the background."""
     tensors = {f"model.{k}": v for k, v in run.model.state_dict().items()}
     optimizer = run.optimizer.state_dict()
     plain: dict[str, dict[str, Any]] = {}
@@ -70,7 +74,12 @@ def save_resume(path: Path, run: Run, best: dict[str, Any]) -> None:
             "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
         },
     }
-    save_atomic(tensors, path, {"format": "pt", _META_KEY: json.dumps(meta)})
+    metadata = {"format": "pt", _META_KEY: json.dumps(meta)}
+    if writer is None:
+        save_atomic(tensors, path, metadata)
+        return
+    tensors = snapshot(tensors)
+    writer.submit(lambda: save_atomic(tensors, path, metadata), path)
 
 
 def read_resume(path: Path) -> ResumeState:

@@ -134,7 +134,12 @@ def cli() -> None:
 @click.option("--img-size", type=int, help="Input size in pixels. [default: the backbone's]")
 @click.option("--seed", type=int, help="Random seed." + _default("seed"))
 @click.option("--device", help="auto, cpu or cuda." + _default("device"))
-@click.option("--workers", type=int, help="Data loader processes. [default: cores - 1, at most 8]")
+@click.option(
+    "--workers",
+    type=int,
+    help="Data loader processes. [default: GPU cores - 1 up to 8; CPU 0 up to 4 cores, "
+    "then a quarter of them up to 4]",
+)
 @click.option(
     "--val-split",
     type=float,
@@ -144,6 +149,24 @@ def cli() -> None:
     "--out",
     type=click.Path(path_type=Path),
     help="Run directory. [default: runs/<time>-<backbone>]",
+)
+@click.option(
+    "--cache-features",
+    type=click.Choice(["auto", "on", "off"]),
+    help="Train the head on backbone features computed once while only the head trains: "
+    "auto without random augmentation, on with it (un-augmented features)."
+    + _default("cache_features"),
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16", "fp16", "auto"]),
+    help="Autocast precision; auto is bf16 where the CPU or GPU computes it natively."
+    + _default("precision"),
+)
+@click.option(
+    "--channels-last/--no-channels-last",
+    default=None,
+    help="Channels-last memory layout. [default: on for convnets]",
 )
 @click.option(
     "--skip-nonfinite",

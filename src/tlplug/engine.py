@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import time
@@ -13,22 +14,25 @@ import numpy as np
 import torch
 
 from tlplug import __version__, checkpoint, rundir
+from tlplug.background_writer import BackgroundWriter
 from tlplug.build import Parts, build_backbone, build_model, make_plan, probe, resolve
 from tlplug.console import Console
 from tlplug.data import load_data
 from tlplug.data.loaders import TransformedImages, default_workers, epoch_seed, make_loader
 from tlplug.data.transforms import build_transforms
 from tlplug.errors import TlplugError
+from tlplug.feature_cache import Features, extract
 from tlplug.freezing import apply_stage, train_mode
 from tlplug.interrupt import Interrupted, StopRequest
-from tlplug.model import BACKBONE_PREFIX, HEAD_PREFIX, TransferModel, count_params
+from tlplug.model import BACKBONE_PREFIX, HEAD_GROUP, HEAD_PREFIX, TransferModel, count_params
 from tlplug.optim import StageScaledScheduler, build_optimizer, group_lrs, lr_multipliers
 from tlplug.plugins import PluginHost
+from tlplug.precision import Numerics, autocast_dtype, is_convnet
 from tlplug.recipe import Recipe
 from tlplug.run import Run
 from tlplug.schedule import stage_at
 from tlplug.training import Diverged, NonFinite, evaluate, fit_batch_size, train_epoch
-from tlplug.weights import save_atomic
+from tlplug.weights import save_atomic, snapshot
 
 
 @attrs.frozen
@@ -133,15 +137,14 @@ class Engine:
         model = build_model(self.parts.head, backbone, len(splits.classes))
         plan = make_plan(self.parts, model.group_names(), recipe.epochs)
         model.to(device)
+        numerics = _numerics(recipe, model, device, img_size)
         batch_size = recipe.batch_size
         if recipe.auto_batch_size:
             batch_size = fit_batch_size(model, batch_size, img_size, len(splits.classes), device)
-        train_loader, val_loader, workers = self._loaders(
-            recipe, splits, backbone, img_size, device, batch_size
-        )
+        loaders, workers = self._loaders(recipe, splits, backbone, img_size, device, batch_size)
         multipliers = lr_multipliers(model.group_names(), recipe)
         optimizer = build_optimizer(model, recipe, multipliers)
-        scheduler = self._lr_scheduler(optimizer, recipe.epochs, len(train_loader))
+        scheduler = self._lr_scheduler(optimizer, recipe.epochs, len(loaders[0]))
         config = {
             "tlplug_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -152,17 +155,42 @@ class Engine:
                 "device": str(device),
                 "lr_multipliers": multipliers,
                 "batch_size": batch_size,
+                **numerics.describe(),
             },
             "versions": _versions(),
         }
         run = Run(
-            recipe, config, model, optimizer, scheduler, plan, splits.classes, out_dir, device
-        )
+            recipe, config, model, optimizer, scheduler, plan, splits.classes, out_dir, device,
+            numerics,
+        )  # fmt: skip
 
         def announce(console: Console) -> None:
             _announce(console, run, backbone.weights, report, splits, img_size)
 
-        return run, (train_loader, val_loader), announce
+        return run, loaders, announce
+
+    def _cache_choice(self, recipe: Recipe, stage) -> tuple[bool, str]:
+        """Whether ``stage`` trains the head on cached features, and the line that says so."""
+        if stage.trainable != (HEAD_GROUP,) or stage.biases:
+            return False, ""
+        if recipe.cache_features == "off":
+            return False, "feature cache off (--cache-features off)"
+        if recipe.bn_policy == "train":
+            return False, (
+                "feature cache off: with --bn-policy train the frozen backbone's BatchNorm "
+                "statistics change every batch"
+            )
+        names = ", ".join(c.strategy.name for c in self.parts.augmentations)
+        if names and recipe.cache_features == "auto":
+            return False, (
+                f"feature cache off: random augmentation ({names}) changes the images every "
+                "epoch; --cache-features on caches the un-augmented images' features"
+            )
+        without = f" (without {names})" if names else ""
+        return True, (
+            f"feature cache on{without}: the backbone runs once over the data and the head "
+            "trains on its features"
+        )
 
     def _lr_scheduler(self, optimizer, epochs: int, steps_per_epoch: int) -> StageScaledScheduler:
         """The chosen LR schedule over the whole run, wrapped to apply stage LR scales."""
@@ -180,18 +208,23 @@ class Engine:
     def _loaders(
         self, recipe: Recipe, splits, backbone, img_size: int, device: torch.device, batch_size: int
     ):
-        """Train and validation loaders with the backbone's preprocessing and the augmentations."""
+        """Train, validation and plain-train loaders with the backbone's preprocessing, the
+        augmentations on the first only."""
         augmentations = [
             c.strategy.factory(img_size, **c.options) for c in self.parts.augmentations
         ]
         train_tf, eval_tf = build_transforms(backbone.data_config, img_size, augmentations)
-        workers = default_workers() if recipe.workers is None else recipe.workers
+        workers = default_workers(device.type) if recipe.workers is None else recipe.workers
         common = dict(workers=workers, seed=recipe.seed, pin_memory=device.type == "cuda")
         train = make_loader(
             TransformedImages(splits.train, train_tf), batch_size, train=True, **common
         )
         val = make_loader(TransformedImages(splits.val, eval_tf), batch_size, train=False, **common)
-        return train, val, workers
+        # The training images as evaluation sees them, in order: what a feature cache holds.
+        plain = make_loader(
+            TransformedImages(splits.train, eval_tf), batch_size, train=False, **common
+        )
+        return (train, val, plain), workers
 
     def _resolved(self, recipe, backbone, report, model, plan, splits, img_size) -> dict:
         """What the engine made of the recipe: the ``resolved`` part of config.json."""
@@ -228,6 +261,7 @@ class Engine:
         run: Run,
         train_loader,
         val_loader,
+        plain_loader,
         console: Console,
         tally: dict[str, Any] | None = None,
     ) -> FitResult:
@@ -245,7 +279,10 @@ class Engine:
         nonfinite = NonFinite(recipe.skip_nonfinite, tally["skipped_nonfinite"])
         started = time.perf_counter() - tally["seconds"]
         trainable_params = apply_stage(model, run.plan[run.stage]) if run.stage >= 0 else 0
-        with StopRequest() as stop:
+        cached = run.stage >= 0 and self._cache_choice(recipe, run.plan[run.stage])[0]
+        cache: tuple[Features, Features] | None = None
+        writer = BackgroundWriter()
+        with StopRequest() as stop, _released(lambda: cache), _written(writer):
             for epoch in range(run.epoch + 1, recipe.epochs + 1):
                 run.epoch = epoch
                 index = stage_at(run.plan, epoch - 1)
@@ -257,14 +294,30 @@ class Engine:
                     run.lr_scheduler.set_scale(stage.lr_scale)
                     stage_record = {"stage_start": True, "stage_lr": _stage_lrs(run, stage)}
                     console.say(_stage_line(run, stage, trainable_params, stage_record["stage_lr"]))
+                    cached, why = self._cache_choice(recipe, stage)
+                    if why:
+                        console.say(why)
+                    _release(cache)
+                    cache = None
                     self.plugins.hook.tlplug_stage_start(run=run, stage=stage)
                 seed_everything(epoch_seed(recipe.seed, epoch))
                 train_loader.sampler.set_epoch(epoch)
+                if cached and cache is None:
+                    spill = run.run_dir / ".{}.features"
+                    cache = tuple(
+                        extract(model.backbone, loader, run.device, spill, run.numerics, name)
+                        for name, loader in (("train", plain_loader), ("val", val_loader))
+                    )
                 train_mode(model, stage, recipe.bn_policy)
+                net, train_batches, val_batches = model, train_loader, val_loader
+                if cache is not None:
+                    net = model.head
+                    train_batches = cache[0].batches(train_loader.batch_sampler)
+                    val_batches = cache[1].batches(val_loader.batch_sampler)
                 try:
                     train = train_epoch(
-                        model, train_loader, run.optimizer, run.lr_scheduler, run.device,
-                        console, epoch, stop=stop, nonfinite=nonfinite,
+                        net, train_batches, run.optimizer, run.lr_scheduler, run.device,
+                        console, epoch, stop=stop, nonfinite=nonfinite, numerics=run.numerics,
                     )  # fmt: skip
                 except Diverged as exc:
                     raise Diverged(f"{exc}. {_kept(run, tally)}") from None
@@ -275,7 +328,9 @@ class Engine:
                         128 + stop.signum,
                     )
                 run.step += len(train_loader)
-                val, correct, count = evaluate(model, val_loader, run.device, len(run.classes))
+                val, correct, count = evaluate(
+                    net, val_batches, run.device, len(run.classes), run.numerics
+                )
                 run.lr_scheduler.epoch_end(val.loss)
                 record = {
                     "epoch": epoch,
@@ -295,19 +350,20 @@ class Engine:
                     "seconds": round(train.seconds + val.seconds, 3),
                     "images_per_s": round(train.images / max(train.seconds, 1e-9), 1),
                     "skipped_nonfinite": nonfinite.skipped,
+                    "feature_cache": cache is not None,
                 }
                 best = (val.acc, -val.loss) > (tally["best_acc"], -tally["best_loss"])
                 if best:
                     tally.update(best_acc=val.acc, best_loss=val.loss, best_epoch=epoch)
                     tally["per_class"] = [correct, count]
-                    save_weights(model, run.run_dir / rundir.WEIGHTS, run.config)
+                    save_weights(model, run.run_dir / rundir.WEIGHTS, run.config, writer)
                 self.plugins.hook.tlplug_epoch_end(run=run, record=record)
                 run.history.append(record)
                 rundir.append_jsonl(run.run_dir / rundir.METRICS, record)
                 tally.update(
                     seconds=time.perf_counter() - started, skipped_nonfinite=nonfinite.skipped
                 )
-                checkpoint.save_resume(run.run_dir / checkpoint.RESUME, run, tally)
+                checkpoint.save_resume(run.run_dir / checkpoint.RESUME, run, tally, writer)
                 console.say(_epoch_line(record, recipe.epochs, best))
         summary = {
             "best_val_acc": tally["best_acc"],
@@ -350,8 +406,14 @@ class Engine:
         return load_classifier(Path(run_dir), PluginHost(plugins, entrypoints=entrypoints), device)
 
 
-def save_weights(model: TransferModel, path: Path, config: dict[str, Any]) -> None:
-    """Write ``model``'s weights with the facts a reader needs in the safetensors metadata."""
+def save_weights(
+    model: TransferModel,
+    path: Path,
+    config: dict[str, Any],
+    writer: BackgroundWriter | None = None,
+) -> None:
+    """Write ``model``'s weights with the facts a reader needs in the safetensors metadata;
+    with a ``writer``, snapshot them now and write them in the background."""
     metadata = {
         "format": "pt",
         "tlplug_version": __version__,
@@ -359,7 +421,11 @@ def save_weights(model: TransferModel, path: Path, config: dict[str, Any]) -> No
         "backbone_prefix": BACKBONE_PREFIX,
         "head_prefix": HEAD_PREFIX,
     }
-    save_atomic(model.state_dict(), path, metadata)
+    if writer is None:
+        save_atomic(model.state_dict(), path, metadata)
+        return
+    state = snapshot(model.state_dict())
+    writer.submit(lambda: save_atomic(state, path, metadata), path)
 
 
 def seed_everything(seed: int) -> None:
@@ -399,6 +465,58 @@ def _announce(console: Console, run: Run, weights: str, report, splits, img_size
     plan = "; ".join(f"epoch {s.start + 1}: {s.name}" for s in run.plan)
     console.say(f"schedule {recipe.schedule}: {plan}")
     console.say(f"run directory: {run.run_dir}")
+
+
+def _numerics(recipe: Recipe, model: TransferModel, device: torch.device, img_size: int):
+    """The run's precision and memory layout. Channels-last is on for convnets unless
+    asked otherwise, and off again for a model whose forward pass refuses it."""
+    dtype = autocast_dtype(recipe.precision, device)
+    wanted = recipe.channels_last
+    if wanted is False or (wanted is None and not is_convnet(model.backbone)):
+        return Numerics(dtype, False)
+    model.to(memory_format=torch.channels_last)
+    trial = Numerics(dtype, True)
+    was_training = model.training
+    try:
+        with torch.no_grad(), trial.autocast(device):
+            model.eval()(trial.inputs(torch.zeros(2, 3, img_size, img_size), device))
+    except RuntimeError:
+        if wanted:
+            raise TlplugError(
+                f"{recipe.backbone} does not run channels-last; drop --channels-last"
+            ) from None
+        model.to(memory_format=torch.contiguous_format)
+        return Numerics(dtype, False)
+    finally:
+        model.train(was_training)
+    return trial
+
+
+@contextlib.contextmanager
+def _written(writer: BackgroundWriter):
+    """Wait for the background writes when the block ends, so what is kept is on disk; a
+    write error outranks a success but not the error that ended the block."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            writer.wait()
+        raise
+    writer.wait()
+
+
+def _release(cache) -> None:
+    for features in cache or ():
+        features.release()
+
+
+@contextlib.contextmanager
+def _released(current):
+    """Release the feature cache ``current()`` returns when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        _release(current())
 
 
 def _kept(run: Run, tally: dict[str, Any]) -> str:

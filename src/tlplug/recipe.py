@@ -18,6 +18,7 @@ from tlplug.options import coerce
 
 Optimizer = Literal["sgd", "adam", "adamw"]
 BnPolicy = Literal["frozen", "eval", "train"]
+CacheMode = Literal["auto", "on", "off"]
 
 # Weight decay per optimizer when none is given: decoupled decay needs a larger value.
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adam": 0.0, "adamw": 0.01}
@@ -56,6 +57,9 @@ class Recipe:
     workers: int | None = None
     val_split: float | None = None
     skip_nonfinite: int = 0
+    cache_features: CacheMode = "auto"
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
+    channels_last: bool | None = None
     auto_batch_size: bool = False
 
     @classmethod

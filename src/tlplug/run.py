@@ -10,6 +10,7 @@ import torch
 
 from tlplug.errors import TlplugError
 from tlplug.model import TransferModel
+from tlplug.precision import FP32, Numerics
 from tlplug.recipe import Recipe
 from tlplug.schedule import Stage
 
@@ -27,6 +28,7 @@ class Run:
     classes: tuple[str, ...]
     run_dir: Path
     device: torch.device
+    numerics: Numerics = FP32
     epoch: int = 0  # 1-based once training starts; epochs completed between epochs
     stage: int = -1  # index into plan; -1 before the first stage starts
     step: int = 0  # optimizer steps taken

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from tlplug.console import Console
 from tlplug.errors import TlplugError
+from tlplug.precision import FP32, Numerics
 
 _OOM_ERRORS = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), MemoryError)
 
@@ -55,6 +56,7 @@ def train_epoch(
     *,
     stop=None,
     nonfinite: NonFinite | None = None,
+    numerics: Numerics = FP32,
 ) -> EpochStats:
     """Train for one pass over ``loader``, stepping the LR schedule after every batch.
 
@@ -63,21 +65,24 @@ def train_epoch(
     :class:`~tlplug.interrupt.StopRequest`) ends the pass after the step in progress.
     """
     nonfinite = nonfinite if nonfinite is not None else NonFinite()
+    scaler = torch.amp.GradScaler(device.type, enabled=numerics.dtype == torch.float16)
     loss_fn = nn.CrossEntropyLoss()
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
     batches = console.progress(loader, len(loader), f"epoch {epoch} train")
     for step, (images, labels) in enumerate(batches, start=1):
-        images = images.to(device, non_blocking=True)
+        images = numerics.inputs(images, device)
         labels = labels.to(device, non_blocking=True)
         try:
-            logits = model(images)
-            loss = loss_fn(logits, labels)
+            with numerics.autocast(device):
+                logits = model(images)
+            loss = loss_fn(logits.float(), labels)
             value = loss.item()
             optimizer.zero_grad(set_to_none=True)
             if math.isfinite(value):
-                loss.backward()
-                optimizer.step()
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
         except (*_OOM_ERRORS, RuntimeError) as exc:
             if not _is_oom(exc):
                 raise
@@ -167,7 +172,11 @@ def _oom_message(batch_size: int, epoch: int, step: int) -> str:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: DataLoader, device: torch.device, num_classes: int
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    num_classes: int,
+    numerics: Numerics = FP32,
 ) -> tuple[EpochStats, list[int], list[int]]:
     """Loss and accuracy on ``loader`` in eval mode; also per-class correct and total counts."""
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
@@ -177,9 +186,10 @@ def evaluate(
     count = [0] * num_classes
     start = time.perf_counter()
     for images, labels in loader:
-        images = images.to(device, non_blocking=True)
+        images = numerics.inputs(images, device)
         labels = labels.to(device, non_blocking=True)
-        logits = model(images)
+        with numerics.autocast(device):
+            logits = model(images).float()
         total_loss += loss_fn(logits, labels).item()
         hits = logits.argmax(1) == labels
         for label, hit in zip(labels.tolist(), hits.tolist(), strict=True):

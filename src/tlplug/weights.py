@@ -127,6 +127,14 @@ def load_into(
     )
 
 
+def snapshot(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU copies of ``state``'s tensors, safe to write while training goes on."""
+    return {
+        key: tensor.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+        for key, tensor in state.items()
+    }
+
+
 def save_atomic(state: Mapping[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     """Write ``state`` as safetensors to ``path`` via a temporary file and a rename."""
     tensors, seen = {}, set()

@@ -69,9 +69,17 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % 2**63
 
 
-def default_workers() -> int:
-    """Loader processes when none are asked for: one core stays with the training loop."""
-    return min(8, max(0, (os.cpu_count() or 1) - 1))
+def default_workers(device_type: str = "cuda") -> int:
+    """Loader processes when none are asked for.
+
+    Feeding a GPU: one per core but one, at most 8. Training on the CPU, decoding competes
+    with the model for the same cores, so small machines decode in the training process
+    and larger ones spare a quarter of their cores, at most 4.
+    """
+    cores = os.cpu_count() or 1
+    if device_type == "cuda":
+        return min(8, max(0, cores - 1))
+    return 0 if cores <= 4 else min(4, cores // 4)
 
 
 def make_loader(
@@ -100,6 +108,7 @@ def make_loader(
 def _seed_worker(worker_id: int) -> None:
     # Ctrl-C reaches the whole process group; the main process decides when to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)  # decoding needs no thread pool; the cores are the model's
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

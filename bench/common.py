@@ -1,0 +1,108 @@
+"""What the benchmarks share: data on disk, stand-in pretrained weights, the plain loop.
+
+The plain loop is the one the seed articles write (examples/, ../shared/seeds): an
+ImageFolder over PIL images with a standard DataLoader, ``requires_grad`` freezing,
+``model.train()`` for the whole model, fp32, one optimizer per phase.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+from torchvision import datasets, transforms
+
+from tlplug import Engine
+from tlplug.data.synthetic import synthetic_splits
+
+IMG_SIZE = 64
+BATCH = 32
+
+
+def write_images(root: Path, seed: int = 0) -> Path:
+    """The synthetic set as an ImageFolder tree of JPEGs (train/ and val/), 600 + 160 images."""
+    splits = synthetic_splits(seed)
+    for name, images in (("train", splits.train), ("val", splits.val)):
+        for index in range(len(images)):
+            folder = root / name / splits.classes[images.labels[index]]
+            folder.mkdir(parents=True, exist_ok=True)
+            images.load(index).save(folder / f"{index:04d}.jpg", quality=90)
+    return root
+
+
+def pretrain(root: Path, backbone: str = "timm:resnet18") -> Path:
+    """Stand-in pretrained weights (no download here): two epochs of full training on
+    another draw of the synthetic set, so a linear probe has features worth probing."""
+    out = root / "pretrain"
+    data = write_images(root / "pretrain-data", seed=7)
+    engine = Engine.from_plugins(
+        backbone=backbone, pretrained=False, schedule="full", epochs=2, img_size=IMG_SIZE,
+        augment=(), lr=2e-3,
+    )  # fmt: skip
+    engine.fit(data, out=out, overwrite=True, quiet=True)
+    return out / "model.safetensors"
+
+
+def plain_model(weights: Path, num_classes: int) -> nn.Module:
+    """timm resnet18 with the weights loaded and a new fc, as an article builds it."""
+    from tlplug.weights import backbone_part, read_state_dict
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", num_classes=num_classes)
+    model.load_state_dict(backbone_part(read_state_dict(weights)), strict=False)
+    return model
+
+
+def plain_loaders(root: Path) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
+    """ImageFolder + PIL + a standard DataLoader, as the articles write them."""
+    transform = transforms.Compose(
+        [
+            transforms.Resize(int(IMG_SIZE / 0.875)),
+            transforms.CenterCrop(IMG_SIZE),
+            transforms.ToTensor(),
+            transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+        ]
+    )
+    train = datasets.ImageFolder(root / "train", transform=transform)
+    val = datasets.ImageFolder(root / "val", transform=transform)
+    return (
+        torch.utils.data.DataLoader(train, batch_size=BATCH, shuffle=True),
+        torch.utils.data.DataLoader(val, batch_size=BATCH, shuffle=False),
+    )
+
+
+def plain_train(model, loaders, optimizer, epochs: int, frozen_bn: bool = False) -> float:
+    """The articles' loop: ``model.train()``, step every batch; returns the final val acc.
+
+    ``frozen_bn`` fixes the articles' BatchNorm bug (frozen layers' statistics drifting in
+    train mode) by keeping every module without trainable parameters in eval mode.
+    """
+    train, val = loaders
+    loss_fn = nn.CrossEntropyLoss()
+    for _ in range(epochs):
+        model.train()
+        if frozen_bn:
+            for module in model.modules():
+                if not any(p.requires_grad for p in module.parameters()):
+                    module.eval()
+        for images, labels in train:
+            optimizer.zero_grad()
+            loss_fn(model(images), labels).backward()
+            optimizer.step()
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for images, labels in val:
+            correct += (model(images).argmax(1) == labels).sum().item()
+            total += len(labels)
+    return correct / total
+
+
+def timed(fn):
+    """``(seconds, result)`` of calling ``fn``."""
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result

@@ -1,0 +1,82 @@
+"""Numeric precision and memory layout: ``--precision`` and channels-last convnets.
+
+``auto`` picks bfloat16 autocast where the hardware computes it natively (CPUs with
+AVX512-BF16 or AMX, NVIDIA GPUs from Ampere on) and fp32 elsewhere. ``fp16`` is for GPUs
+and trains with a gradient scaler. Weights and optimizer state stay fp32 throughout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from functools import cache
+from typing import Literal
+
+import attrs
+import torch
+from torch import nn
+
+from tlplug.errors import OptionError
+
+Precision = Literal["fp32", "bf16", "fp16", "auto"]
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device``; None for plain fp32."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        return torch.bfloat16 if cpu_has_bf16() else None
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise OptionError("--precision fp16 needs a CUDA GPU; on CPU use bf16 or auto")
+        return torch.float16
+    return torch.bfloat16 if precision == "bf16" else None
+
+
+@attrs.frozen
+class Numerics:
+    """How a run computes its batches: the autocast dtype (None: fp32) and memory layout."""
+
+    dtype: torch.dtype | None = None
+    channels_last: bool = False
+
+    def inputs(self, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Move an input batch to ``device`` in the run's memory layout."""
+        batch = batch.to(device, non_blocking=True)
+        if self.channels_last and batch.ndim == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def autocast(self, device: torch.device):
+        """A context that runs the forward pass in the run's precision."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.dtype)
+
+    def describe(self) -> dict:
+        """JSON-ready record for config.json."""
+        names = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}
+        return {"precision": names[self.dtype], "channels_last": self.channels_last}
+
+
+@cache
+def cpu_has_bf16() -> bool:
+    """True when this CPU computes bfloat16 natively (Linux: AVX512-BF16 or AMX flags)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = next((line for line in info if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def is_convnet(model: nn.Module) -> bool:
+    """True when convolutions hold most of ``model``'s weights (channels-last pays off)."""
+    total = sum(p.numel() for p in model.parameters())
+    conv = sum(
+        p.numel() for m in model.modules() if isinstance(m, nn.Conv2d) for p in m.parameters()
+    )
+    return total > 0 and conv / total > 0.5
+
+
+FP32 = Numerics()

@@ -1,0 +1,76 @@
+"""Training the head on cached backbone features."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tlplug import Engine, feature_cache, hookimpl
+
+PROBE = dict(
+    backbone="timm:resnet10t", pretrained=False, img_size=32, batch_size=8, workers=0,
+    schedule="linear-probe", augment=(), epochs=3, lr=0.01,
+)  # fmt: skip
+
+
+def head_of(run_dir):
+    state = load_file(run_dir / "resume.safetensors")
+    return {k: v for k, v in state.items() if k.startswith("model.head.")}
+
+
+def test_cached_and_uncached_linear_probes_train_the_same_head(image_folder, tmp_path):
+    runs = {}
+    for mode in ("auto", "off"):
+        result = Engine.from_plugins(entrypoints=False, cache_features=mode, **PROBE).fit(
+            image_folder, out=tmp_path / mode, quiet=True
+        )
+        runs[mode] = result
+    assert [r["feature_cache"] for r in runs["auto"].history] == [True] * 3
+    assert [r["feature_cache"] for r in runs["off"].history] == [False] * 3
+    cached, plain = head_of(tmp_path / "auto"), head_of(tmp_path / "off")
+    for key in cached:
+        torch.testing.assert_close(cached[key], plain[key], rtol=1e-4, atol=1e-5)
+    losses = [[r["train_loss"] for r in runs[m].history] for m in ("auto", "off")]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    assert runs["auto"].best_val_acc == runs["off"].best_val_acc
+
+
+class Files:
+    """Records the feature files present in the run directory after each epoch."""
+
+    name = "files"
+
+    def __init__(self):
+        self.seen = []
+
+    @hookimpl
+    def tlplug_epoch_end(self, run, record):
+        self.seen.append(sorted(p.name for p in run.run_dir.glob(".*.features")))
+
+
+def test_cache_is_dropped_when_a_group_unfreezes_and_spills_to_a_file(
+    image_folder, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(feature_cache, "MEMORY_LIMIT", 0)
+    files = Files()
+    recipe = PROBE | {"schedule": "freeze-unfreeze", "schedule_opts": {"frozen_epochs": 2}}
+    result = Engine.from_plugins(files, entrypoints=False, **recipe).fit(
+        image_folder, out=tmp_path, quiet=False
+    )
+    assert [r["feature_cache"] for r in result.history] == [True, True, False]
+    assert files.seen == [[".train.features", ".val.features"]] * 2 + [[]]
+    assert not list(tmp_path.glob(".*.features"))
+    assert "feature cache on: the backbone runs once" in capsys.readouterr().out
+
+
+def test_random_augmentation_turns_the_cache_off_unless_asked(image_folder, tmp_path, capsys):
+    recipe = PROBE | {"augment": ("flip",), "epochs": 1}
+    result = Engine.from_plugins(entrypoints=False, **recipe).fit(image_folder, out=tmp_path / "a")
+    assert result.history[0]["feature_cache"] is False
+    assert "feature cache off: random augmentation (flip)" in capsys.readouterr().out
+    result = Engine.from_plugins(entrypoints=False, cache_features="on", **recipe).fit(
+        image_folder, out=tmp_path / "b"
+    )
+    assert result.history[0]["feature_cache"] is True
+    assert "feature cache on (without flip)" in capsys.readouterr().out
