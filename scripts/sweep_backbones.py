@@ -36,9 +36,11 @@ SIZES = (64, 96, 128, 160, 224)
 TOO_LARGE = "too large"
 
 
-def check(provider_name: str, name: str, stages: int | None) -> str:
+def check(provider_name: str, name: str, stages: int | None, threads: int | None = None) -> str:
     """Return '' when ``name`` passes, else the reason it fails (or starts with TOO_LARGE)."""
     warnings.simplefilter("ignore")
+    if threads:
+        torch.set_num_threads(threads)
     provider = choose(PluginHost(entrypoints=False), "backbones", provider_name, {})
     needed = _bytes_needed(provider_name, name)
     available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -104,18 +106,22 @@ def main() -> int:
     parser.add_argument("--start", default="", help="skip names sorting before this one")
     parser.add_argument("--stages", type=int, help="at most this many stages per model")
     parser.add_argument("--verbose", action="store_true", help="print passing models too")
+    parser.add_argument("--shard", default="0/1", help="I/N: check every Nth model from the Ith")
+    parser.add_argument("--threads", type=int, help="torch threads per model check")
     args = parser.parse_args()
     host = PluginHost(entrypoints=False)
     failed_total = 0
     for provider_name in args.providers:
         provider = host.registry("backbones").get(provider_name).factory
         names = [n for n in provider.list_models(args.pattern) if n >= args.start]
+        shard, shards = (int(x) for x in args.shard.split("/"))
+        names = names[shard::shards]
         counts = {"passed": 0, "failed": 0, TOO_LARGE: 0}
         start = time.perf_counter()
         pool = _pool()
         for name in names:
             try:
-                reason = pool.submit(check, provider_name, name, args.stages).result()
+                reason = pool.submit(check, provider_name, name, args.stages, args.threads).result()
             except futures.process.BrokenProcessPool:
                 reason, pool = "the worker died (out of memory?)", _pool()
             except Exception as exc:
