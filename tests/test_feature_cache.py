@@ -34,6 +34,7 @@ def test_cached_and_uncached_linear_probes_train_the_same_head(image_folder, tmp
     losses = [[r["train_loss"] for r in runs[m].history] for m in ("auto", "off")]
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
     assert runs["auto"].best_val_acc == runs["off"].best_val_acc
+    assert all(r["peak_memory_mb"] > 0 for r in runs["auto"].history)
 
 
 class Files:

@@ -24,6 +24,7 @@ from tlplug.errors import TlplugError
 from tlplug.feature_cache import Features, extract
 from tlplug.freezing import apply_stage, train_mode
 from tlplug.interrupt import Interrupted, StopRequest
+from tlplug.memory import peak_mb, reset_peak
 from tlplug.model import BACKBONE_PREFIX, HEAD_GROUP, HEAD_PREFIX, TransferModel, count_params
 from tlplug.optim import StageScaledScheduler, build_optimizer, group_lrs, lr_multipliers
 from tlplug.plugins import PluginHost
@@ -309,6 +310,7 @@ class Engine:
                         for name, loader in (("train", plain_loader), ("val", val_loader))
                     )
                 train_mode(model, stage, recipe.bn_policy)
+                reset_peak(run.device)
                 net, train_batches, val_batches = model, train_loader, val_loader
                 if cache is not None:
                     net = model.head
@@ -351,6 +353,7 @@ class Engine:
                     "images_per_s": round(train.images / max(train.seconds, 1e-9), 1),
                     "skipped_nonfinite": nonfinite.skipped,
                     "feature_cache": cache is not None,
+                    "peak_memory_mb": peak_mb(run.device),
                 }
                 best = (val.acc, -val.loss) > (tally["best_acc"], -tally["best_loss"])
                 if best:
@@ -570,6 +573,7 @@ def _epoch_line(record: dict[str, Any], epochs: int, best: bool) -> str:
         f"train_loss {record['train_loss']:.4f} val_loss {record['val_loss']:.4f} "
         f"val_acc {record['val_acc']:.4f}{' *' if best else ''} lr {lr} "
         f"{record['seconds']:.1f}s {record['images_per_s']:.0f} img/s"
+        + (f" peak {record['peak_memory_mb']:.0f} MiB" if record["peak_memory_mb"] else "")
     )
 
 
