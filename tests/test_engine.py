@@ -125,8 +125,10 @@ def test_synthetic_data_is_deterministic():
     assert a.img_size == 64
 
 
-def test_synthetic_task_is_learned(tmp_path):
-    """A seeded run on the synthetic set must beat chance (0.25) by a wide margin."""
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_synthetic_task_is_learned(precision, tmp_path):
+    """A seeded run on the synthetic set must beat chance (0.25) by a wide margin, in fp32
+    and with bf16 autocast."""
     engine = Engine.from_plugins(
         entrypoints=False,
         backbone="timm:resnet10t",
@@ -137,9 +139,12 @@ def test_synthetic_task_is_learned(tmp_path):
         epochs=4,
         workers=0,
         seed=0,
+        precision=precision,
     )
     result = engine.fit(out=tmp_path, quiet=True)
     assert result.best_val_acc >= 0.75, result.history
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["resolved"]["precision"] == precision
 
 
 def test_load_refuses_weights_that_do_not_match(image_folder, tmp_path, tiny):
