@@ -112,6 +112,9 @@ class Engine:
             raise TlplugError(f"{run_dir / rundir.CONFIG} is incomplete ({exc})") from None
         if state.epoch >= recipe.epochs:
             raise TlplugError(f"{run_dir} already finished all {recipe.epochs} epochs")
+        # The batch size --auto-batch-size found is part of the run: the schedule counts steps.
+        batch_size = config["resolved"].get("batch_size", recipe.batch_size)
+        recipe = attrs.evolve(recipe, batch_size=batch_size, auto_batch_size=False)
         engine = cls(PluginHost(plugins, entrypoints=entrypoints), recipe)
         source = data.get("root") if data.get("kind") == "folder" else None
         run, loaders, announce = engine._prepare(engine.recipe, source, run_dir)
@@ -126,7 +129,8 @@ class Engine:
         return engine._train(run, *loaders, console, best)
 
     def _prepare(self, recipe: Recipe, data, out_dir: Path):
-        """Build everything a run needs, writing nothing: the run, its two loaders, and a
+        """Build everything a run needs, writing nothing: the run, its loaders (train,
+        validation, and the training images as evaluation sees them, for a feature cache), and a
         function that prints what was built."""
         seed_everything(recipe.seed)
         splits = load_data(data, recipe.val_split, recipe.seed)
@@ -141,7 +145,9 @@ class Engine:
         numerics = _numerics(recipe, model, device, img_size)
         batch_size = recipe.batch_size
         if recipe.auto_batch_size:
-            batch_size = fit_batch_size(model, batch_size, img_size, len(splits.classes), device)
+            batch_size = fit_batch_size(
+                model, batch_size, img_size, len(splits.classes), device, numerics
+            )
         loaders, workers = self._loaders(recipe, splits, backbone, img_size, device, batch_size)
         multipliers = lr_multipliers(model.group_names(), recipe)
         optimizer = build_optimizer(model, recipe, multipliers)

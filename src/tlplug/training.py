@@ -106,7 +106,12 @@ def train_epoch(
 
 
 def fit_batch_size(
-    model: nn.Module, batch_size: int, img_size: int, num_classes: int, device: torch.device
+    model: nn.Module,
+    batch_size: int,
+    img_size: int,
+    num_classes: int,
+    device: torch.device,
+    numerics: Numerics = FP32,
 ) -> int:
     """The largest batch size, halving from ``batch_size``, at which a training step of the
     whole model fits in memory. The model's weights and statistics are left as they were."""
@@ -119,9 +124,11 @@ def fit_batch_size(
                 model.train()
                 for param in model.parameters():
                     param.requires_grad_(True)
-                images = torch.randn(size, 3, img_size, img_size, device=device)
+                images = numerics.inputs(torch.randn(size, 3, img_size, img_size), device)
                 labels = torch.arange(size, device=device) % num_classes
-                nn.functional.cross_entropy(model(images), labels).backward()
+                with numerics.autocast(device):
+                    logits = model(images)
+                nn.functional.cross_entropy(logits.float(), labels).backward()
                 return size
             except (*_OOM_ERRORS, RuntimeError) as exc:
                 if isinstance(exc, RuntimeError) and not _is_oom(exc):
