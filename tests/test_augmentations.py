@@ -24,9 +24,10 @@ def test_augmentation_on_a_tiny_image(name):
 
 def test_train_and_eval_transforms():
     config = DataConfig(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.875)
-    train, evaluate = build_transforms(config, 32, [REGISTRY.get("flip").factory(32, p=1.0)])
-    image = draw("stripes", random.Random(0))
-    a, b = train(image), evaluate(image)
+    base, train, evaluate = build_transforms(config, 32, [REGISTRY.get("flip").factory(32, p=1.0)])
+    pixels = base(draw("stripes", random.Random(0)))
+    assert pixels.shape == (3, 32, 32) and pixels.dtype == torch.uint8
+    a, b = train(pixels), evaluate(pixels)
     assert a.shape == b.shape == (3, 32, 32) and a.dtype == torch.float32
     assert torch.equal(a, b.flip(-1))
     assert b.min() >= -1.0 and b.max() <= 1.0

@@ -18,6 +18,7 @@ from tlplug.background_writer import BackgroundWriter
 from tlplug.build import Parts, build_backbone, build_model, make_plan, probe, resolve
 from tlplug.console import Console
 from tlplug.data import load_data
+from tlplug.data.decoded import DecodedImages
 from tlplug.data.loaders import TransformedImages, default_workers, epoch_seed, make_loader
 from tlplug.data.transforms import build_transforms
 from tlplug.errors import TlplugError
@@ -220,18 +221,17 @@ class Engine:
         augmentations = [
             c.strategy.factory(img_size, **c.options) for c in self.parts.augmentations
         ]
-        train_tf, eval_tf = build_transforms(backbone.data_config, img_size, augmentations)
+        base, train_tf, eval_tf = build_transforms(backbone.data_config, img_size, augmentations)
         workers = default_workers(device.type) if recipe.workers is None else recipe.workers
         common = dict(workers=workers, seed=recipe.seed, pin_memory=device.type == "cuda")
-        train = make_loader(
-            TransformedImages(splits.train, train_tf), batch_size, train=True, **common
+        datasets = (
+            (TransformedImages(splits.train, base, train_tf), True),
+            (TransformedImages(splits.val, base, eval_tf), False),
+            # The training images as evaluation sees them, in order: what a feature cache holds.
+            (TransformedImages(splits.train, base, eval_tf), False),
         )
-        val = make_loader(TransformedImages(splits.val, eval_tf), batch_size, train=False, **common)
-        # The training images as evaluation sees them, in order: what a feature cache holds.
-        plain = make_loader(
-            TransformedImages(splits.train, eval_tf), batch_size, train=False, **common
-        )
-        return (train, val, plain), workers
+        loaders = tuple(make_loader(d, batch_size, train=t, **common) for d, t in datasets)
+        return loaders, workers
 
     def _resolved(self, recipe, backbone, report, model, plan, splits, img_size) -> dict:
         """What the engine made of the recipe: the ``resolved`` part of config.json."""
@@ -289,7 +289,13 @@ class Engine:
         cached = run.stage >= 0 and self._cache_choice(recipe, run.plan[run.stage])[0]
         cache: tuple[Features, Features] | None = None
         writer = BackgroundWriter()
-        with StopRequest() as stop, _released(lambda: cache), _written(writer):
+        decoded = _decode_once(run, (train_loader, val_loader, plain_loader), console)
+        with (
+            StopRequest() as stop,
+            _released(lambda: cache),
+            _written(writer),
+            _removed(decoded),
+        ):
             for epoch in range(run.epoch + 1, recipe.epochs + 1):
                 run.epoch = epoch
                 index = stage_at(run.plan, epoch - 1)
@@ -512,6 +518,42 @@ def _written(writer: BackgroundWriter):
             writer.wait()
         raise
     writer.wait()
+
+
+def _decode_once(run: Run, loaders, console: Console) -> list[DecodedImages]:
+    """Give the loaders' datasets a decoded-image cache, one per image list, when the
+    pixels take at most a quarter of the machine's memory."""
+    size = run.config["resolved"]["img_size"]
+    lists = {id(loader.dataset.images): loader.dataset.images for loader in loaders}
+    total = sum(DecodedImages.nbytes(images, size) for images in lists.values())
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if total > memory / 4:
+        console.say(
+            f"decoded-image cache off: the pixels would take {total / 2**30:.1f} GiB, more "
+            "than a quarter of this machine's memory; images are decoded every epoch"
+        )
+        return []
+    shared = loaders[0].num_workers > 0  # workers fill one memory-mapped file together
+    caches: dict[int, DecodedImages] = {}
+    for loader in loaders:
+        dataset = loader.dataset
+        key = id(dataset.images)
+        if key not in caches:
+            file = run.run_dir / f".pixels-{len(caches)}" if shared else None
+            caches[key] = DecodedImages(dataset.images, dataset.base, size, file)
+        dataset.decoded = caches[key]
+    console.say(f"images are decoded once and kept ({total / 2**20:.0f} MiB)")
+    return list(caches.values())
+
+
+@contextlib.contextmanager
+def _removed(decoded: list[DecodedImages]):
+    """Delete the decoded-image cache files when the block ends."""
+    try:
+        yield
+    finally:
+        for cache in decoded:
+            cache.remove()
 
 
 def _release(cache) -> None:

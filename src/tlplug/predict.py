@@ -14,7 +14,7 @@ from tlplug import rundir
 from tlplug.backbone import DataConfig
 from tlplug.build import build_backbone, build_model, choose
 from tlplug.data.folders import FileImages
-from tlplug.data.transforms import build_transforms
+from tlplug.data.transforms import eval_transform
 from tlplug.engine import pick_device
 from tlplug.errors import TlplugError, UnknownNameError, WeightsError
 from tlplug.plugins import PluginHost
@@ -50,7 +50,7 @@ class Classifier(nn.Module):
         self.model = model.eval()
         self.classes = tuple(classes)
         self.config = config
-        self.transform = build_transforms(data_config, img_size)[1]
+        self.transform = eval_transform(data_config, img_size)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of already normalized images."""

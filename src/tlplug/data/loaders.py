@@ -22,23 +22,31 @@ from tlplug.data.sources import ImageList
 
 
 class TransformedImages(Dataset):
-    """``(tensor, label)`` pairs: the images of an ImageList through a transform."""
+    """``(tensor, label)`` pairs: the images of an ImageList through ``base`` (decode,
+    resize, crop; deterministic) and then ``transform`` (augmentations, normalization).
 
-    def __init__(self, images: ImageList, transform: Callable):
-        self.images = images
-        self.transform = transform
+    Once ``decoded`` is set (:class:`~tlplug.data.decoded.DecodedImages`), the base
+    transform's output comes from there and each image is decoded once.
+    """
+
+    def __init__(self, images: ImageList, base: Callable, transform: Callable):
+        self.images, self.base, self.transform = images, base, transform
+        self.decoded = None
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, key: int | tuple[int, int]):
         index, seed = key if isinstance(key, tuple) else (key, None)
-        image = self.images.load(index)
+        if self.decoded is not None:
+            pixels = self.decoded.get(index)
+        else:
+            pixels = self.base(self.images.load(index))
         if seed is None:
-            return self.transform(image), self.images.labels[index]
+            return self.transform(pixels), self.images.labels[index]
         with torch.random.fork_rng(devices=()):  # leave the training loop's RNG alone
             torch.manual_seed(seed)
-            return self.transform(image), self.images.labels[index]
+            return self.transform(pixels), self.images.labels[index]
 
 
 class EpochSampler(Sampler):

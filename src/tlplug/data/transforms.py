@@ -37,8 +37,13 @@ def normalize(config: DataConfig) -> v2.Compose:
 
 def build_transforms(
     config: DataConfig, img_size: int, augmentations: Sequence[Callable] = ()
-) -> tuple[v2.Compose, v2.Compose]:
-    """Return ``(train, eval)`` transforms; augmentations apply to training only, in order."""
-    base, norm = base_transform(config, img_size), normalize(config)
-    train = v2.Compose([base, *augmentations, norm])
-    return train, v2.Compose([base, norm])
+) -> tuple[v2.Compose, v2.Compose, v2.Compose]:
+    """Return ``(base, train, eval)``: the base transform, then what training applies to its
+    output (the augmentations in order, then normalization) and what evaluation applies."""
+    norm = normalize(config)
+    return base_transform(config, img_size), v2.Compose([*augmentations, norm]), norm
+
+
+def eval_transform(config: DataConfig, img_size: int) -> v2.Compose:
+    """From PIL image to the normalized tensor evaluation and prediction use."""
+    return v2.Compose([base_transform(config, img_size), normalize(config)])

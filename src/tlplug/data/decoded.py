@@ -1,0 +1,55 @@
+"""Decoding each image once: resized, center-cropped ``uint8`` pixels kept for later epochs.
+
+The base transform (decode, resize, center crop) is deterministic, so its output is kept
+per image the first time any process computes it. Training in the main process, the
+pixels live in memory; with loader workers they live in a memory-mapped file in the run
+directory, which every worker maps and fills. Augmentations and normalization still run
+every epoch on the kept pixels.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from tlplug.data.sources import ImageList
+
+
+class DecodedImages:
+    """The base-transformed pixels of an ImageList, computed once per image."""
+
+    def __init__(self, images: ImageList, base: Callable, size: int, file: Path | None):
+        shape = (len(images), 3, size, size)
+        count = len(images) * 3 * size * size
+        if file is None:
+            self.pixels = torch.empty(shape, dtype=torch.uint8)
+            self.filled = torch.zeros(len(images), dtype=torch.bool)
+        else:
+            with open(file, "wb") as out:
+                out.truncate(count + len(images))
+            mapped = torch.from_file(
+                os.fspath(file), shared=True, size=count + len(images), dtype=torch.uint8
+            )
+            self.pixels = mapped[:count].view(shape)
+            self.filled = mapped[count:].view(torch.bool)
+        self.images, self.base, self.file = images, base, file
+
+    @staticmethod
+    def nbytes(images: ImageList, size: int) -> int:
+        """Bytes the pixels of ``images`` take at ``size``."""
+        return len(images) * (3 * size * size + 1)
+
+    def get(self, index: int) -> torch.Tensor:
+        """The pixels of image ``index``, decoding it the first time."""
+        if not self.filled[index]:
+            self.pixels[index] = self.base(self.images.load(index))
+            self.filled[index] = True
+        return self.pixels[index].clone()
+
+    def remove(self) -> None:
+        """Delete the backing file, if any."""
+        if self.file is not None:
+            self.file.unlink(missing_ok=True)
