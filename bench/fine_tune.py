@@ -1,0 +1,102 @@
+"""Top-group and full fine-tuning, resnet18 at 64 px on CPU: tlplug against the plain loop.
+
+Both start from the same backbone weights, train on the same 600 images (160 for
+validation) with SGD, and run one after the other in this process:
+
+- top group: layer4 and the head train, the rest is frozen (the articles' second phase).
+  The plain loop runs the whole network forward every batch with ``model.train()``;
+  tlplug in fp32, then with ``--precision auto`` (bf16 on this CPU).
+- full: everything trains, fp32 in both, to measure tlplug's overhead.
+
+Goals: top group >= 1.3x in fp32 and >= 2.5x with bf16; full fine-tune overhead <= 3%.
+
+    python bench/fine_tune.py [--epochs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+from common import (
+    BATCH,
+    IMG_SIZE,
+    plain_loaders,
+    plain_model,
+    plain_train,
+    pretrain,
+    timed,
+    write_images,
+)
+
+from tlplug import Engine, Stage, hookimpl
+from tlplug.schedule import top_groups
+
+
+class TopGroup:
+    """A schedule plugin: the head and the group below it train from the first epoch."""
+
+    name = "bench-top-group"
+
+    @hookimpl
+    def tlplug_register_schedules(self, register):
+        register("top-group", lambda groups, epochs: [Stage(0, top_groups(groups, 2))])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=0.01)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        weights = pretrain(root)
+        data = write_images(root / "data")
+
+        def plain(top_only: bool) -> float:
+            model = plain_model(weights, num_classes=4)
+            if top_only:
+                for param in model.parameters():
+                    param.requires_grad = False
+                for module in (model.layer4, model.fc):
+                    for param in module.parameters():
+                        param.requires_grad = True
+            params = [p for p in model.parameters() if p.requires_grad]
+            optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9)
+            return plain_train(model, plain_loaders(data), optimizer, args.epochs)
+
+        def tlplug(schedule: str, precision: str) -> float:
+            engine = Engine.from_plugins(
+                TopGroup(), backbone="timm:resnet18", weights=str(weights), schedule=schedule,
+                augment=(), optimizer="sgd", lr=args.lr, weight_decay=0.0,
+                lr_schedule="constant", epochs=args.epochs, batch_size=BATCH, img_size=IMG_SIZE,
+                precision=precision,
+            )  # fmt: skip
+            return engine.fit(data, out=root / "run", overwrite=True, quiet=True).final_val_acc
+
+        runs = {
+            "top group": [
+                ("plain loop (as the articles)", *timed(lambda: plain(True))),
+                ("tlplug fp32", *timed(lambda: tlplug("top-group", "fp32"))),
+                ("tlplug --precision auto", *timed(lambda: tlplug("top-group", "auto"))),
+            ],
+            "full": [
+                ("plain loop", *timed(lambda: plain(False))),
+                ("tlplug fp32", *timed(lambda: tlplug("full", "fp32"))),
+            ],
+        }
+    for what, rows in runs.items():
+        print(f"{what} fine-tune, {args.epochs} epochs, resnet18 {IMG_SIZE}px, CPU")
+        base_s, base_acc = rows[0][1], rows[0][2]
+        for name, seconds, acc in rows:
+            print(
+                f"  {name:<30} {seconds:6.1f} s  {base_s / seconds:5.2f}x  val_acc {acc:.4f} "
+                f"({100 * (acc - base_acc):+.1f} points)"
+            )
+    print("  goals: top group >= 1.3x fp32, >= 2.5x bf16; full fine-tune overhead <= 3%")
+
+
+if __name__ == "__main__":
+    main()
