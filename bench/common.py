@@ -101,6 +101,28 @@ def plain_train(model, loaders, optimizer, epochs: int, frozen_bn: bool = False)
     return correct / total
 
 
+def tlplug_fit(weights: Path, data: Path, out: Path, plugins=(), **recipe) -> float:
+    """Train with tlplug from ``weights`` on ``data`` with the benchmarks' common settings
+    (SGD, constant LR, no augmentation, 64 px); return the final val acc."""
+    settings = dict(
+        backbone="timm:resnet18", weights=str(weights), augment=(), optimizer="sgd",
+        weight_decay=0.0, lr_schedule="constant", batch_size=BATCH, img_size=IMG_SIZE,
+    )  # fmt: skip
+    engine = Engine.from_plugins(*plugins, **(settings | recipe))
+    return engine.fit(data, out=out, overwrite=True, quiet=True).final_val_acc
+
+
+def print_table(title: str, rows: list[tuple[str, float, float]]) -> None:
+    """Rows of (name, seconds, val acc), with the speed-up and accuracy against the first."""
+    print(title)
+    base_s, base_acc = rows[0][1], rows[0][2]
+    for name, seconds, acc in rows:
+        print(
+            f"  {name:<30} {seconds:6.1f} s  {base_s / seconds:5.2f}x  val_acc {acc:.4f} "
+            f"({100 * (acc - base_acc):+.1f} points)"
+        )
+
+
 def timed(fn):
     """``(seconds, result)`` of calling ``fn``."""
     start = time.perf_counter()

@@ -21,17 +21,18 @@ from pathlib import Path
 
 import torch
 from common import (
-    BATCH,
     IMG_SIZE,
     plain_loaders,
     plain_model,
     plain_train,
     pretrain,
+    print_table,
     timed,
+    tlplug_fit,
     write_images,
 )
 
-from tlplug import Engine, Stage, hookimpl
+from tlplug import Stage, hookimpl
 from tlplug.schedule import top_groups
 
 
@@ -68,13 +69,10 @@ def main() -> None:
             return plain_train(model, plain_loaders(data), optimizer, args.epochs)
 
         def tlplug(schedule: str, precision: str) -> float:
-            engine = Engine.from_plugins(
-                TopGroup(), backbone="timm:resnet18", weights=str(weights), schedule=schedule,
-                augment=(), optimizer="sgd", lr=args.lr, weight_decay=0.0,
-                lr_schedule="constant", epochs=args.epochs, batch_size=BATCH, img_size=IMG_SIZE,
-                precision=precision,
+            return tlplug_fit(
+                weights, data, root / "run", plugins=(TopGroup(),), schedule=schedule,
+                lr=args.lr, epochs=args.epochs, precision=precision,
             )  # fmt: skip
-            return engine.fit(data, out=root / "run", overwrite=True, quiet=True).final_val_acc
 
         runs = {
             "top group": [
@@ -88,13 +86,7 @@ def main() -> None:
             ],
         }
     for what, rows in runs.items():
-        print(f"{what} fine-tune, {args.epochs} epochs, resnet18 {IMG_SIZE}px, CPU")
-        base_s, base_acc = rows[0][1], rows[0][2]
-        for name, seconds, acc in rows:
-            print(
-                f"  {name:<30} {seconds:6.1f} s  {base_s / seconds:5.2f}x  val_acc {acc:.4f} "
-                f"({100 * (acc - base_acc):+.1f} points)"
-            )
+        print_table(f"{what} fine-tune, {args.epochs} epochs, resnet18 {IMG_SIZE}px, CPU", rows)
     print("  goals: top group >= 1.3x fp32, >= 2.5x bf16; full fine-tune overhead <= 3%")
 
 

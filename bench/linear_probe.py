@@ -21,17 +21,16 @@ from pathlib import Path
 
 import torch
 from common import (
-    BATCH,
     IMG_SIZE,
     plain_loaders,
     plain_model,
     plain_train,
     pretrain,
+    print_table,
     timed,
+    tlplug_fit,
     write_images,
 )
-
-from tlplug import Engine
 
 
 def main() -> None:
@@ -54,14 +53,10 @@ def main() -> None:
             return plain_train(model, plain_loaders(data), optimizer, args.epochs, frozen_bn)
 
         def tlplug(precision: str) -> float:
-            engine = Engine.from_plugins(
-                backbone="timm:resnet18", weights=str(weights), schedule="linear-probe",
-                augment=(), optimizer="sgd", lr=args.lr, weight_decay=0.0,
-                lr_schedule="constant", epochs=args.epochs, batch_size=BATCH, img_size=IMG_SIZE,
-                precision=precision,
+            return tlplug_fit(
+                weights, data, root / "run", schedule="linear-probe", lr=args.lr,
+                epochs=args.epochs, precision=precision,
             )  # fmt: skip
-            result = engine.fit(data, out=root / "run", overwrite=True, quiet=True)
-            return result.final_val_acc
 
         rows = [
             ("plain loop (as the articles)", *timed(lambda: plain(False))),
@@ -69,13 +64,10 @@ def main() -> None:
             ("tlplug fp32", *timed(lambda: tlplug("fp32"))),
             ("tlplug --precision auto", *timed(lambda: tlplug("auto"))),
         ]
-    print(f"linear probe, {args.epochs} epochs, resnet18 {IMG_SIZE}px, 600 train / 160 val, CPU")
-    base_s, base_acc = rows[0][1], rows[0][2]
-    for name, seconds, acc in rows:
-        print(
-            f"  {name:<30} {seconds:6.1f} s  {base_s / seconds:5.1f}x  val_acc {acc:.4f} "
-            f"({100 * (acc - base_acc):+.1f} points)"
-        )
+    print_table(
+        f"linear probe, {args.epochs} epochs, resnet18 {IMG_SIZE}px, 600 train / 160 val, CPU",
+        rows,
+    )
     print("  goal: tlplug >= 8x the plain loop, accuracy within 2 points")
 
 
