@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tlplug import hookimpl
 from tlplug.cli import main
 from tlplug.data.synthetic import draw
 
@@ -63,3 +64,17 @@ def tlplug(capsys, *args) -> tuple[int, str, str]:
         code = exc.code or 0
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+class RunDirFiles:
+    """A lifecycle plugin that records, after each epoch, the run directory's files whose
+    names match ``pattern``."""
+
+    name = "run-dir-files"
+
+    def __init__(self, pattern: str):
+        self.pattern, self.seen = pattern, []
+
+    @hookimpl
+    def tlplug_epoch_end(self, run, record):
+        self.seen.append(sorted(p.name for p in run.run_dir.glob(self.pattern)))

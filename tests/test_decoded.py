@@ -6,7 +6,8 @@ import random
 
 import torch
 
-from tlplug import Engine, hookimpl
+from conftest import RunDirFiles
+from tlplug import Engine
 from tlplug.backbone import DataConfig
 from tlplug.data.decoded import DecodedImages
 from tlplug.data.folders import FileImages, list_images
@@ -49,21 +50,10 @@ def test_each_image_is_decoded_once(image_folder, tmp_path):
         assert file is None or not file.exists()
 
 
-class PixelFiles:
-    name = "pixel-files"
-
-    def __init__(self):
-        self.seen = []
-
-    @hookimpl
-    def tlplug_epoch_end(self, run, record):
-        self.seen.append(sorted(p.name for p in run.run_dir.glob(".pixels-*")))
-
-
 def test_workers_share_one_pixel_file_and_train_exactly_as_without_workers(
     image_folder, tmp_path, capsys
 ):
-    files = PixelFiles()
+    files = RunDirFiles(".pixels-*")
     with_workers = Engine.from_plugins(files, entrypoints=False, workers=2, **RECIPE).fit(
         image_folder, out=tmp_path / "w2"
     )

@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tlplug import Engine, feature_cache, hookimpl
+from conftest import RunDirFiles
+from tlplug import Engine, feature_cache
 
 PROBE = dict(
     backbone="timm:resnet10t", pretrained=False, img_size=32, batch_size=8, workers=0,
@@ -37,24 +38,11 @@ def test_cached_and_uncached_linear_probes_train_the_same_head(image_folder, tmp
     assert all(r["peak_memory_mb"] > 0 for r in runs["auto"].history)
 
 
-class Files:
-    """Records the feature files present in the run directory after each epoch."""
-
-    name = "files"
-
-    def __init__(self):
-        self.seen = []
-
-    @hookimpl
-    def tlplug_epoch_end(self, run, record):
-        self.seen.append(sorted(p.name for p in run.run_dir.glob(".*.features")))
-
-
 def test_cache_is_dropped_when_a_group_unfreezes_and_spills_to_a_file(
     image_folder, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.setattr(feature_cache, "MEMORY_LIMIT", 0)
-    files = Files()
+    files = RunDirFiles(".*.features")
     recipe = PROBE | {"schedule": "freeze-unfreeze", "schedule_opts": {"frozen_epochs": 2}}
     result = Engine.from_plugins(files, entrypoints=False, **recipe).fit(
         image_folder, out=tmp_path, quiet=False

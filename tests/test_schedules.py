@@ -115,9 +115,7 @@ class Snapshots:
 
     @hookimpl
     def tlplug_run_start(self, run):
-        owner = run.model.group_modules()
-        for key in run.model.state_dict():
-            self.groups[key] = owner[key.rpartition(".")[0]]
+        self.groups = run.model.state_groups()
         self.param_groups = {p: g.name for g in run.model.groups for p in g.params}
         self._take(run)
 

@@ -23,7 +23,7 @@ from tlplug.background_writer import BackgroundWriter
 from tlplug.errors import TlplugError
 from tlplug.run import Run
 from tlplug.rundir import RESUME
-from tlplug.weights import save_atomic, snapshot
+from tlplug.weights import save_atomic
 
 __all__ = ["RESUME", "ResumeState", "read_resume", "restore", "save_resume"]
 
@@ -74,12 +74,7 @@ def save_resume(
             "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
         },
     }
-    metadata = {"format": "pt", _META_KEY: json.dumps(meta)}
-    if writer is None:
-        save_atomic(tensors, path, metadata)
-        return
-    tensors = snapshot(tensors)
-    writer.submit(lambda: save_atomic(tensors, path, metadata), path)
+    save_atomic(tensors, path, {"format": "pt", _META_KEY: json.dumps(meta)}, writer)
 
 
 def read_resume(path: Path) -> ResumeState:

@@ -34,7 +34,7 @@ from tlplug.recipe import Recipe
 from tlplug.run import Run
 from tlplug.schedule import stage_at
 from tlplug.training import Diverged, NonFinite, evaluate, fit_batch_size, train_epoch
-from tlplug.weights import save_atomic, snapshot
+from tlplug.weights import save_atomic
 
 
 @attrs.frozen
@@ -436,11 +436,7 @@ def save_weights(
         "backbone_prefix": BACKBONE_PREFIX,
         "head_prefix": HEAD_PREFIX,
     }
-    if writer is None:
-        save_atomic(model.state_dict(), path, metadata)
-        return
-    state = snapshot(model.state_dict())
-    writer.submit(lambda: save_atomic(state, path, metadata), path)
+    save_atomic(model.state_dict(), path, metadata, writer)
 
 
 def seed_everything(seed: int) -> None:

@@ -10,7 +10,6 @@ than :data:`MEMORY_LIMIT` lives in a file in the run directory, removed with the
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tlplug.mapped import mapped_tensor
 from tlplug.precision import FP32, Numerics
 
 MEMORY_LIMIT = 2 * 2**30  # bytes of features kept in memory; more spill to a file
@@ -91,8 +91,4 @@ def extract(
 def _allocate(rows: int, width: int, spill: Path) -> tuple[torch.Tensor, Path | None]:
     if rows * width * 4 <= MEMORY_LIMIT:
         return torch.empty(rows, width), None
-    spill.parent.mkdir(parents=True, exist_ok=True)
-    with open(spill, "wb") as out:
-        out.truncate(rows * width * 4)
-    values = torch.from_file(os.fspath(spill), shared=True, size=rows * width)
-    return values.view(rows, width), spill
+    return mapped_tensor(spill, rows * width, torch.float32).view(rows, width), spill

@@ -37,7 +37,7 @@ def check_mechanics(
     )
     recipe = Recipe(optimizer=optimizer, lr=0.1 if optimizer == "sgd" else 1e-3)
     opt = build_optimizer(model, recipe, lr_multipliers(names, recipe))
-    owner = _owners(model)
+    owner = model.state_groups()
     params = dict(model.named_parameters())
     images, labels = torch.randn(2, 3, img_size, img_size), torch.tensor([0, 1])
     trained: set[str] = set()
@@ -72,10 +72,3 @@ def check_mechanics(
                 f"{where}: no optimizer state for trained {sorted(trained - with_state)}"
             )
     return problems
-
-
-def _owners(model: TransferModel) -> dict[str, str]:
-    """The group of every state-dict key (parameters and buffers)."""
-    params = {p: g.name for g in model.groups for p in g.params}
-    modules = model.group_modules()
-    return {key: params.get(key) or modules[key.rpartition(".")[0]] for key in model.state_dict()}

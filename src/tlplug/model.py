@@ -51,6 +51,15 @@ class TransferModel(nn.Module):
         """The full parameter names of group ``name``."""
         return next(g for g in self.groups if g.name == name).params
 
+    def state_groups(self) -> dict[str, str]:
+        """The group of every state-dict key: parameters by name, buffers (and keys a
+        shared module has under a second path) by the module that holds them."""
+        params = {p: g.name for g in self.groups for p in g.params}
+        modules = self.group_modules()
+        return {
+            key: params.get(key) or modules[key.rpartition(".")[0]] for key in self.state_dict()
+        }
+
     def subtree_groups(self) -> dict[str, frozenset[str]]:
         """Map every module path to the groups owning the parameters and buffers below it.
 

@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from tlplug.background_writer import BackgroundWriter
 from tlplug.errors import WeightsError
 from tlplug.rundir import publish
 
@@ -135,8 +136,18 @@ def snapshot(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     }
 
 
-def save_atomic(state: Mapping[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write ``state`` as safetensors to ``path`` via a temporary file and a rename."""
+def save_atomic(
+    state: Mapping[str, torch.Tensor],
+    path: Path,
+    metadata: dict[str, str],
+    writer: BackgroundWriter | None = None,
+) -> None:
+    """Write ``state`` as safetensors to ``path`` via a temporary file and a rename; with a
+    ``writer``, snapshot the tensors now and write them on its background thread."""
+    if writer is not None:
+        tensors = snapshot(state)
+        writer.submit(lambda: save_atomic(tensors, path, metadata), path)
+        return
     tensors, seen = {}, set()
     for key, tensor in state.items():
         tensor = tensor.detach().to("cpu").contiguous()

@@ -9,13 +9,13 @@ every epoch on the kept pixels.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from tlplug.data.sources import ImageList
+from tlplug.mapped import mapped_tensor
 
 
 class DecodedImages:
@@ -28,11 +28,7 @@ class DecodedImages:
             self.pixels = torch.empty(shape, dtype=torch.uint8)
             self.filled = torch.zeros(len(images), dtype=torch.bool)
         else:
-            with open(file, "wb") as out:
-                out.truncate(count + len(images))
-            mapped = torch.from_file(
-                os.fspath(file), shared=True, size=count + len(images), dtype=torch.uint8
-            )
+            mapped = mapped_tensor(file, count + len(images), torch.uint8)
             self.pixels = mapped[:count].view(shape)
             self.filled = mapped[count:].view(torch.bool)
         self.images, self.base, self.file = images, base, file
