@@ -81,6 +81,40 @@ def test_installed_plugin_is_listed_with_its_distribution(demo_site):
     assert "broken (tlplug-demo-plugin 1.2.3) failed" in text
 
 
+def test_incompatible_and_misspelled_plugins_are_reported_in_plain_words(demo_site):
+    infos = {i["name"]: i for i in json.loads(tlplug("plugins", "--json", site=demo_site).stdout)}
+    future = infos["future"]
+    assert future["status"] == "incompatible"
+    assert future["error"].startswith("needs tlplug hook API 2.0, and this tlplug")
+    assert future["error"].endswith("has 1.0; upgrade tlplug")
+    assert infos["misspelled"]["status"] == "failed"
+    assert infos["misspelled"]["error"] == (
+        "TlplugError: its tlplug_epoch_end asks for arguments the hook does not pass; "
+        "the hook passes run, record"
+    )
+    assert infos["demo"]["status"] == "loaded"
+
+
+def test_environment_chooses_which_installed_plugins_load(demo_site):
+    def statuses(**env):
+        result = tlplug("plugins", "--json", site=demo_site, **env)
+        return {i["name"]: i["status"] for i in json.loads(result.stdout)}
+
+    assert statuses(TLPLUG_DISABLE_PLUGINS="demo, broken")["demo"] == "disabled"
+    only = statuses(TLPLUG_LOAD_PLUGINS="tlplug-demo-plugin")  # a distribution name works too
+    assert only["demo"] == "loaded" and only["broken"] == "failed"
+    only = statuses(TLPLUG_LOAD_PLUGINS="demo")
+    assert only["demo"] == "loaded" and only["broken"] == "disabled"
+    assert only["timm"] == only["heads"] == "loaded"  # built-ins always load
+    result = tlplug(
+        "run", "--head", "zero-linear", "--epochs", "1", site=demo_site,
+        TLPLUG_DISABLE_PLUGINS="demo",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: unknown head 'zero-linear'")
+    assert "demo (disabled)" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_installed_plugin_strategies_are_usable_by_name(demo_site, image_folder, tmp_path):
     listed = tlplug("list", "heads", site=demo_site).stdout
     assert "zero-linear" in listed and "A linear head that starts at zero." in listed

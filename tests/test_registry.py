@@ -32,13 +32,19 @@ def test_builtin_names(host):
         "step",
     ]
     assert host.registry("augmentations").names() == [
+        "autoaugment",
         "color-jitter",
         "crop",
+        "cutmix",
         "flip",
+        "mixup",
         "randaugment",
+        "random-erasing",
         "trivialaugment",
     ]
     assert host.registry("backbones").names() == ["timm", "torchvision"]
+    assert host.registry("data-sources").names() == ["csv", "folder", "synthetic"]
+    assert host.registry("adapters").names() == host.registry("regularizers").names() == []
 
 
 def test_unknown_strategy_suggests_close_match(host):

@@ -1,46 +1,66 @@
 """tlplug: transfer learning for image classifiers, built from pluggable strategies.
 
 The public face: :class:`Engine` to train and load, :data:`hookimpl` to write plugins,
-:class:`Recipe` for the resolved settings of a run, :class:`Stage` and :class:`Backbone`
-for schedule and provider plugins, and the errors a user can act on.
+:class:`Recipe` for the resolved settings of a run, what each plugin kind hands back
+(:class:`Stage`, :class:`Backbone`, :class:`Splits`, :class:`Adapter`; :class:`Batch` for
+regularizers; :func:`augmentation` to place an augmentation) and the errors a user can act
+on.
 """
 
 from tlplug.backbone import Backbone, BackboneProvider, DataConfig, LayerGroup
 from tlplug.errors import DataError, OptionError, TlplugError, UnknownNameError, WeightsError
-from tlplug.hookspecs import hookimpl
+from tlplug.hookspecs import HOOK_API, hookimpl
 from tlplug.recipe import Recipe
 from tlplug.schedule import Stage
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "HOOK_API",
+    "Adapter",
     "Backbone",
     "BackboneProvider",
+    "Batch",
     "Classifier",
     "DataConfig",
     "DataError",
+    "DecodeError",
     "Engine",
     "FitResult",
     "LayerGroup",
     "OptionError",
     "Recipe",
+    "Skipped",
+    "Splits",
     "Stage",
     "TlplugError",
+    "TransferModel",
     "UnknownNameError",
     "WeightsError",
     "__version__",
+    "augmentation",
     "hookimpl",
 ]
 
+# Names that pull in torch (or the data stack) on first use, so that a plugin importing
+# only ``hookimpl`` stays light.
+_LAZY = {
+    "Engine": "tlplug.engine",
+    "FitResult": "tlplug.engine",
+    "Classifier": "tlplug.predict",
+    "Adapter": "tlplug.adapters",
+    "Batch": "tlplug.loss",
+    "TransferModel": "tlplug.model",
+    "Splits": "tlplug.data.sources",
+    "Skipped": "tlplug.data.sources",
+    "DecodeError": "tlplug.data.sources",
+    "augmentation": "tlplug.data.transforms",
+}
+
 
 def __getattr__(name: str):
-    # The engine pulls in torch and the data stack; plugins that only need hookimpl do not.
-    if name in ("Engine", "FitResult"):
-        from tlplug import engine
+    if name in _LAZY:
+        import importlib
 
-        return getattr(engine, name)
-    if name == "Classifier":
-        from tlplug.predict import Classifier
-
-        return Classifier
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'tlplug' has no attribute {name!r}")

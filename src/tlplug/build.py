@@ -13,7 +13,7 @@ import attrs
 import torch
 
 from tlplug.backbone import Backbone, check_groups, fold_norm_groups, merge_groups
-from tlplug.errors import OptionError, TlplugError, one_line
+from tlplug.errors import OptionError, TlplugError, UnknownNameError, one_line
 from tlplug.model import TransferModel
 from tlplug.options import resolve_options
 from tlplug.plugins import PluginHost
@@ -44,12 +44,21 @@ class Parts:
     head: Choice
     schedule: Choice
     lr_schedule: Choice
-    augmentations: tuple[Choice, ...]
+    augmentations: tuple[Choice, ...]  # in the order they run: by phase, order, then as given
+    adapter: Choice | None = None
+    regularizers: tuple[Choice, ...] = ()
 
 
 def choose(plugins: PluginHost, kind: str, name: str, options: dict[str, Any]) -> Choice:
     """Look up the ``kind`` strategy called ``name`` and check ``options`` against it."""
-    strategy = plugins.registry(kind).get(name)
+    try:
+        strategy = plugins.registry(kind).get(name)
+    except UnknownNameError as exc:
+        missing = plugins.not_loaded()
+        if not missing:
+            raise
+        names = ", ".join(f"{i.name} ({i.status})" for i in missing)
+        raise TlplugError(f"{exc}; not loaded: {names}, see 'tlplug plugins'") from None
     target = strategy.factory.create if kind == "backbones" else strategy.factory
     return Choice(strategy, resolve_options(target, options, f"{strategy.kind.noun} '{name}'"))
 
@@ -57,22 +66,67 @@ def choose(plugins: PluginHost, kind: str, name: str, options: dict[str, Any]) -
 def resolve(plugins: PluginHost, recipe: Recipe) -> Parts:
     """Look up every name in ``recipe`` and check every strategy option."""
     provider_name, model_name = split_backbone(recipe.backbone)
-    unknown = set(recipe.augment_opts) - set(recipe.augment)
-    if unknown:
-        raise OptionError(
-            f"--augment-opt names {', '.join(sorted(unknown))}, which is not in --augment"
-        )
+    for flag, names, opts in (
+        ("augment", recipe.augment, recipe.augment_opts),
+        ("regularizer", recipe.regularizer, recipe.regularizer_opts),
+    ):
+        unknown = set(opts) - set(names)
+        if unknown:
+            raise OptionError(
+                f"--{flag}-opt names {', '.join(sorted(unknown))}, which is not in --{flag}"
+            )
+    augmentations = [
+        choose(plugins, "augmentations", name, recipe.augment_opts.get(name, {}))
+        for name in recipe.augment
+    ]
+    schedule = choose(plugins, "schedules", recipe.schedule, recipe.schedule_opts)
+    adapter = recipe.adapter or implied_adapter(schedule)
+    if recipe.adapter_opts and not adapter:
+        raise OptionError("--adapter-opt needs --adapter")
     return Parts(
         provider=choose(plugins, "backbones", provider_name, recipe.backbone_opts),
         model_name=model_name,
         head=choose(plugins, "heads", recipe.head, recipe.head_opts),
-        schedule=choose(plugins, "schedules", recipe.schedule, recipe.schedule_opts),
+        schedule=schedule,
         lr_schedule=choose(plugins, "lr-schedules", recipe.lr_schedule, recipe.lr_schedule_opts),
-        augmentations=tuple(
-            choose(plugins, "augmentations", name, recipe.augment_opts.get(name, {}))
-            for name in recipe.augment
+        augmentations=tuple(sorted(augmentations, key=augmentation_rank)),
+        adapter=choose(plugins, "adapters", adapter, recipe.adapter_opts) if adapter else None,
+        regularizers=tuple(
+            choose(plugins, "regularizers", name, recipe.regularizer_opts.get(name, {}))
+            for name in recipe.regularizer
         ),
     )
+
+
+def implied_adapter(schedule: Choice) -> str | None:
+    """The adapter a schedule needs (its factory's ``adapter`` attribute), if any."""
+    name = getattr(schedule.strategy.factory, "adapter", None)
+    if name is not None and not isinstance(name, str):
+        raise TlplugError(
+            f"schedule '{schedule.strategy.name}' of plugin '{schedule.strategy.plugin}' "
+            f"names its adapter as {name!r}; it must be a string"
+        )
+    return name
+
+
+PHASES = ("pixels", "tensor", "batch")
+
+
+def augmentation_phase(choice: Choice) -> str:
+    """Where an augmentation acts: ``pixels``, ``tensor`` or ``batch`` (see the hook)."""
+    phase = getattr(choice.strategy.factory, "phase", "pixels")
+    if phase not in PHASES:
+        raise TlplugError(
+            f"augmentation '{choice.strategy.name}' has phase {phase!r}; "
+            f"plugin '{choice.strategy.plugin}' must use one of {', '.join(PHASES)}"
+        )
+    return phase
+
+
+def augmentation_rank(choice: Choice) -> tuple[int, float]:
+    """Sort key of an augmentation: its phase, then its ``order`` (default 50)."""
+    order = getattr(choice.strategy.factory, "order", 50)
+    return PHASES.index(augmentation_phase(choice)), float(order)
 
 
 def build_backbone(provider: Choice, recipe: Recipe) -> tuple[Backbone, LoadReport | None]:

@@ -1,4 +1,4 @@
-"""The ``tlplug`` command: run, predict, plugins, list, groups.
+"""The ``tlplug`` command: run, predict, plugins, list, groups, augment-preview.
 
 Every error a user can cause ends as one line on stderr and a non-zero exit status;
 ``TLPLUG_DEBUG=1`` shows the traceback of an unexpected one.
@@ -40,9 +40,11 @@ def cli() -> None:
 @cli.command()
 @click.option(
     "--data",
-    type=click.Path(path_type=Path),
-    help="Image folder: train/ + val/, or class folders. Default: the built-in synthetic set.",
+    help="Image folder (train/ + val/ [+ test/], or class folders), a CSV manifest "
+    "(path,label[,split]), or SOURCE:LOCATION for a data-source plugin. "
+    "[default: the built-in synthetic set]",
 )
+@click.option("--data-opt", multiple=True, metavar="KEY=VALUE", help="Option of the data source.")
 @click.option(
     "--backbone",
     help="PROVIDER:NAME, e.g. timm:resnet50 or torchvision:vit_b_16." + _default("backbone"),
@@ -84,13 +86,41 @@ def cli() -> None:
 @click.option(
     "--augment",
     multiple=True,
-    help="Training augmentation, repeatable, in order; 'none' for none." + _default("augment"),
+    help="Training augmentation, repeatable; they run in a fixed order (crops, flips, colour, "
+    "then erasing, then mixup/cutmix), recorded in config.json; 'none' for none."
+    + _default("augment"),
 )
 @click.option(
     "--augment-opt",
     multiple=True,
     metavar="NAME.KEY=VALUE",
     help="Option of an augmentation, e.g. crop.scale=0.5,1.",
+)
+@click.option(
+    "--adapter", help="Adapter added to the backbone, e.g. lora (from a plugin). [default: none]"
+)
+@click.option("--adapter-opt", multiple=True, metavar="KEY=VALUE", help="Option of the adapter.")
+@click.option(
+    "--regularizer",
+    multiple=True,
+    help="Loss regularizer, repeatable (from a plugin, e.g. l2-sp). [default: none]",
+)
+@click.option(
+    "--regularizer-opt",
+    multiple=True,
+    metavar="NAME.KEY=VALUE",
+    help="Option of a regularizer, e.g. l2-sp.alpha=0.01.",
+)
+@click.option(
+    "--label-smoothing",
+    type=float,
+    help="Label smoothing of the cross-entropy loss." + _default("label_smoothing"),
+)
+@click.option(
+    "--balance",
+    type=click.Choice(["off", "sampler", "loss"]),
+    help="Class imbalance: draw classes equally often (sampler) or weight the loss by "
+    "inverse class frequency (loss)." + _default("balance"),
 )
 @click.option(
     "--optimizer",
@@ -130,6 +160,13 @@ def cli() -> None:
 )
 @click.option("--momentum", type=float, help="SGD momentum." + _default("momentum"))
 @click.option("--epochs", type=int, help="Epochs to train." + _default("epochs"))
+@click.option(
+    "--val-every",
+    type=int,
+    metavar="N",
+    help="Validate (and keep the best weights) every N epochs and after the last."
+    + _default("val_every"),
+)
 @click.option("--batch-size", type=int, help="Images per batch." + _default("batch_size"))
 @click.option("--img-size", type=int, help="Input size in pixels. [default: the backbone's]")
 @click.option("--seed", type=int, help="Random seed." + _default("seed"))
@@ -208,28 +245,31 @@ def run(data, out, overwrite, resume, quiet, **options) -> None:
     engine.fit(data, out=out, overwrite=overwrite, quiet=quiet)
 
 
+def _nested(given, flag: str) -> dict[str, dict[str, str]]:
+    """Parse ``NAME.KEY=VALUE`` assignments into ``{NAME: {KEY: VALUE}}``."""
+    nested: dict[str, dict[str, str]] = {}
+    for key, value in parse_assignments(given, flag).items():
+        name, sep, option = key.rpartition(".")
+        if not sep or not name:
+            raise OptionError(f"{flag} expects NAME.KEY=VALUE, got {key + '=' + value!r}")
+        nested.setdefault(name, {})[option] = value
+    return nested
+
+
 def _recipe_from_cli(options: dict) -> dict:
     """Turn click's option values into recipe keyword arguments (unset ones left out)."""
     recipe = {}
-    for kind in ("backbone", "head", "schedule", "lr_schedule"):
+    for kind in ("backbone", "head", "schedule", "lr_schedule", "adapter", "data"):
         flag = f"--{kind.replace('_', '-')}-opt"
         given = options.pop(f"{kind}_opt")
         if given:
             recipe[f"{kind}_opts"] = parse_assignments(given, flag)
-    augment_opts = options.pop("augment_opt")
-    augment = options.pop("augment")
-    if augment:
-        recipe["augment"] = () if list(augment) == ["none"] else tuple(augment)
-    if augment_opts:
-        nested: dict[str, dict[str, str]] = {}
-        for key, value in parse_assignments(augment_opts, "--augment-opt").items():
-            name, sep, option = key.rpartition(".")
-            if not sep or not name:
-                raise OptionError(
-                    f"--augment-opt expects NAME.KEY=VALUE, got {key + '=' + value!r}"
-                )
-            nested.setdefault(name, {})[option] = value
-        recipe["augment_opts"] = nested
+    for kind in ("augment", "regularizer"):
+        names, given = options.pop(kind), options.pop(f"{kind}_opt")
+        if names:
+            recipe[kind] = () if list(names) == ["none"] else tuple(names)
+        if given:
+            recipe[f"{kind}_opts"] = _nested(given, f"--{kind}-opt")
     recipe.update({k: v for k, v in options.items() if v is not None})
     return recipe
 
@@ -347,6 +387,50 @@ def list_(kind, pattern) -> None:
         )
 
 
+@cli.command(name="augment-preview")
+@click.option("--data", help="Training data, as for 'tlplug run'. [default: the synthetic set]")
+@click.option("--data-opt", multiple=True, metavar="KEY=VALUE", help="Option of the data source.")
+@click.option("--val-split", type=float, help="Validation share, as for 'tlplug run'.")
+@click.option(
+    "--augment",
+    multiple=True,
+    help="Training augmentation, repeatable; 'none' for none." + _default("augment"),
+)
+@click.option(
+    "--augment-opt",
+    multiple=True,
+    metavar="NAME.KEY=VALUE",
+    help="Option of an augmentation, e.g. mixup.alpha=0.4.",
+)
+@click.option("--img-size", type=int, help="Input size in pixels. [default: the backbone's]")
+@click.option("--backbone", help="Whose preprocessing to use." + _default("backbone"))
+@click.option(
+    "--count", type=click.IntRange(min=1), default=16, show_default=True, help="Images in the grid."
+)
+@click.option("--seed", type=int, help="Random seed, as for 'tlplug run'." + _default("seed"))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="PNG file to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+def augment_preview(data, out, count, overwrite, **options) -> None:
+    """Write a PNG grid of augmented training images: what the model will see."""
+    from tlplug.engine import Engine
+    from tlplug.preview import write_preview
+
+    augment = options.pop("augment")
+    recipe = {
+        "augment_opts": _nested(options.pop("augment_opt"), "--augment-opt"),
+        "data_opts": parse_assignments(options.pop("data_opt"), "--data-opt"),
+        **{k: v for k, v in options.items() if v is not None},
+    }
+    if augment:
+        recipe["augment"] = () if list(augment) == ["none"] else tuple(augment)
+    engine = Engine.from_plugins(**recipe, pretrained=False)
+    preview = write_preview(engine, out, data, count=count, overwrite=overwrite)
+    click.echo(preview.summary())
+    labels = preview.labels()
+    for row in range(0, count, preview.columns):
+        click.echo("  " + " | ".join(labels[row : row + preview.columns]))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning every error into one line and an exit status."""
     try:
@@ -370,6 +454,9 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
     except Exception as exc:
+        if isinstance(exc, ValueError) and "null byte" in str(exc):  # from click's path check
+            click.echo("Error: an argument contains a NUL byte; paths cannot hold one", err=True)
+            sys.exit(2)
         if os.environ.get("TLPLUG_DEBUG"):
             raise
         click.echo(

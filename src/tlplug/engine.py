@@ -6,6 +6,7 @@ import contextlib
 import os
 import random
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -14,27 +15,62 @@ import numpy as np
 import torch
 
 from tlplug import __version__, checkpoint, rundir
+from tlplug.adapters import Adapter, attach_adapter
 from tlplug.background_writer import BackgroundWriter
-from tlplug.build import Parts, build_backbone, build_model, make_plan, probe, resolve
+from tlplug.build import (
+    Parts,
+    augmentation_phase,
+    build_backbone,
+    build_model,
+    make_plan,
+    probe,
+    resolve,
+)
 from tlplug.console import Console
 from tlplug.data import load_data
 from tlplug.data.decoded import DecodedImages
-from tlplug.data.loaders import TransformedImages, default_workers, epoch_seed, make_loader
-from tlplug.data.transforms import build_transforms
+from tlplug.data.loaders import (
+    TransformedImages,
+    balanced_weights,
+    default_workers,
+    epoch_seed,
+    make_loader,
+)
+from tlplug.data.sources import Skipped
+from tlplug.data.transforms import OneOf, build_transforms
 from tlplug.errors import TlplugError
 from tlplug.feature_cache import Features, extract
 from tlplug.freezing import apply_stage, train_mode
 from tlplug.interrupt import Interrupted, StopRequest
+from tlplug.loss import TrainingLoss, class_weights
 from tlplug.memory import peak_mb, reset_peak
 from tlplug.model import BACKBONE_PREFIX, HEAD_GROUP, HEAD_PREFIX, TransferModel, count_params
 from tlplug.optim import StageScaledScheduler, build_optimizer, group_lrs, lr_multipliers
 from tlplug.plugins import PluginHost
 from tlplug.precision import Numerics, autocast_dtype, is_convnet
+from tlplug.prefix_cache import PrefixCut, Replay, find_cut, prefix_output
 from tlplug.recipe import Recipe
 from tlplug.run import Run
 from tlplug.schedule import stage_at
 from tlplug.training import Diverged, NonFinite, evaluate, fit_batch_size, train_epoch
 from tlplug.weights import save_atomic
+
+DECODE_FAILURES = ".decode-failures"  # appended to by loader processes, read at the end
+
+
+@attrs.frozen
+class Loaders:
+    """A run's loaders: training (augmented), validation, the training images as evaluation
+    sees them (what a feature cache holds), and the test images if the data has them."""
+
+    train: Any
+    val: Any
+    plain: Any
+    test: Any = None
+
+    def all(self) -> list[Any]:
+        """Every loader there is."""
+        return [x for x in (self.train, self.val, self.plain, self.test) if x is not None]
 
 
 @attrs.frozen
@@ -64,7 +100,15 @@ class Engine:
             augment_opts={
                 c.strategy.name: c.options for c in self.parts.augmentations if c.options
             },
+            # A schedule may imply its adapter; record it so config.json and --resume have it.
+            adapter=self.parts.adapter.strategy.name if self.parts.adapter else None,
+            adapter_opts=self.parts.adapter.options if self.parts.adapter else {},
+            regularizer_opts={
+                c.strategy.name: c.options for c in self.parts.regularizers if c.options
+            },
         )
+        for choice in self.parts.augmentations:  # their factories check option values
+            choice.strategy.factory(recipe.img_size or 32, **choice.options)
 
     @classmethod
     def from_plugins(cls, *plugins: Any, entrypoints: bool = True, **recipe: Any) -> Engine:
@@ -92,7 +136,7 @@ class Engine:
         self.plugins.hook.tlplug_run_start(run=run)
         rundir.write_json(out_dir / rundir.CONFIG, run.config)
         announce(console)
-        return self._train(run, *loaders, console)
+        return self._train(run, loaders, console)
 
     @classmethod
     def resume(
@@ -117,8 +161,7 @@ class Engine:
         batch_size = config["resolved"].get("batch_size", recipe.batch_size)
         recipe = attrs.evolve(recipe, batch_size=batch_size, auto_batch_size=False)
         engine = cls(PluginHost(plugins, entrypoints=entrypoints), recipe)
-        source = data.get("root") if data.get("kind") == "folder" else None
-        run, loaders, announce = engine._prepare(engine.recipe, source, run_dir)
+        run, loaders, announce = engine._prepare(engine.recipe, _data_spec(data), run_dir)
         _check_same_run(run.config["resolved"], config["resolved"], run_dir)
         run.config = config
         best = checkpoint.restore(run, state)
@@ -127,32 +170,49 @@ class Engine:
         engine.plugins.hook.tlplug_run_start(run=run)
         announce(console)
         console.say(f"resuming after epoch {run.epoch} of {recipe.epochs}")
-        return engine._train(run, *loaders, console, best)
+        return engine._train(run, loaders, console, best)
 
     def _prepare(self, recipe: Recipe, data, out_dir: Path):
         """Build everything a run needs, writing nothing: the run, its loaders (train,
         validation, and the training images as evaluation sees them, for a feature cache), and a
         function that prints what was built."""
         seed_everything(recipe.seed)
-        splits = load_data(data, recipe.val_split, recipe.seed)
+        splits = load_data(self.plugins, data, recipe)
         device = pick_device(recipe.device)
 
         backbone, report = build_backbone(self.parts.provider, recipe)
         img_size = recipe.img_size or splits.img_size or backbone.data_config.input_size
         probe(backbone, img_size, recipe.backbone)
         model = build_model(self.parts.head, backbone, len(splits.classes))
+        adapter = None
+        if self.parts.adapter is not None:
+            choice = self.parts.adapter
+            adapter = attach_adapter(
+                model, choice.strategy.factory, choice.options, choice.strategy.name
+            )
         plan = make_plan(self.parts, model.group_names(), recipe.epochs)
         model.to(device)
+        penalties = [c.strategy.factory(model, **c.options) for c in self.parts.regularizers]
+        loss = TrainingLoss(
+            len(splits.classes),
+            recipe.label_smoothing,
+            class_weights(splits.train.labels, len(splits.classes))
+            if recipe.balance == "loss"
+            else None,
+            penalties,
+        )
         numerics = _numerics(recipe, model, device, img_size)
         batch_size = recipe.batch_size
         if recipe.auto_batch_size:
             batch_size = fit_batch_size(
                 model, batch_size, img_size, len(splits.classes), device, numerics
             )
-        loaders, workers = self._loaders(recipe, splits, backbone, img_size, device, batch_size)
+        loaders, workers, batch_augment = self._loaders(
+            recipe, splits, backbone, img_size, device, batch_size
+        )
         multipliers = lr_multipliers(model.group_names(), recipe)
         optimizer = build_optimizer(model, recipe, multipliers)
-        scheduler = self._lr_scheduler(optimizer, recipe.epochs, len(loaders[0]))
+        scheduler = self._lr_scheduler(optimizer, recipe.epochs, len(loaders.train))
         config = {
             "tlplug_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -169,7 +229,8 @@ class Engine:
         }
         run = Run(
             recipe, config, model, optimizer, scheduler, plan, splits.classes, out_dir, device,
-            numerics,
+            numerics, adapter=adapter, loss=loss, batch_augment=batch_augment,
+            skipped=splits.skipped,
         )  # fmt: skip
 
         def announce(console: Console) -> None:
@@ -177,28 +238,57 @@ class Engine:
 
         return run, loaders, announce
 
-    def _cache_choice(self, recipe: Recipe, stage) -> tuple[bool, str]:
-        """Whether ``stage`` trains the head on cached features, and the line that says so."""
-        if stage.trainable != (HEAD_GROUP,) or stage.biases:
-            return False, ""
+    def _cache_choice(self, recipe: Recipe, stage, run_penalties=()) -> tuple[str | None, str]:
+        """Whether ``stage`` trains on cached backbone features (``"features"``: only the head
+        trains) or cached outputs of the frozen prefix (``"prefix"``: the top of the backbone
+        trains too), or on images (None); and the line that says so."""
+        if stage.biases or not stage.trainable or stage.trainable[0] == self._first_group:
+            return None, ""
+        mode = "features" if stage.trainable == (HEAD_GROUP,) else "prefix"
+        what = "feature cache" if mode == "features" else "frozen-prefix cache"
         if recipe.cache_features == "off":
-            return False, "feature cache off (--cache-features off)"
+            return None, f"{what} off (--cache-features off)"
         if recipe.bn_policy == "train":
-            return False, (
-                "feature cache off: with --bn-policy train the frozen backbone's BatchNorm "
-                "statistics change every batch"
+            return None, (
+                f"{what} off: with --bn-policy train the frozen layers' BatchNorm statistics "
+                "change every batch"
             )
+        needing = [
+            c.strategy.name
+            for c, penalty in zip(self.parts.regularizers, run_penalties, strict=True)
+            if getattr(penalty, "needs_images", False)
+        ]
+        if needing:
+            return None, f"{what} off: regularizer {', '.join(needing)} needs the images"
         names = ", ".join(c.strategy.name for c in self.parts.augmentations)
         if names and recipe.cache_features == "auto":
-            return False, (
-                f"feature cache off: random augmentation ({names}) changes the images every "
-                "epoch; --cache-features on caches the un-augmented images' features"
+            return None, (
+                f"{what} off: random augmentation ({names}) changes the images every "
+                "epoch; --cache-features on caches the un-augmented images"
             )
         without = f" (without {names})" if names else ""
-        return True, (
-            f"feature cache on{without}: the backbone runs once over the data and the head "
-            "trains on its features"
-        )
+        if mode == "features":
+            return mode, (
+                f"feature cache on{without}: the backbone runs once over the data and the head "
+                "trains on its features"
+            )
+        return mode, f"frozen-prefix cache{without}"
+
+    def _find_cut(self, run: Run, stage, console: Console) -> PrefixCut | None:
+        """The stage's frozen-prefix cut, saying on the console what it saves."""
+        size = run.config["resolved"]["img_size"]
+        cut = find_cut(run.model, stage, size, run.device, run.numerics)
+        if cut is None:
+            console.say(
+                "frozen-prefix cache off: no cut below the trainable groups gives the "
+                "network's own output when replayed"
+            )
+        else:
+            console.say(
+                f"frozen-prefix cache on: the backbone up to {cut.name} runs once over the "
+                "data; each step runs only the layers above it"
+            )
+        return cut
 
     def _lr_scheduler(self, optimizer, epochs: int, steps_per_epoch: int) -> StageScaledScheduler:
         """The chosen LR schedule over the whole run, wrapped to apply stage LR scales."""
@@ -217,21 +307,32 @@ class Engine:
         self, recipe: Recipe, splits, backbone, img_size: int, device: torch.device, batch_size: int
     ):
         """Train, validation and plain-train loaders with the backbone's preprocessing, the
-        augmentations on the first only."""
-        augmentations = [
-            c.strategy.factory(img_size, **c.options) for c in self.parts.augmentations
-        ]
-        base, train_tf, eval_tf = build_transforms(backbone.data_config, img_size, augmentations)
+        augmentations on the first only; and the batch-level augmentation, if any."""
+        made = {"pixels": [], "tensor": [], "batch": []}
+        for choice in self.parts.augmentations:
+            transform = choice.strategy.factory(img_size, **choice.options)
+            made[augmentation_phase(choice)].append(transform)
+        base, train_tf, eval_tf = build_transforms(
+            backbone.data_config, img_size, made["pixels"], made["tensor"]
+        )
+        batch_augment = OneOf(made["batch"]) if made["batch"] else None
         workers = default_workers(device.type) if recipe.workers is None else recipe.workers
         common = dict(workers=workers, seed=recipe.seed, pin_memory=device.type == "cuda")
-        datasets = (
-            (TransformedImages(splits.train, base, train_tf), True),
-            (TransformedImages(splits.val, base, eval_tf), False),
-            # The training images as evaluation sees them, in order: what a feature cache holds.
-            (TransformedImages(splits.train, base, eval_tf), False),
+        weights = balanced_weights(splits.train.labels) if recipe.balance == "sampler" else None
+
+        def loader(images, transform, train=False):
+            dataset = TransformedImages(images, base, transform)
+            return make_loader(
+                dataset, batch_size, train=train, weights=weights if train else None, **common
+            )
+
+        loaders = Loaders(
+            train=loader(splits.train, train_tf, train=True),
+            val=loader(splits.val, eval_tf),
+            plain=loader(splits.train, eval_tf),
+            test=loader(splits.test, eval_tf) if splits.test is not None else None,
         )
-        loaders = tuple(make_loader(d, batch_size, train=t, **common) for d, t in datasets)
-        return loaders, workers
+        return loaders, workers, batch_augment
 
     def _resolved(self, recipe, backbone, report, model, plan, splits, img_size) -> dict:
         """What the engine made of the recipe: the ``resolved`` part of config.json."""
@@ -248,7 +349,13 @@ class Engine:
             "img_size": img_size,
             "data_config": backbone.data_config.to_json(),
             "classes": list(splits.classes),
-            "data": {**splits.info, "num_train": len(splits.train), "num_val": len(splits.val)},
+            "data": {
+                **splits.info,
+                "num_train": len(splits.train),
+                "num_val": len(splits.val),
+                "num_test": len(splits.test) if splits.test is not None else 0,
+                "num_skipped": len(splits.skipped),
+            },
             "groups": [
                 {"name": g.name, "params": count_params(model.group_params(g.name))}
                 for g in model.groups
@@ -261,20 +368,24 @@ class Engine:
             "weight_decay": recipe.resolved_weight_decay,
             "weight_decay_on_bias_and_norm": recipe.decay_norm_bias,
             "bn_policy": recipe.bn_policy,
+            "adapter": self.parts.adapter.describe() if self.parts.adapter else None,
+            "regularizers": [c.describe() for c in self.parts.regularizers],
+            "pinned_params": count_params(
+                [p for n, p in model.named_parameters() if n in model.pinned]
+            ),
         }
 
     def _train(
         self,
         run: Run,
-        train_loader,
-        val_loader,
-        plain_loader,
+        loaders: Loaders,
         console: Console,
         tally: dict[str, Any] | None = None,
     ) -> FitResult:
         """Train from the epoch after ``run.epoch`` to the end; ``tally`` carries the best
         result, time and skipped batches of a resumed run."""
         recipe, model = run.recipe, run.model
+        train_loader, val_loader, plain_loader = loaders.train, loaders.val, loaders.plain
         tally = tally or {
             "best_acc": -1.0,
             "best_loss": float("inf"),
@@ -286,13 +397,24 @@ class Engine:
         nonfinite = NonFinite(recipe.skip_nonfinite, tally["skipped_nonfinite"])
         started = time.perf_counter() - tally["seconds"]
         trainable_params = apply_stage(model, run.plan[run.stage]) if run.stage >= 0 else 0
-        cached = run.stage >= 0 and self._cache_choice(recipe, run.plan[run.stage])[0]
+        self._first_group = model.group_names()[0]
+        mode = (
+            self._cache_choice(recipe, run.plan[run.stage], run.loss.penalties)[0]
+            if run.stage >= 0
+            else None
+        )
         cache: tuple[Features, Features] | None = None
+        cut: PrefixCut | None = None
+        replaying = contextlib.ExitStack()  # the prefix stubs, installed for a stage
         writer = BackgroundWriter()
-        decoded = _decode_once(run, (train_loader, val_loader, plain_loader), console)
+        failures = run.run_dir / DECODE_FAILURES
+        for each in loaders.all():
+            each.dataset.failures = failures
+        decoded = _decode_once(run, loaders.all(), console)
         with (
             StopRequest() as stop,
             _released(lambda: cache),
+            replaying,
             _written(writer),
             _removed(decoded),
         ):
@@ -307,31 +429,44 @@ class Engine:
                     run.lr_scheduler.set_scale(stage.lr_scale)
                     stage_record = {"stage_start": True, "stage_lr": _stage_lrs(run, stage)}
                     console.say(_stage_line(run, stage, trainable_params, stage_record["stage_lr"]))
-                    cached, why = self._cache_choice(recipe, stage)
-                    if why:
+                    mode, why = self._cache_choice(recipe, stage, run.loss.penalties)
+                    if why and mode != "prefix":
                         console.say(why)
+                    replaying.close()
                     _release(cache)
-                    cache = None
+                    cache, cut = None, None
                     self.plugins.hook.tlplug_stage_start(run=run, stage=stage)
                 seed_everything(epoch_seed(recipe.seed, epoch))
                 train_loader.sampler.set_epoch(epoch)
-                if cached and cache is None:
+                if mode == "prefix" and cut is None:
+                    cut = self._find_cut(run, stage, console)
+                    mode = "prefix" if cut else None
+                if mode and cache is None:
                     spill = run.run_dir / ".{}.features"
+                    forward = (lambda x, c=cut: prefix_output(model, c, x)) if cut else None
                     cache = tuple(
-                        extract(model.backbone, loader, run.device, spill, run.numerics, name)
+                        extract(
+                            model.backbone, loader, run.device, spill, run.numerics, name, forward
+                        )
                         for name, loader in (("train", plain_loader), ("val", val_loader))
                     )
+                    if cut is not None:
+                        replaying.enter_context(cut.replaying())
                 train_mode(model, stage, recipe.bn_policy)
                 reset_peak(run.device)
                 net, train_batches, val_batches = model, train_loader, val_loader
                 if cache is not None:
-                    net = model.head
+                    dummy = torch.zeros(1, 3, 1, 1, device=run.device)
+                    net = Replay(model, cut, dummy) if cut else model.head
                     train_batches = cache[0].batches(train_loader.batch_sampler)
                     val_batches = cache[1].batches(val_loader.batch_sampler)
                 try:
                     train = train_epoch(
-                        net, train_batches, run.optimizer, run.lr_scheduler, run.device,
-                        console, epoch, stop=stop, nonfinite=nonfinite, numerics=run.numerics,
+                        net if cut else model, train_batches, run.optimizer, run.lr_scheduler,
+                        run.device, console, epoch, stop=stop, nonfinite=nonfinite,
+                        numerics=run.numerics, loss=run.loss,
+                        batch_augment=None if cache else run.batch_augment,
+                        cached=cache is not None and cut is None, replay=cut is not None,
                     )  # fmt: skip
                 except Diverged as exc:
                     raise Diverged(f"{exc}. {_kept(run, tally)}") from None
@@ -342,10 +477,13 @@ class Engine:
                         128 + stop.signum,
                     )
                 run.step += len(train_loader)
-                val, correct, count = evaluate(
-                    net, val_batches, run.device, len(run.classes), run.numerics
-                )
-                run.lr_scheduler.epoch_end(val.loss)
+                validate = epoch % recipe.val_every == 0 or epoch == recipe.epochs
+                val, correct, count = None, [], []
+                if validate:
+                    val, correct, count = evaluate(
+                        net, val_batches, run.device, len(run.classes), run.numerics
+                    )
+                    run.lr_scheduler.epoch_end(val.loss)
                 record = {
                     "epoch": epoch,
                     "stage": index,
@@ -358,20 +496,26 @@ class Engine:
                     "lr_scale": stage.lr_scale,
                     "train_loss": train.loss,
                     "train_acc": train.acc,
-                    "val_loss": val.loss,
-                    "val_acc": val.acc,
+                    "val_loss": val.loss if val else None,
+                    "val_acc": val.acc if val else None,
                     "lr": group_lrs(run.optimizer),
-                    "seconds": round(train.seconds + val.seconds, 3),
+                    "seconds": round(train.seconds + (val.seconds if val else 0.0), 3),
                     "images_per_s": round(train.images / max(train.seconds, 1e-9), 1),
                     "skipped_nonfinite": nonfinite.skipped,
-                    "feature_cache": cache is not None,
+                    "feature_cache": cache is not None and cut is None,
+                    "prefix_cache": cut.name if cut and cache else None,
                     "peak_memory_mb": peak_mb(run.device),
                 }
-                best = (val.acc, -val.loss) > (tally["best_acc"], -tally["best_loss"])
+                best = val is not None and (val.acc, -val.loss) > (
+                    tally["best_acc"],
+                    -tally["best_loss"],
+                )
                 if best:
                     tally.update(best_acc=val.acc, best_loss=val.loss, best_epoch=epoch)
                     tally["per_class"] = [correct, count]
-                    save_weights(model, run.run_dir / rundir.WEIGHTS, run.config, writer)
+                    save_weights(
+                        model, run.run_dir / rundir.WEIGHTS, run.config, writer, run.adapter
+                    )
                 self.plugins.hook.tlplug_epoch_end(run=run, record=record)
                 run.history.append(record)
                 rundir.append_jsonl(run.run_dir / rundir.METRICS, record)
@@ -390,11 +534,19 @@ class Engine:
             "classes": list(run.classes),
             "num_train": run.config["resolved"]["data"]["num_train"],
             "num_val": run.config["resolved"]["data"]["num_val"],
-            "per_class_val_acc": {
-                name: (c / n if n else None)
-                for name, c, n in zip(run.classes, *tally["per_class"], strict=True)
-            },
+            "per_class_val_acc": _per_class(run.classes, *tally["per_class"]),
+            "per_class_val_count": dict(zip(run.classes, tally["per_class"][1], strict=True)),
         }
+        if loaders.test is not None:
+            summary.update(self._test(run, loaders.test, console))
+        skipped = _skipped_files(run.skipped, failures)
+        summary["skipped_files"] = [s.to_json() for s in skipped]
+        if len(skipped) > len(run.skipped):
+            console.say(
+                f"{len(skipped) - len(run.skipped)} more image(s) failed to decode while "
+                "training and were replaced by another image of their class; see "
+                "skipped_files in summary.json"
+            )
         self.plugins.hook.tlplug_run_end(run=run, summary=summary)
         rundir.write_json(run.run_dir / rundir.SUMMARY, summary)
         console.say(
@@ -406,6 +558,21 @@ class Engine:
             tally["best_acc"], tally["best_epoch"], summary["final_val_acc"], run.run_dir,
             run.history,
         )  # fmt: skip
+
+    def _test(self, run: Run, loader, console: Console) -> dict[str, Any]:
+        """Evaluate the saved best weights, as ``tlplug predict`` loads them, on the test
+        images."""
+        from tlplug.predict import load_classifier
+
+        best = load_classifier(run.run_dir, self.plugins, str(run.device)).model
+        stats, correct, count = evaluate(best, loader, run.device, len(run.classes), run.numerics)
+        console.say(f"test_acc {stats.acc:.4f} ({stats.images} test images, best weights)")
+        return {
+            "test_acc": stats.acc,
+            "test_loss": stats.loss,
+            "num_test": stats.images,
+            "per_class_test_acc": _per_class(run.classes, correct, count),
+        }
 
     @classmethod
     def load(
@@ -426,9 +593,11 @@ def save_weights(
     path: Path,
     config: dict[str, Any],
     writer: BackgroundWriter | None = None,
+    adapter: Adapter | None = None,
 ) -> None:
     """Write ``model``'s weights with the facts a reader needs in the safetensors metadata;
-    with a ``writer``, snapshot them now and write them in the background."""
+    with a ``writer``, snapshot them now and write them in the background. With an
+    ``adapter``, the weights are those of the model without it (merged)."""
     metadata = {
         "format": "pt",
         "tlplug_version": __version__,
@@ -436,7 +605,8 @@ def save_weights(
         "backbone_prefix": BACKBONE_PREFIX,
         "head_prefix": HEAD_PREFIX,
     }
-    save_atomic(model.state_dict(), path, metadata, writer)
+    state = adapter.export(model) if adapter else model.state_dict()
+    save_atomic(state, path, metadata, writer)
 
 
 def seed_everything(seed: int) -> None:
@@ -459,18 +629,38 @@ def pick_device(name: str) -> torch.device:
 
 def _announce(console: Console, run: Run, weights: str, report, splits, img_size: int) -> None:
     recipe = run.recipe
-    counts = ", ".join(
-        f"{name} {list(splits.train.labels).count(i)}" for i, name in enumerate(splits.classes)
-    )
     console.say(
         f"tlplug {__version__}: {recipe.backbone} ({weights}) on {run.device}, {img_size}px"
     )
     if report is not None:
         console.say(f"weights {recipe.weights}: {report.summary()}")
+    test = f" / {len(splits.test)} test" if splits.test is not None else ""
     console.say(
-        f"data: {len(splits.train)} train / {len(splits.val)} val images, "
-        f"{len(splits.classes)} classes ({counts})"
+        f"data: {len(splits.train)} train / {len(splits.val)} val{test} images, "
+        f"{len(splits.classes)} classes"
     )
+    train_counts = Counter(splits.train.labels)
+    val_counts = Counter(splits.val.labels)
+    console.say(
+        "per class (train/val): "
+        + ", ".join(
+            f"{name} {train_counts[i]}/{val_counts[i]}" for i, name in enumerate(splits.classes)
+        )
+    )
+    most, least = max(train_counts.values()), min(train_counts.values())
+    if most >= 3 * least and recipe.balance == "off":
+        console.say(
+            f"classes are imbalanced ({most} vs {least} training images); "
+            "--balance sampler or --balance loss evens them out"
+        )
+    for line in splits.warnings:
+        console.say(f"warning: {line}")
+    if splits.skipped:
+        first = splits.skipped[0]
+        console.say(
+            f"warning: skipped {len(splits.skipped)} file(s) that are not readable images "
+            f"(listed in summary.json), e.g. {first.path}: {first.reason}"
+        )
     groups = ", ".join(f"{g['name']} {g['params']:,}" for g in run.config["resolved"]["groups"])
     console.say(f"groups: {groups}")
     plan = "; ".join(f"epoch {s.start + 1}: {s.name}" for s in run.plan)
@@ -566,6 +756,35 @@ def _released(current):
         _release(current())
 
 
+def _per_class(classes, correct: list[int], count: list[int]) -> dict[str, float | None]:
+    """Accuracy per class name; None for a class with no images."""
+    return {
+        name: (c / n if n else None) for name, c, n in zip(classes, correct, count, strict=True)
+    }
+
+
+def _skipped_files(found: tuple[Skipped, ...], failures: Path) -> list[Skipped]:
+    """The files the data check left out, then those that failed to decode while training
+    (read from, then removed with, the log the loaders append to)."""
+    skipped = list(found)
+    if failures.exists():
+        seen = {s.path for s in skipped}
+        for line in failures.read_text(encoding="utf-8").splitlines():
+            path, _, reason = line.partition("\t")
+            if path not in seen:
+                seen.add(path)
+                skipped.append(Skipped(path, reason))
+        failures.unlink()
+    return skipped
+
+
+def _data_spec(data: dict[str, Any]) -> str | None:
+    """The ``--data`` value that reads a run's data again, from config.json's record."""
+    if "source" not in data:  # runs made before data sources were plugins
+        return data.get("root") if data.get("kind") == "folder" else None
+    return f"{data['source']}:{data['location']}"
+
+
 def _kept(run: Run, tally: dict[str, Any]) -> str:
     """What of an ended run is safe on disk."""
     if not tally["best_epoch"]:
@@ -614,8 +833,14 @@ def _epoch_line(record: dict[str, Any], epochs: int, best: bool) -> str:
     lr = f"{lrs[0]:.2e}" if len(lrs) == 1 else f"{lrs[0]:.2e}..{lrs[-1]:.2e}"
     return (
         f"epoch {record['epoch']}/{epochs} [{record['stage_name']}] "
-        f"train_loss {record['train_loss']:.4f} val_loss {record['val_loss']:.4f} "
-        f"val_acc {record['val_acc']:.4f}{' *' if best else ''} lr {lr} "
+        f"train_loss {record['train_loss']:.4f} "
+        + (
+            f"val_loss {record['val_loss']:.4f} val_acc {record['val_acc']:.4f}"
+            f"{' *' if best else ''} "
+            if record["val_acc"] is not None
+            else "(no validation) "
+        )
+        + f"lr {lr} "
         f"{record['seconds']:.1f}s {record['images_per_s']:.0f} img/s"
         + (f" peak {record['peak_memory_mb']:.0f} MiB" if record["peak_memory_mb"] else "")
     )

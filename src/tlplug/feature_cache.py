@@ -10,7 +10,8 @@ than :data:`MEMORY_LIMIT` lives in a file in the run directory, removed with the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -24,7 +25,8 @@ MEMORY_LIMIT = 2 * 2**30  # bytes of features kept in memory; more spill to a fi
 
 
 class Features:
-    """Backbone features ``(N, D)`` and labels ``(N,)`` of every image of a dataset."""
+    """Backbone features ``(N, D)`` (or a frozen prefix's outputs ``(N, ...)``) and labels
+    ``(N,)`` of every image of a dataset."""
 
     def __init__(self, values: torch.Tensor, labels: torch.Tensor, file: Path | None = None):
         self.values, self.labels, self.file = values, labels, file
@@ -63,10 +65,13 @@ def extract(
     spill: Path,
     numerics: Numerics = FP32,
     name: str = "",
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Features:
     """Run ``backbone`` in eval mode once over ``loader`` (in dataset order), in the run's
     precision; the features are kept as fp32. ``spill`` names the file a large cache
-    goes to, with ``{}`` standing for ``name``."""
+    goes to, with ``{}`` standing for ``name``. With ``forward`` (a frozen prefix), its
+    outputs are kept instead, in the dtype it gives."""
+    run = forward or (lambda images: backbone(images).float())
     was_training = backbone.training
     backbone.eval()
     size = len(loader.dataset)
@@ -76,9 +81,10 @@ def extract(
     try:
         for images, targets in loader:
             with numerics.autocast(device):
-                out = backbone(numerics.inputs(images, device)).float().cpu()
+                out = run(numerics.inputs(images, device)).cpu()
             if values is None:
-                values, file = _allocate(size, out.shape[1], Path(str(spill).format(name)))
+                spill_file = Path(str(spill).format(name))
+                values, file = _allocate((size, *out.shape[1:]), out.dtype, spill_file)
                 labels = torch.empty(size, dtype=torch.long)
             values[start : start + len(out)] = out
             labels[start : start + len(out)] = torch.as_tensor(targets)
@@ -88,7 +94,10 @@ def extract(
     return Features(values, labels, file)
 
 
-def _allocate(rows: int, width: int, spill: Path) -> tuple[torch.Tensor, Path | None]:
-    if rows * width * 4 <= MEMORY_LIMIT:
-        return torch.empty(rows, width), None
-    return mapped_tensor(spill, rows * width, torch.float32).view(rows, width), spill
+def _allocate(
+    shape: tuple[int, ...], dtype: torch.dtype, spill: Path
+) -> tuple[torch.Tensor, Path | None]:
+    count = math.prod(shape)
+    if count * dtype.itemsize <= MEMORY_LIMIT:
+        return torch.empty(shape, dtype=dtype), None
+    return mapped_tensor(spill, count, dtype).view(shape), spill

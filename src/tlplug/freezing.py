@@ -37,7 +37,7 @@ def apply_stage(model: TransferModel, stage: Stage) -> int:
         whole = group.name in stage.trainable
         biases = group.name in stage.biases
         for name, param in zip(group.params, model.group_params(group.name), strict=True):
-            train = whole or (biases and is_bias(name))
+            train = (whole or (biases and is_bias(name))) and name not in model.pinned
             param.requires_grad_(train)
             count += param.numel() if train else 0
     return count

@@ -33,6 +33,23 @@ class TransferModel(nn.Module):
         self.groups.append(
             LayerGroup(HEAD_GROUP, tuple(HEAD_PREFIX + n for n, _ in head.named_parameters()))
         )
+        self.pinned: frozenset[str] = frozenset()  # parameters no stage trains (an adapter's)
+
+    def regroup(self, before: dict[int, str]) -> None:
+        """Assign every parameter to a group again after modules were added or wrapped.
+
+        ``before`` maps ``id(parameter)`` to its name when the groups were made. A parameter
+        that was there keeps its group under its new name; a new one joins the group of the
+        old parameter whose module path it shares most of.
+        """
+        owner = {p: g.name for g in self.groups for p in g.params}
+        old_names = list(owner)
+        members: dict[str, list[str]] = {g.name: [] for g in self.groups}
+        for name, param in self.named_parameters():
+            old = before.get(id(param))
+            group = owner[old] if old in owner else owner[_nearest(name, old_names)]
+            members[group].append(name)
+        self.groups = [LayerGroup(g.name, tuple(members[g.name])) for g in self.groups]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits for a batch of normalized images."""

@@ -13,7 +13,7 @@ from torch import nn
 from tlplug import rundir
 from tlplug.backbone import DataConfig
 from tlplug.build import build_backbone, build_model, choose
-from tlplug.data.folders import FileImages
+from tlplug.data.images import DECODE_ERRORS, open_rgb, to_rgb
 from tlplug.data.transforms import eval_transform
 from tlplug.engine import pick_device
 from tlplug.errors import TlplugError, UnknownNameError, WeightsError
@@ -134,5 +134,9 @@ def load_classifier(run_dir: Path, plugins: PluginHost, device: str = "cpu") -> 
 
 def _open(item: str | Path | Image.Image) -> Image.Image:
     if isinstance(item, Image.Image):
-        return item.convert("RGB")
-    return FileImages((Path(item),), (0,)).load(0)
+        return to_rgb(item)
+    try:
+        return open_rgb(Path(item))
+    except DECODE_ERRORS as exc:
+        reason = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise TlplugError(f"cannot read image {item} ({reason}); check the file") from None

@@ -19,6 +19,7 @@ from tlplug.options import coerce
 Optimizer = Literal["sgd", "adam", "adamw"]
 BnPolicy = Literal["frozen", "eval", "train"]
 CacheMode = Literal["auto", "on", "off"]
+Balance = Literal["off", "sampler", "loss"]
 
 # Weight decay per optimizer when none is given: decoupled decay needs a larger value.
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adam": 0.0, "adamw": 0.01}
@@ -40,6 +41,13 @@ class Recipe:
     lr_schedule_opts: dict[str, Any] = attrs.field(factory=dict)
     augment: tuple[str, ...] = ("flip",)
     augment_opts: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    adapter: str | None = None
+    adapter_opts: dict[str, Any] = attrs.field(factory=dict)
+    regularizer: tuple[str, ...] = ()
+    regularizer_opts: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    data_opts: dict[str, Any] = attrs.field(factory=dict)
+    label_smoothing: float = 0.0
+    balance: Balance = "off"
     optimizer: Optimizer = "adamw"
     lr: float = 1e-3
     lr_decay: float | None = None
@@ -50,6 +58,7 @@ class Recipe:
     bn_policy: BnPolicy = "frozen"
     max_groups: int | None = None
     epochs: int = 5
+    val_every: int = 1
     batch_size: int = 32
     img_size: int | None = None
     seed: int = 0
@@ -89,7 +98,12 @@ class Recipe:
 
     def check(self) -> None:
         """Raise :class:`OptionError` for values no run can use."""
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
+        positive = {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "val_every": self.val_every,
+        }
         for name, value in positive.items():
             if value <= 0:
                 raise OptionError(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -111,6 +125,10 @@ class Recipe:
             raise OptionError(f"--skip-nonfinite must be >= 0, got {self.skip_nonfinite}")
         if self.workers is not None and self.workers < 0:
             raise OptionError(f"--workers must be >= 0, got {self.workers}")
+        if self.weights is not None and "\x00" in self.weights:
+            raise OptionError("--weights contains a NUL byte; give the path of a weights file")
+        if not 0 <= self.label_smoothing < 1:
+            raise OptionError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise OptionError(f"--device must be auto, cpu or cuda, got {self.device!r}")
 
@@ -125,6 +143,7 @@ class Recipe:
         """Return the recipe as a JSON-ready dict."""
         data = attrs.asdict(self)
         data["augment"] = list(self.augment)
+        data["regularizer"] = list(self.regularizer)
         data["lr_mult"] = list(self.lr_mult)
         return data
 

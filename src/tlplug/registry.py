@@ -30,6 +30,9 @@ KINDS: dict[str, Kind] = {
         Kind("schedules", "tlplug_register_schedules", "schedule", "--schedule"),
         Kind("lr-schedules", "tlplug_register_lr_schedules", "LR schedule", "--lr-schedule"),
         Kind("augmentations", "tlplug_register_augmentations", "augmentation", "--augment"),
+        Kind("data-sources", "tlplug_register_data_sources", "data source", "--data"),
+        Kind("adapters", "tlplug_register_adapters", "adapter", "--adapter"),
+        Kind("regularizers", "tlplug_register_regularizers", "regularizer", "--regularizer"),
     )
 }
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import attrs
 import torch
 
+from tlplug.adapters import Adapter
+from tlplug.data.sources import Skipped
 from tlplug.errors import TlplugError
+from tlplug.loss import TrainingLoss
 from tlplug.model import TransferModel
 from tlplug.precision import FP32, Numerics
 from tlplug.recipe import Recipe
@@ -33,6 +37,10 @@ class Run:
     stage: int = -1  # index into plan; -1 before the first stage starts
     step: int = 0  # optimizer steps taken
     history: list[dict[str, Any]] = attrs.field(factory=list)
+    adapter: Adapter | None = None
+    loss: TrainingLoss | None = None  # cross-entropy and the regularizers' penalties
+    batch_augment: Callable | None = None  # mixup, cutmix: (images, targets) on the device
+    skipped: tuple[Skipped, ...] = ()  # data files left out, with their reasons
 
     def schedule_state(self) -> dict[str, Any]:
         """Everything the freeze and LR schedules need to continue, JSON-ready.

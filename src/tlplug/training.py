@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import attrs
 import torch
@@ -12,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from tlplug.console import Console
 from tlplug.errors import TlplugError
+from tlplug.loss import Batch, TrainingLoss
 from tlplug.precision import FP32, Numerics
 
 _OOM_ERRORS = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), MemoryError)
@@ -57,30 +59,43 @@ def train_epoch(
     stop=None,
     nonfinite: NonFinite | None = None,
     numerics: Numerics = FP32,
+    loss: TrainingLoss,
+    batch_augment: Callable | None = None,
+    cached: bool = False,
+    replay: bool = False,
 ) -> EpochStats:
     """Train for one pass over ``loader``, stepping the LR schedule after every batch.
 
-    A batch whose loss is NaN or infinite takes no optimizer step; it is skipped while
-    ``nonfinite`` allows, else the run stops with :class:`Diverged`. ``stop`` (a
-    :class:`~tlplug.interrupt.StopRequest`) ends the pass after the step in progress.
+    ``model`` has a ``backbone`` and a ``head``; with ``cached`` the batches are backbone
+    features and only the head runs; with ``replay`` they are a frozen prefix's outputs
+    (``model`` is a :class:`~tlplug.prefix_cache.Replay`). ``batch_augment`` mixes
+    ``(images, targets)`` batches (mixup, cutmix). A batch whose loss is NaN or infinite
+    takes no optimizer step; it is skipped while ``nonfinite`` allows, else the run stops
+    with :class:`Diverged`. ``stop`` (a :class:`~tlplug.interrupt.StopRequest`) ends the
+    pass after the step in progress.
     """
     nonfinite = nonfinite if nonfinite is not None else NonFinite()
     scaler = torch.amp.GradScaler(device.type, enabled=numerics.dtype == torch.float16)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = loss
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
     batches = console.progress(loader, len(loader), f"epoch {epoch} train")
     for step, (images, labels) in enumerate(batches, start=1):
         images = numerics.inputs(images, device)
         labels = labels.to(device, non_blocking=True)
+        targets = loss_fn.targets(labels)
+        if batch_augment is not None and not cached:
+            images, targets = batch_augment(images, targets)
         try:
             with numerics.autocast(device):
-                logits = model(images)
-            loss = loss_fn(logits.float(), labels)
-            value = loss.item()
+                features = images if cached else model.backbone(images)
+                logits = model.head(features)
+            shown = None if cached or replay else images
+            value_t = loss_fn(Batch(shown, features, logits, targets))
+            value = value_t.item()
             optimizer.zero_grad(set_to_none=True)
             if math.isfinite(value):
-                scaler.scale(loss).backward()
+                scaler.scale(value_t).backward()
                 scaler.step(optimizer)
                 scaler.update()
         except (*_OOM_ERRORS, RuntimeError) as exc:
@@ -92,7 +107,7 @@ def train_epoch(
             _skip_or_stop(value, epoch, step, nonfinite, console)
         else:
             total_loss += value * len(labels)
-            correct += (logits.argmax(1) == labels).sum().item()
+            correct += (logits.argmax(1) == targets.argmax(1)).sum().item()
             seen += len(labels)
         if stop is not None and stop.requested:
             break

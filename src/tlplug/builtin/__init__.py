@@ -9,4 +9,5 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "schedules": "tlplug.builtin.schedules",
     "lr-schedules": "tlplug.builtin.lr_schedules",
     "augmentations": "tlplug.builtin.augmentations",
+    "data-sources": "tlplug.builtin.data_sources",
 }

@@ -13,12 +13,14 @@ import os
 import random
 import signal
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from tlplug.data.sources import ImageList
+from tlplug.data.sources import DecodeError, ImageList
+from tlplug.errors import DataError
 
 
 class TransformedImages(Dataset):
@@ -27,21 +29,49 @@ class TransformedImages(Dataset):
 
     Once ``decoded`` is set (:class:`~tlplug.data.decoded.DecodedImages`), the base
     transform's output comes from there and each image is decoded once.
+
+    An image that cannot be decoded is replaced by the next image of its class that can;
+    with ``failures`` set, the file and the reason are appended to that file (one line
+    each, from whichever process decoded it) for the run's summary.
     """
 
     def __init__(self, images: ImageList, base: Callable, transform: Callable):
         self.images, self.base, self.transform = images, base, transform
         self.decoded = None
+        self.failures: Path | None = None
 
     def __len__(self) -> int:
         return len(self.images)
 
+    def pixels(self, index: int) -> torch.Tensor:
+        """The base transform's output for image ``index``, or for a stand-in of its class."""
+        try:
+            return self._decode(index)
+        except DecodeError as exc:
+            self._record(exc)
+        labels = self.images.labels
+        for candidate in [*range(index + 1, len(self)), *range(index)]:
+            if labels[candidate] != labels[index]:
+                continue
+            try:
+                return self._decode(candidate)
+            except DecodeError as exc:
+                self._record(exc)
+        raise DataError(f"no image of class {labels[index]} can be decoded; check the data")
+
+    def _decode(self, index: int) -> torch.Tensor:
+        if self.decoded is not None:
+            return self.decoded.get(index)
+        return self.base(self.images.load(index))
+
+    def _record(self, exc: DecodeError) -> None:
+        if self.failures is not None:
+            with open(self.failures, "a", encoding="utf-8") as log:
+                log.write(f"{exc.path}\t{exc.reason}\n")
+
     def __getitem__(self, key: int | tuple[int, int]):
         index, seed = key if isinstance(key, tuple) else (key, None)
-        if self.decoded is not None:
-            pixels = self.decoded.get(index)
-        else:
-            pixels = self.base(self.images.load(index))
+        pixels = self.pixels(index)
         if seed is None:
             return self.transform(pixels), self.images.labels[index]
         with torch.random.fork_rng(devices=()):  # leave the training loop's RNG alone
@@ -50,10 +80,14 @@ class TransformedImages(Dataset):
 
 
 class EpochSampler(Sampler):
-    """Yields ``(index, item_seed)`` in an order drawn from ``(seed, epoch)`` alone."""
+    """Yields ``(index, item_seed)`` in an order drawn from ``(seed, epoch)`` alone.
 
-    def __init__(self, size: int, seed: int, shuffle: bool):
-        self.size, self.seed, self.shuffle = size, seed, shuffle
+    With ``weights``, each epoch draws ``size`` indices with replacement in proportion to
+    them (class balancing) instead of a permutation.
+    """
+
+    def __init__(self, size: int, seed: int, shuffle: bool, weights: torch.Tensor | None = None):
+        self.size, self.seed, self.shuffle, self.weights = size, seed, shuffle, weights
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -66,6 +100,8 @@ class EpochSampler(Sampler):
     def __iter__(self):
         generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         order = torch.randperm(self.size, generator=generator) if self.shuffle else None
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, self.size, True, generator=generator)
         seeds = torch.randint(0, 2**62, (self.size,), generator=generator)
         for position in range(self.size):
             index = int(order[position]) if order is not None else position
@@ -98,19 +134,27 @@ def make_loader(
     workers: int,
     seed: int,
     pin_memory: bool,
+    weights: torch.Tensor | None = None,
 ) -> DataLoader:
     """A loader over ``dataset`` with an :class:`EpochSampler` (shuffled when training); a
     ragged last training batch is dropped. Call ``loader.sampler.set_epoch`` per epoch."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=EpochSampler(len(dataset), seed, shuffle=train),
+        sampler=EpochSampler(len(dataset), seed, shuffle=train, weights=weights),
         drop_last=train and len(dataset) > batch_size,
         num_workers=workers,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
         worker_init_fn=_seed_worker,
     )
+
+
+def balanced_weights(labels) -> torch.Tensor:
+    """Per-image sampling weights that draw every class equally often."""
+    labels = torch.as_tensor(list(labels))
+    counts = torch.bincount(labels).float()
+    return (1.0 / counts)[labels]
 
 
 def _seed_worker(worker_id: int) -> None:

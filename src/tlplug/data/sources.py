@@ -1,17 +1,33 @@
-"""Data sources: a ``--data`` folder or, without one, the built-in synthetic set."""
+"""Data sources: what ``--data`` names, turned into class names and image splits.
+
+Sources are plugins (``tlplug_register_data_sources``). The built-in ones read a folder
+tree, a CSV manifest or draw the synthetic set; ``--data NAME:LOCATION`` picks a source by
+name, and a plain path picks ``folder`` or ``csv`` by what it is.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 from PIL import Image
 
-from tlplug.data.folders import read_folder
-from tlplug.data.synthetic import synthetic_splits
+from tlplug.errors import DataError, TlplugError
+
+if TYPE_CHECKING:
+    from tlplug.plugins import PluginHost
+    from tlplug.recipe import Recipe
+
+
+class DecodeError(DataError):
+    """An image that cannot be decoded; training replaces it and lists it as skipped."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path} {reason}")
+        self.path, self.reason = path, reason
 
 
 class ImageList(Protocol):
@@ -22,22 +38,82 @@ class ImageList(Protocol):
     def __len__(self) -> int: ...
 
     def load(self, index: int) -> Image.Image:
-        """Return image ``index`` as an RGB PIL image."""
+        """Return image ``index`` as an RGB PIL image; raise DecodeError if it cannot."""
+
+
+@attrs.frozen
+class Skipped:
+    """A file left out, and why."""
+
+    path: str
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        """Return ``{"path": ..., "reason": ...}``."""
+        return {"path": self.path, "reason": self.reason}
 
 
 @attrs.frozen
 class Splits:
-    """Class names plus train and validation images, and how they were found."""
+    """Class names plus train, validation and (optional) test images, and how they were found.
+
+    ``info`` is JSON-ready and goes to config.json; ``skipped`` lists files left out;
+    ``warnings`` are lines the run prints (a class left out, say).
+    """
 
     classes: tuple[str, ...]
     train: ImageList
     val: ImageList
     info: dict[str, Any]
     img_size: int | None = None  # the size the source is meant for, used when none is asked
+    test: ImageList | None = None
+    skipped: tuple[Skipped, ...] = ()
+    warnings: tuple[str, ...] = ()
 
 
-def load_data(data: str | os.PathLike | None, val_split: float | None, seed: int) -> Splits:
-    """Read ``data`` (a folder path) or, when it is None, build the synthetic set."""
+def split_data_spec(data: str | os.PathLike | None, names: Sequence[str]) -> tuple[str, str]:
+    """Return ``(source name, location)`` for a ``--data`` value."""
     if data is None:
-        return synthetic_splits(seed=seed)
-    return read_folder(Path(data), val_split=val_split, seed=seed)
+        return "synthetic", ""
+    text = os.fspath(data)
+    if "\x00" in text:
+        raise DataError("--data contains a NUL byte; give a folder, a .csv file or SOURCE:LOCATION")
+    name, sep, rest = text.partition(":")
+    if sep and name in names and len(name) > 1:  # "C:\\..." is a drive, not a source
+        return name, rest
+    path = Path(text)
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return "csv", text
+    return "folder", text
+
+
+def load_data(plugins: PluginHost, data: str | os.PathLike | None, recipe: Recipe) -> Splits:
+    """Read ``data`` with the source it names and check what the source returns."""
+    from tlplug.build import choose
+
+    registry = plugins.registry("data-sources")
+    name, location = split_data_spec(data, registry.names())
+    choice = choose(plugins, "data-sources", name, recipe.data_opts)
+    splits = choice.strategy.factory(location, recipe.seed, recipe.val_split, **choice.options)
+    if not isinstance(splits, Splits):
+        raise TlplugError(
+            f"data source '{name}' (plugin '{choice.strategy.plugin}') returned "
+            f"{type(splits).__name__}, not tlplug.Splits"
+        )
+    check_splits(splits, name)
+    if name in ("folder", "csv"):  # a path that reads the same from any working directory
+        location = str(Path(location).resolve())
+    info = {**splits.info, "source": name, "location": location}
+    return attrs.evolve(splits, info=info)
+
+
+def check_splits(splits: Splits, name: str) -> None:
+    """Raise DataError when ``splits`` cannot train a classifier."""
+    if len(splits.classes) < 2:
+        raise DataError(
+            f"data source '{name}' found {len(splits.classes)} class(es) with images; "
+            "a classifier needs at least 2"
+        )
+    for split, images in (("train", splits.train), ("val", splits.val)):
+        if len(images) == 0:
+            raise DataError(f"data source '{name}' has no {split} images")

@@ -36,12 +36,43 @@ def normalize(config: DataConfig) -> v2.Compose:
 
 
 def build_transforms(
-    config: DataConfig, img_size: int, augmentations: Sequence[Callable] = ()
+    config: DataConfig,
+    img_size: int,
+    pixels: Sequence[Callable] = (),
+    tensors: Sequence[Callable] = (),
 ) -> tuple[v2.Compose, v2.Compose, v2.Compose]:
     """Return ``(base, train, eval)``: the base transform, then what training applies to its
-    output (the augmentations in order, then normalization) and what evaluation applies."""
+    output (the ``pixels`` augmentations, normalization, the ``tensors`` augmentations) and
+    what evaluation applies."""
     norm = normalize(config)
-    return base_transform(config, img_size), v2.Compose([*augmentations, norm]), norm
+    train = v2.Compose([*pixels, norm, *tensors])
+    return base_transform(config, img_size), train, norm
+
+
+def augmentation(*, phase: str = "pixels", order: float = 50):
+    """Mark an augmentation factory with where it acts and where it goes in its phase.
+
+    ``phase``: ``"pixels"`` (uint8 image), ``"tensor"`` (normalized float image) or
+    ``"batch"`` (``(images, targets)`` on the device); ``order``: lower runs first
+    (built-ins: crops 10, flips 20, colour operations 30).
+    """
+
+    def mark(factory):
+        factory.phase, factory.order = phase, order
+        return factory
+
+    return mark
+
+
+class OneOf:
+    """Batch-level augmentations of which each batch gets one, chosen with torch's RNG."""
+
+    def __init__(self, choices: Sequence[Callable]):
+        self.choices = list(choices)
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor):
+        pick = int(torch.randint(len(self.choices), ()))
+        return self.choices[pick](images, targets)
 
 
 def eval_transform(config: DataConfig, img_size: int) -> v2.Compose:

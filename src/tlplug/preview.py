@@ -1,0 +1,176 @@
+"""What training sees: augmented training images in one PNG grid (``tlplug augment-preview``).
+
+The images are the first ones of a run's first epoch, in the order and with the per-image
+seeds the run's sampler gives them, through the same base transform, pixel-phase
+augmentations, normalization and tensor-phase augmentations; so a run with the same recipe
+and seed trains on exactly these pixels first. Batch-phase augmentations (mixup, cutmix)
+then act on the whole grid as one batch. For display, normalization is undone and values
+are clipped to [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import attrs
+import torch
+from torch.nn import functional
+from torchvision.utils import make_grid, save_image
+
+from tlplug.backbone import DataConfig
+from tlplug.build import augmentation_phase, build_backbone
+from tlplug.data import load_data
+from tlplug.data.loaders import EpochSampler, TransformedImages, balanced_weights, epoch_seed
+from tlplug.data.transforms import OneOf, build_transforms
+from tlplug.engine import Engine, seed_everything
+from tlplug.errors import OptionError, TlplugError
+
+PADDING = 2  # pixels between tiles and around the grid
+
+
+@attrs.frozen(eq=False)
+class Preview:
+    """What :func:`write_preview` wrote, and the images in it."""
+
+    path: Path
+    images: torch.Tensor  # (count, 3, S, S) as shown: un-normalized, in [0, 1]
+    targets: torch.Tensor  # (count, num_classes) class probabilities, mixed or one-hot
+    classes: tuple[str, ...]
+    img_size: int
+    columns: int
+    augmentations: dict[str, tuple[str, ...]]  # phase -> names, in the order they run
+    size: tuple[int, int]  # (width, height) of the PNG
+
+    def labels(self, top: int = 2) -> list[str]:
+        """Each tile's classes: ``name`` when one-hot, else ``name 0.70+other 0.30``."""
+        found = []
+        for row in self.targets:
+            probs, indices = row.topk(min(top, len(row)))
+            if probs[0] >= 1 - 1e-6:
+                found.append(self.classes[int(indices[0])])
+                continue
+            found.append(
+                "+".join(
+                    f"{self.classes[int(i)]} {float(p):.2f}"
+                    for p, i in zip(probs, indices, strict=True)
+                    if p > 0
+                )
+            )
+        return found
+
+    def summary(self) -> str:
+        """One line: where the grid is, its size, the images and augmentations in it."""
+        runs = [
+            f"{phase} {', '.join(names)}" for phase, names in self.augmentations.items() if names
+        ]
+        width, height = self.size
+        return (
+            f"wrote {self.path} ({width}x{height}): {len(self.images)} training "
+            f"image{'s' if len(self.images) != 1 else ''} at "
+            f"{self.img_size}px, {self.columns} per row; augmentations: "
+            + ("; ".join(runs) if runs else "none")
+        )
+
+
+def write_preview(
+    engine: Engine,
+    out: str | os.PathLike,
+    data: str | os.PathLike | None = None,
+    *,
+    count: int = 16,
+    overwrite: bool = False,
+) -> Preview:
+    """Write a PNG grid of ``count`` training images of ``data`` as ``engine``'s recipe
+    augments them (None for the synthetic set); refuse an existing ``out`` unless
+    ``overwrite``.
+
+    ``engine`` is a :class:`tlplug.Engine`; its recipe gives the backbone (built without
+    pretrained weights, for its preprocessing), image size, seed and augmentations.
+    """
+    out = Path(out)
+    _check_out(out, overwrite)
+    if count < 1:
+        raise OptionError(f"--count must be at least 1, got {count}")
+    recipe = engine.recipe
+    recipe.check()
+    seed_everything(recipe.seed)
+    splits = load_data(engine.plugins, data, recipe)
+    backbone, _ = build_backbone(
+        engine.parts.provider, attrs.evolve(recipe, pretrained=False, weights=None)
+    )
+    config = backbone.data_config
+    img_size = recipe.img_size or splits.img_size or config.input_size
+    del backbone
+
+    made: dict[str, list] = {"pixels": [], "tensor": [], "batch": []}
+    names: dict[str, list[str]] = {"pixels": [], "tensor": [], "batch": []}
+    for choice in engine.parts.augmentations:  # already in the order they run
+        phase = augmentation_phase(choice)
+        made[phase].append(choice.strategy.factory(img_size, **choice.options))
+        names[phase].append(choice.strategy.name)
+    base, train, _ = build_transforms(config, img_size, made["pixels"], made["tensor"])
+    dataset = TransformedImages(splits.train, base, train)
+    weights = balanced_weights(splits.train.labels) if recipe.balance == "sampler" else None
+    samples = [dataset[key] for key in first_keys(len(dataset), count, recipe.seed, weights)]
+    images = torch.stack([image for image, _ in samples])
+    labels = torch.tensor([label for _, label in samples])
+    targets = functional.one_hot(labels, len(splits.classes)).float()
+    if made["batch"]:
+        seed_everything(epoch_seed(recipe.seed, 1))
+        images, targets = OneOf(made["batch"])(images, targets)
+
+    shown = unnormalize(images, config)
+    columns = math.ceil(math.sqrt(count))
+    grid = make_grid(shown, nrow=columns, padding=PADDING, pad_value=1.0)
+    if count == 1:  # make_grid leaves a single image unpadded
+        grid = functional.pad(shown[0], (PADDING,) * 4, value=1.0)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")
+    try:
+        save_image(grid, partial, format="PNG")
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    return Preview(
+        path=out,
+        images=shown,
+        targets=targets,
+        classes=tuple(splits.classes),
+        img_size=img_size,
+        columns=columns,
+        augmentations={phase: tuple(found) for phase, found in names.items()},
+        size=(grid.shape[-1], grid.shape[-2]),
+    )
+
+
+def first_keys(
+    size: int, count: int, seed: int, weights: torch.Tensor | None = None
+) -> list[tuple[int, int]]:
+    """The first ``count`` ``(index, item seed)`` pairs a training run seeded with ``seed``
+    draws, from epoch 1 on (an image may come again when ``count`` exceeds ``size``)."""
+    sampler = EpochSampler(size, seed, shuffle=True, weights=weights)
+    keys: list[tuple[int, int]] = []
+    epoch = 1
+    while len(keys) < count:
+        sampler.set_epoch(epoch)
+        keys.extend(sampler)
+        epoch += 1
+    return keys[:count]
+
+
+def unnormalize(images: torch.Tensor, config: DataConfig) -> torch.Tensor:
+    """Undo the backbone's normalization of a ``(B, 3, S, S)`` batch; clip to [0, 1]."""
+    mean = torch.tensor(config.mean, dtype=images.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(config.std, dtype=images.dtype).view(1, -1, 1, 1)
+    return (images * std + mean).clamp(0.0, 1.0)
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.suffix.lower() != ".png":
+        raise OptionError(f"--out {out} must name a .png file")
+    if out.is_dir():
+        raise TlplugError(f"--out {out} is a folder; name a .png file")
+    if out.exists() and not overwrite:
+        raise TlplugError(f"{out} already exists; pass --overwrite to replace it")
