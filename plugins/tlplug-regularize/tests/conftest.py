@@ -1,0 +1,69 @@
+"""Shared fixtures: a tiny image folder on disk, a recipe that trains in seconds on CPU, and
+a small real model."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from tlplug.build import build_backbone, build_model, resolve
+from tlplug.data.synthetic import draw
+from tlplug.plugins import PluginHost
+from tlplug.recipe import Recipe
+
+TINY = {
+    "backbone": "timm:resnet10t",
+    "pretrained": False,
+    "img_size": 32,
+    "batch_size": 8,
+    "workers": 0,
+    "epochs": 2,
+    "augment": (),
+}
+
+PATTERNS = ("checker", "dots", "stripes")
+
+
+def write_images(folder: Path, pattern: str, count: int, seed: int) -> None:
+    """Draw ``count`` images of a synthetic ``pattern`` into ``folder`` at 48 px."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        image = draw(pattern, random.Random(f"{seed}/{pattern}/{i}")).resize((48, 48))
+        image.save(folder / f"{pattern}_{i}.png")
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    """``train/`` + ``val/`` with three classes of drawn patterns."""
+    root = tmp_path_factory.mktemp("images")
+    for pattern in PATTERNS:
+        write_images(root / "train" / pattern, pattern, 8, seed=1)
+        write_images(root / "val" / pattern, pattern, 3, seed=2)
+    return root
+
+
+@pytest.fixture
+def tiny() -> dict:
+    """A recipe that trains in seconds on CPU (no augmentation)."""
+    return dict(TINY)
+
+
+def make_model(backbone: str = "timm:resnet10t", classes: int = 3, seed: int = 0):
+    """A real :class:`tlplug.model.TransferModel` built as the engine builds it."""
+    import torch
+
+    torch.manual_seed(seed)
+    recipe = Recipe.from_kwargs(backbone=backbone, pretrained=False, img_size=32)
+    parts = resolve(PluginHost(), recipe)
+    backbone_, _ = build_backbone(parts.provider, recipe)
+    return build_model(parts.head, backbone_, classes)
+
+
+def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
+    """config.json and the metrics.jsonl records of a run directory."""
+    config = json.loads((run_dir / "config.json").read_text())
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return config, [json.loads(line) for line in lines if line.strip()]
