@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 from tlplug import hookimpl
-from tlplug.data.synthetic import draw
+from tlplug.testing import write_images
 
 # The models are tiny; with more threads than free cores (a busy CI machine) torch's thread
 # pool spends more time waiting than computing.
@@ -32,15 +31,7 @@ FAST = {
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory) -> Path:
     """``train/`` + ``val/`` with three classes of drawn patterns, 8 + 2 images each."""
-    root = tmp_path_factory.mktemp("images")
-    for split, count in (("train", 8), ("val", 2)):
-        for pattern in ("checker", "dots", "stripes"):
-            folder = root / split / pattern
-            folder.mkdir(parents=True)
-            for i in range(count):
-                image = draw(pattern, random.Random(f"{split}/{pattern}/{i}"))
-                image.resize((32, 32)).save(folder / f"{i}.png")
-    return root
+    return write_images(tmp_path_factory.mktemp("images"), train=8, val=2)
 
 
 @pytest.fixture(scope="session")

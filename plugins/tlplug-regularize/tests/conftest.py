@@ -4,15 +4,14 @@ a small real model."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 
 from tlplug.build import build_backbone, build_model, resolve
-from tlplug.data.synthetic import draw
 from tlplug.plugins import PluginHost
 from tlplug.recipe import Recipe
+from tlplug.testing import write_images
 
 TINY = {
     "backbone": "timm:resnet10t",
@@ -27,22 +26,10 @@ TINY = {
 PATTERNS = ("checker", "dots", "stripes")
 
 
-def write_images(folder: Path, pattern: str, count: int, seed: int) -> None:
-    """Draw ``count`` images of a synthetic ``pattern`` into ``folder`` at 48 px."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        image = draw(pattern, random.Random(f"{seed}/{pattern}/{i}")).resize((48, 48))
-        image.save(folder / f"{pattern}_{i}.png")
-
-
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory) -> Path:
     """``train/`` + ``val/`` with three classes of drawn patterns."""
-    root = tmp_path_factory.mktemp("images")
-    for pattern in PATTERNS:
-        write_images(root / "train" / pattern, pattern, 8, seed=1)
-        write_images(root / "val" / pattern, pattern, 3, seed=2)
-    return root
+    return write_images(tmp_path_factory.mktemp("images"), PATTERNS, train=8, val=3)
 
 
 @pytest.fixture
