@@ -238,11 +238,12 @@ class Engine:
 
         return run, loaders, announce
 
-    def _cache_choice(self, recipe: Recipe, stage, run_penalties=()) -> tuple[str | None, str]:
+    def _cache_choice(self, run: Run, stage) -> tuple[str | None, str]:
         """Whether ``stage`` trains on cached backbone features (``"features"``: only the head
         trains) or cached outputs of the frozen prefix (``"prefix"``: the top of the backbone
         trains too), or on images (None); and the line that says so."""
-        if stage.biases or not stage.trainable or stage.trainable[0] == self._first_group:
+        recipe, run_penalties = run.recipe, run.loss.penalties
+        if stage.biases or not stage.trainable or stage.trainable[0] == run.model.groups[0].name:
             return None, ""
         mode = "features" if stage.trainable == (HEAD_GROUP,) else "prefix"
         what = "feature cache" if mode == "features" else "frozen-prefix cache"
@@ -397,12 +398,7 @@ class Engine:
         nonfinite = NonFinite(recipe.skip_nonfinite, tally["skipped_nonfinite"])
         started = time.perf_counter() - tally["seconds"]
         trainable_params = apply_stage(model, run.plan[run.stage]) if run.stage >= 0 else 0
-        self._first_group = model.group_names()[0]
-        mode = (
-            self._cache_choice(recipe, run.plan[run.stage], run.loss.penalties)[0]
-            if run.stage >= 0
-            else None
-        )
+        mode = self._cache_choice(run, run.plan[run.stage])[0] if run.stage >= 0 else None
         cache: tuple[Features, Features] | None = None
         cut: PrefixCut | None = None
         replaying = contextlib.ExitStack()  # the prefix stubs, installed for a stage
@@ -429,7 +425,7 @@ class Engine:
                     run.lr_scheduler.set_scale(stage.lr_scale)
                     stage_record = {"stage_start": True, "stage_lr": _stage_lrs(run, stage)}
                     console.say(_stage_line(run, stage, trainable_params, stage_record["stage_lr"]))
-                    mode, why = self._cache_choice(recipe, stage, run.loss.penalties)
+                    mode, why = self._cache_choice(run, stage)
                     if why and mode != "prefix":
                         console.say(why)
                     replaying.close()
