@@ -321,8 +321,10 @@ class Engine:
         common = dict(workers=workers, seed=recipe.seed, pin_memory=device.type == "cuda")
         weights = balanced_weights(splits.train.labels) if recipe.balance == "sampler" else None
 
+        random = bool(made["pixels"] or made["tensor"])
+
         def loader(images, transform, train=False):
-            dataset = TransformedImages(images, base, transform)
+            dataset = TransformedImages(images, base, transform, random=train and random)
             return make_loader(
                 dataset, batch_size, train=train, weights=weights if train else None, **common
             )

@@ -35,8 +35,11 @@ class TransformedImages(Dataset):
     each, from whichever process decoded it) for the run's summary.
     """
 
-    def __init__(self, images: ImageList, base: Callable, transform: Callable):
+    def __init__(
+        self, images: ImageList, base: Callable, transform: Callable, random: bool = True
+    ):
         self.images, self.base, self.transform = images, base, transform
+        self.random = random  # False: the transform draws nothing, so items need no seeding
         self.decoded = None
         self.failures: Path | None = None
 
@@ -72,7 +75,7 @@ class TransformedImages(Dataset):
     def __getitem__(self, key: int | tuple[int, int]):
         index, seed = key if isinstance(key, tuple) else (key, None)
         pixels = self.pixels(index)
-        if seed is None:
+        if seed is None or not self.random:
             return self.transform(pixels), self.images.labels[index]
         with torch.random.fork_rng(devices=()):  # leave the training loop's RNG alone
             torch.manual_seed(seed)
