@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tlplug import hookimpl
-from tlplug.cli import main
 from tlplug.data.synthetic import draw
+from tlplug.testing import run_cli
 
 TINY = {
     "backbone": "timm:resnet10t",
@@ -49,21 +49,13 @@ def class_folders(tmp_path_factory) -> Path:
     return root
 
 
+tlplug = run_cli  # the tests' name for running the CLI in-process
+
+
 @pytest.fixture
 def tiny() -> dict:
     """A recipe that trains in seconds on CPU."""
     return dict(TINY)
-
-
-def tlplug(capsys, *args) -> tuple[int, str, str]:
-    """Run the CLI in-process; return (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 class RunDirFiles:

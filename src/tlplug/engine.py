@@ -273,7 +273,7 @@ class Engine:
                 f"feature cache on{without}: the backbone runs once over the data and the head "
                 "trains on its features"
             )
-        return mode, f"frozen-prefix cache{without}"
+        return mode, ""  # whether a cut exists is known only once it is looked for
 
     def _find_cut(self, run: Run, stage, console: Console) -> PrefixCut | None:
         """The stage's frozen-prefix cut, saying on the console what it saves."""
@@ -428,7 +428,7 @@ class Engine:
                     stage_record = {"stage_start": True, "stage_lr": _stage_lrs(run, stage)}
                     console.say(_stage_line(run, stage, trainable_params, stage_record["stage_lr"]))
                     mode, why = self._cache_choice(run, stage)
-                    if why and mode != "prefix":
+                    if why:
                         console.say(why)
                     replaying.close()
                     _release(cache)

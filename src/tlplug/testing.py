@@ -52,6 +52,20 @@ def make_engine(*plugins: Any, **recipe: Any) -> Engine:
     return Engine.from_plugins(*plugins, entrypoints=False, **{**FAST_RECIPE, **recipe})
 
 
+def run_cli(capsys: pytest.CaptureFixture, *args: Any) -> tuple[int, str, str]:
+    """Run the ``tlplug`` command in-process, as a user's shell would; return (exit status,
+    stdout, stderr). ``capsys`` is pytest's fixture of that name."""
+    from tlplug.cli import main
+
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def write_images(
     root: str | Path, classes: tuple[str, ...] = CLASSES, train: int = 8, val: int = 4
 ) -> Path:

@@ -76,14 +76,13 @@ def train_epoch(
     """
     nonfinite = nonfinite if nonfinite is not None else NonFinite()
     scaler = torch.amp.GradScaler(device.type, enabled=numerics.dtype == torch.float16)
-    loss_fn = loss
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
     batches = console.progress(loader, len(loader), f"epoch {epoch} train")
     for step, (images, labels) in enumerate(batches, start=1):
         images = numerics.inputs(images, device)
         labels = labels.to(device, non_blocking=True)
-        targets = loss_fn.targets(labels)
+        targets = loss.targets(labels)
         if batch_augment is not None and not cached:
             images, targets = batch_augment(images, targets)
         try:
@@ -91,7 +90,7 @@ def train_epoch(
                 features = images if cached else model.backbone(images)
                 logits = model.head(features)
             shown = None if cached or replay else images
-            value_t = loss_fn(Batch(shown, features, logits, targets))
+            value_t = loss(Batch(shown, features, logits, targets))
             value = value_t.item()
             optimizer.zero_grad(set_to_none=True)
             if math.isfinite(value):

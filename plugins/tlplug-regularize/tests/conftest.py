@@ -11,25 +11,15 @@ import pytest
 from tlplug.build import build_backbone, build_model, resolve
 from tlplug.plugins import PluginHost
 from tlplug.recipe import Recipe
-from tlplug.testing import write_images
+from tlplug.testing import FAST_RECIPE, write_images
 
-TINY = {
-    "backbone": "timm:resnet10t",
-    "pretrained": False,
-    "img_size": 32,
-    "batch_size": 8,
-    "workers": 0,
-    "epochs": 2,
-    "augment": (),
-}
-
-PATTERNS = ("checker", "dots", "stripes")
+TINY = {**FAST_RECIPE, "epochs": 2, "augment": ()}
 
 
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory) -> Path:
     """``train/`` + ``val/`` with three classes of drawn patterns."""
-    return write_images(tmp_path_factory.mktemp("images"), PATTERNS, train=8, val=3)
+    return write_images(tmp_path_factory.mktemp("images"), train=8, val=3)
 
 
 @pytest.fixture

@@ -11,19 +11,8 @@ import torch
 
 from conftest import read_run
 from tlplug import Engine, OptionError, hookimpl
-from tlplug.cli import main
 from tlplug.interrupt import Interrupted
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """Run the tlplug CLI in-process; return (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from tlplug.testing import run_cli as cli
 
 
 class Drift:

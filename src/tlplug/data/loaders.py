@@ -35,9 +35,7 @@ class TransformedImages(Dataset):
     each, from whichever process decoded it) for the run's summary.
     """
 
-    def __init__(
-        self, images: ImageList, base: Callable, transform: Callable, random: bool = True
-    ):
+    def __init__(self, images: ImageList, base: Callable, transform: Callable, random: bool = True):
         self.images, self.base, self.transform = images, base, transform
         self.random = random  # False: the transform draws nothing, so items need no seeding
         self.decoded = None
