@@ -7,13 +7,20 @@ written, a newer snapshot of a file replaces an older one still waiting, so the 
 the newest state that could be written, never a mix. :meth:`wait` blocks until everything
 submitted is on disk and raises a write's error. Every write goes through a temporary file
 and a rename, so an interrupted write leaves the previous file whole.
+
+Tensors declared still with :meth:`BackgroundWriter.hold_still` (a stage's frozen
+parameters, which no optimizer step touches) are copied once and the copy is shared by
+every snapshot until the next declaration: a linear probe's checkpoints copy the head, not
+the whole backbone, every epoch.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+
+import torch
 
 from tlplug.errors import TlplugError
 
@@ -26,6 +33,28 @@ class BackgroundWriter:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._still: dict[int, torch.Tensor] = {}  # data_ptr -> a tensor that holds still
+        self._copies: dict[int, torch.Tensor] = {}  # data_ptr -> its shared copy
+
+    def hold_still(self, tensors: Iterable[torch.Tensor]) -> None:
+        """Declare ``tensors`` unchanged until the next call; snapshots until then share one
+        copy of each. The caller guarantees it: nothing may write them in between."""
+        self._still = {t.data_ptr(): t for t in tensors}
+        self._copies = {}
+
+    def snapshot(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Contiguous CPU copies of ``state``'s tensors, safe to write while training goes on."""
+        copies = {}
+        for key, tensor in state.items():
+            pointer = tensor.data_ptr()
+            still = self._still.get(pointer)
+            if still is None or not _same_view(still, tensor):
+                copies[key] = _copy(tensor)
+                continue
+            if pointer not in self._copies:
+                self._copies[pointer] = _copy(tensor)
+            copies[key] = self._copies[pointer]
+        return copies
 
     def submit(self, write: Callable[[], None], path: Path) -> None:
         """Queue ``write`` (which writes ``path``), replacing a queued write of ``path``."""
@@ -70,3 +99,17 @@ class BackgroundWriter:
         if self._error is not None:
             error, self._error = self._error, None
             raise error
+
+
+def _copy(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+
+
+def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (
+        a.dtype == b.dtype
+        and a.device == b.device
+        and a.shape == b.shape
+        and a.stride() == b.stride()
+        and a.storage_offset() == b.storage_offset()
+    )

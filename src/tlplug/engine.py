@@ -399,12 +399,14 @@ class Engine:
         }
         nonfinite = NonFinite(recipe.skip_nonfinite, tally["skipped_nonfinite"])
         started = time.perf_counter() - tally["seconds"]
-        trainable_params = apply_stage(model, run.plan[run.stage]) if run.stage >= 0 else 0
+        writer = BackgroundWriter()
+        trainable_params = 0
+        if run.stage >= 0:
+            trainable_params = _apply_stage(model, run.plan[run.stage], writer)
         mode = self._cache_choice(run, run.plan[run.stage])[0] if run.stage >= 0 else None
         cache: tuple[Features, Features] | None = None
         cut: PrefixCut | None = None
         replaying = contextlib.ExitStack()  # the prefix stubs, installed for a stage
-        writer = BackgroundWriter()
         failures = run.run_dir / DECODE_FAILURES
         for each in loaders.all():
             each.dataset.failures = failures
@@ -423,7 +425,7 @@ class Engine:
                 stage_record = {}
                 if index != run.stage:
                     run.stage = index
-                    trainable_params = apply_stage(model, stage)
+                    trainable_params = _apply_stage(model, stage, writer)
                     run.lr_scheduler.set_scale(stage.lr_scale)
                     stage_record = {"stage_start": True, "stage_lr": _stage_lrs(run, stage)}
                     console.say(_stage_line(run, stage, trainable_params, stage_record["stage_lr"]))
@@ -689,6 +691,14 @@ def _numerics(recipe: Recipe, model: TransferModel, device: torch.device, img_si
     finally:
         model.train(was_training)
     return trial
+
+
+def _apply_stage(model: TransferModel, stage, writer: BackgroundWriter) -> int:
+    """Freeze and unfreeze for ``stage``; checkpoints share one copy of what it keeps frozen
+    (no optimizer step writes a parameter without a gradient). Returns the trainable count."""
+    trainable = apply_stage(model, stage)
+    writer.hold_still(p for p in model.parameters() if not p.requires_grad)
+    return trainable
 
 
 @contextlib.contextmanager

@@ -128,14 +128,6 @@ def load_into(
     )
 
 
-def snapshot(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Contiguous CPU copies of ``state``'s tensors, safe to write while training goes on."""
-    return {
-        key: tensor.detach().to("cpu").clone(memory_format=torch.contiguous_format)
-        for key, tensor in state.items()
-    }
-
-
 def save_atomic(
     state: Mapping[str, torch.Tensor],
     path: Path,
@@ -145,7 +137,7 @@ def save_atomic(
     """Write ``state`` as safetensors to ``path`` via a temporary file and a rename; with a
     ``writer``, snapshot the tensors now and write them on its background thread."""
     if writer is not None:
-        tensors = snapshot(state)
+        tensors = writer.snapshot(state)
         writer.submit(lambda: save_atomic(tensors, path, metadata), path)
         return
     tensors, seen = {}, set()
