@@ -12,7 +12,7 @@ from tlplug.backbone import DataConfig
 from tlplug.build import augmentation_phase
 from tlplug.builtin import augmentations
 from tlplug.data.synthetic import draw
-from tlplug.data.transforms import OneOf, build_transforms
+from tlplug.data.transforms import OneOf, build_transforms, normalize
 from tlplug.engine import Engine
 from tlplug.errors import OptionError
 from tlplug.loss import Batch, TrainingLoss
@@ -232,10 +232,20 @@ def test_mixup_cutmix_and_label_smoothing_train(tiny, image_folder, tmp_path, mo
 
 def test_train_and_eval_transforms():
     config = DataConfig(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.875)
-    base, train, evaluate = build_transforms(config, 32, [REGISTRY.get("flip").factory(32, p=1.0)])
+    flip = REGISTRY.get("flip").factory(32, p=1.0)
+    base, train, evaluate = build_transforms(config, 32, [flip])
     pixels = base(draw("stripes", random.Random(0)))
     assert pixels.shape == (3, 32, 32) and pixels.dtype == torch.uint8
-    a, b = train(pixels), evaluate(pixels)
-    assert a.shape == b.shape == (3, 32, 32) and a.dtype == torch.float32
-    assert torch.equal(a, b.flip(-1))
-    assert b.min() >= -1.0 and b.max() <= 1.0
+    assert evaluate is None  # evaluation takes the pixels as they are
+    flipped = train(pixels)  # pixel augmentations keep uint8: normalizing is the device's job
+    assert flipped.dtype == torch.uint8 and torch.equal(flipped, pixels.flip(-1))
+
+    norm = normalize(config)
+    batch = norm(torch.stack([pixels, flipped]))
+    assert batch.dtype == torch.float32 and batch.min() >= -1.0 and batch.max() <= 1.0
+    assert torch.equal(batch[0], norm(pixels))  # one image and a batch normalize alike
+    assert torch.equal(norm(batch), batch)  # floats count as normalized already
+
+    erase = REGISTRY.get("random-erasing").factory(32, p=0.0)
+    _, train, _ = build_transforms(config, 32, [flip], [erase])
+    assert torch.equal(train(pixels), norm(flipped))  # a tensor phase needs normalized images

@@ -1,7 +1,8 @@
 """The resume state: everything a run needs to continue after its last finished epoch.
 
 One safetensors file, written after every epoch through a temporary file, fsync and rename,
-so the previous state stays whole until the new one is complete. Its tensors are the
+so the previous state stays whole until the new one is complete; metrics.jsonl is flushed to
+disk first, so the state never names an epoch whose record could be lost. Its tensors are the
 model's and the optimizer's state and the RNG states; its metadata holds, as JSON, the rest:
 the schedule state (stage, epochs and steps done, LR scheduler), the optimizer's settings,
 the best result so far and the recipe. Nothing is pickled, so reading one runs no code.
@@ -22,7 +23,7 @@ from safetensors import SafetensorError, safe_open
 from tlplug.background_writer import BackgroundWriter
 from tlplug.errors import TlplugError
 from tlplug.run import Run
-from tlplug.rundir import RESUME
+from tlplug.rundir import METRICS, RESUME
 from tlplug.weights import save_atomic
 
 __all__ = ["RESUME", "ResumeState", "read_resume", "restore", "save_resume"]
@@ -74,7 +75,8 @@ def save_resume(
             "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
         },
     }
-    save_atomic(tensors, path, {"format": "pt", _META_KEY: json.dumps(meta)}, writer)
+    metadata = {"format": "pt", _META_KEY: json.dumps(meta)}
+    save_atomic(tensors, path, metadata, writer, after=[path.parent / METRICS])
 
 
 def read_resume(path: Path) -> ResumeState:
@@ -131,6 +133,13 @@ def restore(run: Run, state: ResumeState) -> dict[str, Any]:
         if key.startswith("optimizer."):
             index, name = key[len("optimizer.") :].split(".", 1)
             per_param.setdefault(int(index), {})[name] = tensor
+    params = [p for group in run.optimizer.param_groups for p in group["params"]]
+    for index, values in per_param.items():
+        for name, tensor in values.items():
+            if index < len(params) and tensor.shape == params[index].shape:
+                # Saved contiguous; fused optimizers need their parameter's layout
+                # (channels-last convolutions), as they pair elements by memory position.
+                values[name] = torch.empty_like(params[index]).copy_(tensor)
     for index, values in saved["state"].items():
         per_param.setdefault(int(index), {}).update(values)
     groups = [

@@ -37,7 +37,7 @@ from tlplug.data.loaders import (
     make_loader,
 )
 from tlplug.data.sources import Skipped
-from tlplug.data.transforms import OneOf, build_transforms
+from tlplug.data.transforms import Normalize, OneOf, build_transforms, normalize
 from tlplug.errors import TlplugError
 from tlplug.feature_cache import Features, extract
 from tlplug.freezing import apply_stage, train_mode
@@ -201,7 +201,7 @@ class Engine:
             else None,
             penalties,
         )
-        numerics = _numerics(recipe, model, device, img_size)
+        numerics = _numerics(recipe, model, device, img_size, normalize(backbone.data_config))
         batch_size = recipe.batch_size
         if recipe.auto_batch_size:
             batch_size = fit_batch_size(
@@ -668,15 +668,17 @@ def _announce(console: Console, run: Run, weights: str, report, splits, img_size
     console.say(f"run directory: {run.run_dir}")
 
 
-def _numerics(recipe: Recipe, model: TransferModel, device: torch.device, img_size: int):
-    """The run's precision and memory layout. Channels-last is on for convnets unless
-    asked otherwise, and off again for a model whose forward pass refuses it."""
+def _numerics(
+    recipe: Recipe, model: TransferModel, device: torch.device, img_size: int, norm: Normalize
+) -> Numerics:
+    """The run's precision, memory layout and input normalization. Channels-last is on for
+    convnets unless asked otherwise, and off again for a model whose forward pass refuses it."""
     dtype = autocast_dtype(recipe.precision, device)
     wanted = recipe.channels_last
     if wanted is False or (wanted is None and not is_convnet(model.backbone)):
-        return Numerics(dtype, False)
+        return Numerics(dtype, False, norm)
     model.to(memory_format=torch.channels_last)
-    trial = Numerics(dtype, True)
+    trial = Numerics(dtype, True, norm)
     was_training = model.training
     try:
         with torch.no_grad(), trial.autocast(device):
@@ -687,7 +689,7 @@ def _numerics(recipe: Recipe, model: TransferModel, device: torch.device, img_si
                 f"{recipe.backbone} does not run channels-last; drop --channels-last"
             ) from None
         model.to(memory_format=torch.contiguous_format)
-        return Numerics(dtype, False)
+        return Numerics(dtype, False, norm)
     finally:
         model.train(was_training)
     return trial

@@ -8,6 +8,7 @@ and trains with a gradient scaler. Weights and optimizer state stay fp32 through
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from functools import cache
 from typing import Literal
 
@@ -35,16 +36,23 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 @attrs.frozen
 class Numerics:
-    """How a run computes its batches: the autocast dtype (None: fp32) and memory layout."""
+    """How a run computes its batches: the autocast dtype (None: fp32), memory layout and
+    the normalization that turns uint8 image batches into model inputs on the device."""
 
     dtype: torch.dtype | None = None
     channels_last: bool = False
+    normalize: Callable[[torch.Tensor], torch.Tensor] | None = attrs.field(default=None, eq=False)
 
     def inputs(self, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """Move an input batch to ``device`` in the run's memory layout."""
+        """Move an input batch to ``device`` in the run's memory layout; normalize it there
+        if it holds uint8 pixels."""
         batch = batch.to(device, non_blocking=True)
         if self.channels_last and batch.ndim == 4:
             batch = batch.contiguous(memory_format=torch.channels_last)
+        if not batch.is_floating_point():
+            if self.normalize is None:
+                raise TypeError("uint8 image batch but no normalization to apply")
+            batch = self.normalize(batch)
         return batch
 
     def autocast(self, device: torch.device):

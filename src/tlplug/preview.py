@@ -23,7 +23,7 @@ from tlplug.backbone import DataConfig
 from tlplug.build import augmentation_phase, build_backbone
 from tlplug.data import load_data
 from tlplug.data.loaders import EpochSampler, TransformedImages, balanced_weights, epoch_seed
-from tlplug.data.transforms import OneOf, build_transforms
+from tlplug.data.transforms import OneOf, build_transforms, normalize
 from tlplug.engine import Engine, seed_everything
 from tlplug.errors import OptionError, TlplugError
 
@@ -111,10 +111,11 @@ def write_preview(
         made[phase].append(choice.strategy.factory(img_size, **choice.options))
         names[phase].append(choice.strategy.name)
     base, train, _ = build_transforms(config, img_size, made["pixels"], made["tensor"])
+    norm = normalize(config)
     dataset = TransformedImages(splits.train, base, train)
     weights = balanced_weights(splits.train.labels) if recipe.balance == "sampler" else None
     samples = [dataset[key] for key in first_keys(len(dataset), count, recipe.seed, weights)]
-    images = torch.stack([image for image, _ in samples])
+    images = norm(torch.stack([image for image, _ in samples]))  # as Numerics.inputs does
     labels = torch.tensor([label for _, label in samples])
     targets = functional.one_hot(labels, len(splits.classes)).float()
     if made["batch"]:

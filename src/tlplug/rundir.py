@@ -94,11 +94,16 @@ def publish(temp: str, path: Path) -> None:
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line to ``path`` and flush it to disk."""
+    """Append one JSON line to ``path``. It reaches the disk when :func:`sync` is called on
+    ``path``, as the resume state's write does before the state is published."""
     with open(path, "a") as out:
         out.write(json.dumps(record) + "\n")
-        out.flush()
-        os.fsync(out.fileno())
+
+
+def sync(path: Path) -> None:
+    """Flush ``path``'s written data to disk."""
+    with open(path, "rb") as written:
+        os.fsync(written.fileno())
 
 
 def truncate_metrics(path: Path, epochs: int) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -20,7 +20,7 @@ from torch import nn
 
 from tlplug.background_writer import BackgroundWriter
 from tlplug.errors import WeightsError
-from tlplug.rundir import publish
+from tlplug.rundir import publish, sync
 
 # Wrappers that training scripts put around a state dict, innermost model weights last.
 _WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
@@ -133,13 +133,17 @@ def save_atomic(
     path: Path,
     metadata: dict[str, str],
     writer: BackgroundWriter | None = None,
+    after: Sequence[Path] = (),
 ) -> None:
     """Write ``state`` as safetensors to ``path`` via a temporary file and a rename; with a
-    ``writer``, snapshot the tensors now and write them on its background thread."""
+    ``writer``, snapshot the tensors now and write them on its background thread. The files
+    ``after`` names are flushed to disk first, so ``path`` never gets ahead of them."""
     if writer is not None:
         tensors = writer.snapshot(state)
-        writer.submit(lambda: save_atomic(tensors, path, metadata), path)
+        writer.submit(lambda: save_atomic(tensors, path, metadata, after=after), path)
         return
+    for earlier in after:
+        sync(earlier)
     tensors, seen = {}, set()
     for key, tensor in state.items():
         tensor = tensor.detach().to("cpu").contiguous()

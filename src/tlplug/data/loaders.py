@@ -25,7 +25,7 @@ from tlplug.errors import DataError
 
 class TransformedImages(Dataset):
     """``(tensor, label)`` pairs: the images of an ImageList through ``base`` (decode,
-    resize, crop; deterministic) and then ``transform`` (augmentations, normalization).
+    resize, crop; deterministic) and then ``transform`` (augmentations; None: none).
 
     Once ``decoded`` is set (:class:`~tlplug.data.decoded.DecodedImages`), the base
     transform's output comes from there and each image is decoded once.
@@ -35,7 +35,9 @@ class TransformedImages(Dataset):
     each, from whichever process decoded it) for the run's summary.
     """
 
-    def __init__(self, images: ImageList, base: Callable, transform: Callable, random: bool = True):
+    def __init__(
+        self, images: ImageList, base: Callable, transform: Callable | None, random: bool = True
+    ):
         self.images, self.base, self.transform = images, base, transform
         self.random = random  # False: the transform draws nothing, so items need no seeding
         self.decoded = None
@@ -73,6 +75,8 @@ class TransformedImages(Dataset):
     def __getitem__(self, key: int | tuple[int, int]):
         index, seed = key if isinstance(key, tuple) else (key, None)
         pixels = self.pixels(index)
+        if self.transform is None:
+            return pixels, self.images.labels[index]
         if seed is None or not self.random:
             return self.transform(pixels), self.images.labels[index]
         with torch.random.fork_rng(devices=()):  # leave the training loop's RNG alone

@@ -1,14 +1,18 @@
 """From PIL image to normalized tensor: the base transform plus training augmentations.
 
 Every image is resized (shorter side to ``img_size / crop_pct``) and center-cropped to
-``img_size`` as a uint8 tensor; training augmentations act on that tensor; normalization
-with the backbone's mean and std comes last.
+``img_size`` as a uint8 tensor; training augmentations act on that tensor. Images travel
+to the device as uint8 batches (a quarter of the bytes) and are normalized there with the
+backbone's mean and std (:class:`Normalize`, applied by
+:meth:`~tlplug.precision.Numerics.inputs`); only a tensor-phase augmentation, which works on
+normalized images, has them normalized one by one in the loader.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import attrs
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
@@ -28,11 +32,26 @@ def base_transform(config: DataConfig, img_size: int) -> v2.Compose:
     )
 
 
-def normalize(config: DataConfig) -> v2.Compose:
-    """Scale a ``uint8`` tensor to float and normalize with the backbone's statistics."""
-    return v2.Compose(
-        [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(config.mean), list(config.std))]
-    )
+@attrs.frozen
+class Normalize:
+    """Scale uint8 images (one ``(3, H, W)`` or a batch) to [0, 1] floats and normalize
+    them with ``mean`` and ``std`` on the device they are on. Float images are taken as
+    already normalized and returned unchanged."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.is_floating_point():
+            return images
+        mean = torch.tensor(self.mean, device=images.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(-1, 1, 1)
+        return images.to(torch.float32).div_(255.0).sub_(mean).div_(std)
+
+
+def normalize(config: DataConfig) -> Normalize:
+    """Normalization with the backbone's statistics."""
+    return Normalize(tuple(config.mean), tuple(config.std))
 
 
 def build_transforms(
@@ -40,13 +59,19 @@ def build_transforms(
     img_size: int,
     pixels: Sequence[Callable] = (),
     tensors: Sequence[Callable] = (),
-) -> tuple[v2.Compose, v2.Compose, v2.Compose]:
+) -> tuple[v2.Compose, Callable | None, None]:
     """Return ``(base, train, eval)``: the base transform, then what training applies to its
-    output (the ``pixels`` augmentations, normalization, the ``tensors`` augmentations) and
-    what evaluation applies."""
-    norm = normalize(config)
-    train = v2.Compose([*pixels, norm, *tensors])
-    return base_transform(config, img_size), train, norm
+    output and what evaluation applies (None: the uint8 pixels as they are).
+
+    Training applies the ``pixels`` augmentations and gives uint8 images, unless there are
+    ``tensors`` augmentations: those act on normalized images, so then it normalizes and
+    applies them, giving floats.
+    """
+    if tensors:
+        train = v2.Compose([*pixels, normalize(config), *tensors])
+    else:
+        train = v2.Compose(list(pixels)) if pixels else None
+    return base_transform(config, img_size), train, None
 
 
 def augmentation(*, phase: str = "pixels", order: float = 50):
