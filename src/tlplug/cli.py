@@ -206,6 +206,13 @@ def cli() -> None:
     help="Channels-last memory layout. [default: on for convnets]",
 )
 @click.option(
+    "--compile",
+    is_flag=True,
+    default=None,
+    help="Compile the backbone's training forward pass with torch.compile. The first step "
+    "of each stage waits for compilation; measure before relying on it.",
+)
+@click.option(
     "--skip-nonfinite",
     type=int,
     help="Batches with a NaN or infinite loss to step over before stopping. [default: 0]",

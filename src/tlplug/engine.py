@@ -47,7 +47,7 @@ from tlplug.memory import peak_mb, reset_peak
 from tlplug.model import BACKBONE_PREFIX, HEAD_GROUP, HEAD_PREFIX, TransferModel, count_params
 from tlplug.optim import StageScaledScheduler, build_optimizer, group_lrs, lr_multipliers
 from tlplug.plugins import PluginHost
-from tlplug.precision import Numerics, autocast_dtype, is_convnet
+from tlplug.precision import Numerics, autocast_dtype, compile_for_training, is_convnet
 from tlplug.prefix_cache import PrefixCut, Replay, find_cut, prefix_output
 from tlplug.recipe import Recipe
 from tlplug.run import Run
@@ -231,6 +231,7 @@ class Engine:
             recipe, config, model, optimizer, scheduler, plan, splits.classes, out_dir, device,
             numerics, adapter=adapter, loss=loss, batch_augment=batch_augment,
             skipped=splits.skipped,
+            compiled=compile_for_training(model, device) if recipe.compile else None,
         )  # fmt: skip
 
         def announce(console: Console) -> None:
@@ -460,10 +461,11 @@ class Engine:
                     net = Replay(model, cut, dummy) if cut else model.head
                     train_batches = cache[0].batches(train_loader.batch_sampler)
                     val_batches = cache[1].batches(val_loader.batch_sampler)
+                stepped = net if cut else run.compiled or model  # what a training step calls
                 try:
                     train = train_epoch(
-                        net if cut else model, train_batches, run.optimizer, run.lr_scheduler,
-                        run.device, console, epoch, stop=stop, nonfinite=nonfinite,
+                        stepped, train_batches, run.optimizer, run.lr_scheduler, run.device,
+                        console, epoch, stop=stop, nonfinite=nonfinite,
                         numerics=run.numerics, loss=run.loss,
                         batch_augment=None if cache else run.batch_augment,
                         cached=cache is not None and cut is None, replay=cut is not None,

@@ -1,4 +1,5 @@
-"""Numeric precision and memory layout: ``--precision`` and channels-last convnets.
+"""Numeric precision, memory layout and compilation: ``--precision``, channels-last
+convnets and ``--compile``.
 
 ``auto`` picks bfloat16 autocast where the hardware computes it natively (CPUs with
 AVX512-BF16 or AMX, NVIDIA GPUs from Ampere on) and fp32 elsewhere. ``fp16`` is for GPUs
@@ -8,6 +9,8 @@ and trains with a gradient scaler. Weights and optimizer state stay fp32 through
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 from collections.abc import Callable
 from functools import cache
 from typing import Literal
@@ -88,3 +91,28 @@ def is_convnet(model: nn.Module) -> bool:
 
 
 FP32 = Numerics()
+
+
+@attrs.frozen
+class Compiled:
+    """A model as a training step uses it, with ``backbone`` compiled by ``torch.compile``
+    (sharing the model's parameters) and the ``head`` as it is."""
+
+    backbone: Callable[[torch.Tensor], torch.Tensor]
+    head: nn.Module
+
+
+def compile_for_training(model: nn.Module, device: torch.device) -> Compiled:
+    """Compile ``model.backbone`` for training steps. On CPU, torch.compile builds C++
+    kernels, so a missing compiler is an error that says so. Compilation happens at the
+    first step and again when a stage changes which parameters train."""
+    if device.type == "cpu" and not any(
+        shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++")
+    ):
+        raise OptionError(
+            "--compile on CPU needs a C++ compiler (g++ or clang++); install one or drop --compile"
+        )
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True  # a graph it cannot compile runs eagerly
+    return Compiled(torch.compile(model.backbone), model.head)

@@ -69,6 +69,7 @@ class Recipe:
     cache_features: CacheMode = "auto"
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
     channels_last: bool | None = None
+    compile: bool = False
     auto_batch_size: bool = False
 
     @classmethod

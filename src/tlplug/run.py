@@ -14,7 +14,7 @@ from tlplug.data.sources import Skipped
 from tlplug.errors import TlplugError
 from tlplug.loss import TrainingLoss
 from tlplug.model import TransferModel
-from tlplug.precision import FP32, Numerics
+from tlplug.precision import FP32, Compiled, Numerics
 from tlplug.recipe import Recipe
 from tlplug.schedule import Stage
 
@@ -41,6 +41,7 @@ class Run:
     loss: TrainingLoss | None = None  # cross-entropy and the regularizers' penalties
     batch_augment: Callable | None = None  # mixup, cutmix: (images, targets) on the device
     skipped: tuple[Skipped, ...] = ()  # data files left out, with their reasons
+    compiled: Compiled | None = None  # --compile: the model as training steps call it
 
     def schedule_state(self) -> dict[str, Any]:
         """Everything the freeze and LR schedules need to continue, JSON-ready.
