@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from conftest import RunDirFiles
 from tlplug import Engine, feature_cache
+from tlplug.checkpoint import read_resume
 
 PROBE = dict(
     backbone="timm:resnet10t", pretrained=False, img_size=32, batch_size=8, workers=0,
@@ -16,7 +16,7 @@ PROBE = dict(
 
 
 def head_of(run_dir):
-    state = load_file(run_dir / "resume.safetensors")
+    state = read_resume(run_dir / "resume.safetensors").tensors
     return {k: v for k, v in state.items() if k.startswith("model.head.")}
 
 

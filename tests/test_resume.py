@@ -32,7 +32,8 @@ def epochs_of(run_dir: Path) -> list[int]:
 
 
 def final_model(run_dir: Path) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in load_file(run_dir / "resume.safetensors").items() if k[:6] == "model."}
+    state = read_resume(run_dir / "resume.safetensors")
+    return {k: v for k, v in state.tensors.items() if k[:6] == "model."}
 
 
 def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -204,14 +205,7 @@ def test_divergence_stops_keeps_the_best_weights_and_names_the_step(image_folder
     assert "the loss became nan at epoch 2, step 2; try a lower --lr" in message
     assert "--skip-nonfinite" in message and "(epoch 1) are kept" in message
     best = load_file(tmp_path / "model.safetensors")
-    assert_same_tensors(
-        best,
-        {
-            k[6:]: v
-            for k, v in load_file(tmp_path / "resume.safetensors").items()
-            if k[:6] == "model."
-        },
-    )
+    assert_same_tensors(best, {k[6:]: v for k, v in final_model(tmp_path).items()})
     assert epochs_of(tmp_path) == [1]
 
 
@@ -305,7 +299,8 @@ def test_resume_refuses_a_state_from_another_class_count(
             class_folders, out=other, quiet=True
         )
     (other / "metrics.jsonl").write_text("")
-    shutil.copy(finished_run / "resume.safetensors", other / "resume.safetensors")
+    for state in finished_run.glob("*resume*.safetensors"):  # the state and its frozen part
+        shutil.copy(state, other / state.name)
     code, _, err = tlplug(capsys, "run", "--resume", other)
     assert code == 1
     assert "resume state is for another model or class count" in err
@@ -333,3 +328,44 @@ def test_run_files_are_readable_as_the_umask_allows(finished_run):
     os.umask(umask)
     for name in ("config.json", "summary.json", "model.safetensors", "resume.safetensors"):
         assert (finished_run / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_a_stage_keeps_its_frozen_weights_in_one_part_beside_the_resume_state(
+    image_folder, tmp_path, capsys
+):
+    """A linear probe's resume state holds the head; the frozen backbone is written once, to
+    a part file the state names. Together they are the whole model; without the part,
+    --resume says what is missing."""
+    recipe = RUN_RECIPE | {"schedule": "linear-probe", "epochs": 3}
+    with pytest.raises(RuntimeError):
+        Engine.from_plugins(CrashAt(2), entrypoints=False, **recipe).fit(
+            image_folder, out=tmp_path, quiet=True
+        )
+    own = load_file(tmp_path / "resume.safetensors")
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    assert all(k.endswith(buffers) for k in own if k.startswith("model.backbone."))
+    assert any(k.startswith("model.head.") for k in own)
+    (part,) = tmp_path.glob(".resume-frozen-*.safetensors")
+    model = final_model(tmp_path)
+    best = load_file(tmp_path / "model.safetensors")
+    assert {k[6:] for k in model} == best.keys()
+    assert_same_tensors(
+        {k: v for k, v in model.items() if k.startswith("model.backbone.")},
+        {"model." + k: v for k, v in best.items() if k.startswith("backbone.")},
+    )
+
+    part.rename(tmp_path / "elsewhere")
+    code, _, err = tlplug(capsys, "run", "--resume", tmp_path)
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"needs {part.name}, its frozen weights, which is missing" in err
+    (tmp_path / "elsewhere").rename(part)
+    Engine.resume(tmp_path, entrypoints=False, quiet=True)
+    (new_part,) = tmp_path.glob(".resume-frozen-*.safetensors")  # a new one, the old removed
+    assert new_part != part
+
+
+def test_no_part_remains_once_everything_trains(image_folder, tmp_path):
+    recipe = RUN_RECIPE | {"schedule": "freeze-unfreeze", "epochs": 2}
+    Engine.from_plugins(entrypoints=False, **recipe).fit(image_folder, out=tmp_path, quiet=True)
+    assert not list(tmp_path.glob(".resume-frozen-*"))
+    assert any(k.startswith("model.backbone.") for k in load_file(tmp_path / "resume.safetensors"))

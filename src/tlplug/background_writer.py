@@ -17,6 +17,7 @@ the whole backbone, every epoch.
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -35,20 +36,31 @@ class BackgroundWriter:
         self._error: BaseException | None = None
         self._still: dict[int, torch.Tensor] = {}  # data_ptr -> a tensor that holds still
         self._copies: dict[int, torch.Tensor] = {}  # data_ptr -> its shared copy
+        self._submitted: set[Path] = set()
+        self.generation: str | None = None  # names the current set of still tensors
 
     def hold_still(self, tensors: Iterable[torch.Tensor]) -> None:
         """Declare ``tensors`` unchanged until the next call; snapshots until then share one
         copy of each. The caller guarantees it: nothing may write them in between."""
         self._still = {t.data_ptr(): t for t in tensors}
         self._copies = {}
+        self.generation = uuid.uuid4().hex[:16]
+
+    def holds_still(self, tensor: torch.Tensor) -> bool:
+        """Whether ``tensor`` is (a view equal to) one declared still."""
+        still = self._still.get(tensor.data_ptr())
+        return still is not None and _same_view(still, tensor)
+
+    def submitted(self, path: Path) -> bool:
+        """Whether a write of ``path`` was ever submitted to this writer."""
+        return path in self._submitted
 
     def snapshot(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Contiguous CPU copies of ``state``'s tensors, safe to write while training goes on."""
         copies = {}
         for key, tensor in state.items():
             pointer = tensor.data_ptr()
-            still = self._still.get(pointer)
-            if still is None or not _same_view(still, tensor):
+            if not self.holds_still(tensor):
                 copies[key] = _copy(tensor)
                 continue
             if pointer not in self._copies:
@@ -59,6 +71,7 @@ class BackgroundWriter:
     def submit(self, write: Callable[[], None], path: Path) -> None:
         """Queue ``write`` (which writes ``path``), replacing a queued write of ``path``."""
         self._raise()
+        self._submitted.add(path)
         with self._lock:
             self._pending.pop(path, None)
             self._pending[path] = write

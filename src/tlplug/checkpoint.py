@@ -1,11 +1,16 @@
 """The resume state: everything a run needs to continue after its last finished epoch.
 
-One safetensors file, written after every epoch through a temporary file, fsync and rename,
-so the previous state stays whole until the new one is complete; metrics.jsonl is flushed to
-disk first, so the state never names an epoch whose record could be lost. Its tensors are the
-model's and the optimizer's state and the RNG states; its metadata holds, as JSON, the rest:
-the schedule state (stage, epochs and steps done, LR scheduler), the optimizer's settings,
-the best result so far and the recipe. Nothing is pickled, so reading one runs no code.
+Written after every epoch through a temporary file, fsync and rename, so the previous state
+stays whole until the new one is complete; metrics.jsonl is flushed to disk first, so the
+state never names an epoch whose record could be lost. Its tensors are the model's and the
+optimizer's state and the RNG states; its metadata holds, as JSON, the rest: the schedule
+state (stage, epochs and steps done, LR scheduler), the optimizer's settings, the best
+result so far and the recipe. Nothing is pickled, so reading one runs no code.
+
+The model tensors a stage keeps frozen go to a part file written once per stage
+(``.resume-frozen-<generation>.safetensors``) that ``resume.safetensors`` names, so a
+linear probe's epochs rewrite the head, not the backbone. A part is written before the first
+state that names it and removed only after a state naming another part is in place.
 """
 
 from __future__ import annotations
@@ -23,13 +28,14 @@ from safetensors import SafetensorError, safe_open
 from tlplug.background_writer import BackgroundWriter
 from tlplug.errors import TlplugError
 from tlplug.run import Run
-from tlplug.rundir import METRICS, RESUME
+from tlplug.rundir import FROZEN_PART, METRICS, RESUME
 from tlplug.weights import save_atomic
 
 __all__ = ["RESUME", "ResumeState", "read_resume", "restore", "save_resume"]
 
 FORMAT = "tlplug-resume/1"
 _META_KEY = "tlplug_resume"
+_PART_KEY = "tlplug_resume_part"
 
 
 @attrs.frozen
@@ -49,8 +55,11 @@ def save_resume(
     path: Path, run: Run, best: dict[str, Any], writer: BackgroundWriter | None = None
 ) -> None:
     """Write ``run``'s state after its current epoch to ``path``, atomically; with a
-    ``writer``, snapshot it now and write it in the background."""
+    ``writer``, snapshot it now and write it in the background, the tensors the writer
+    holds still in a part file of their own."""
     tensors = {f"model.{k}": v for k, v in run.model.state_dict().items()}
+    frozen = {k: v for k, v in tensors.items() if writer is not None and writer.holds_still(v)}
+    tensors = {k: v for k, v in tensors.items() if k not in frozen}
     optimizer = run.optimizer.state_dict()
     plain: dict[str, dict[str, Any]] = {}
     for index, values in optimizer["state"].items():
@@ -75,8 +84,24 @@ def save_resume(
             "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
         },
     }
+    part = None
+    if frozen:
+        part = path.parent / FROZEN_PART.format(writer.generation)
+        meta["frozen_part"] = {"file": part.name, "generation": writer.generation}
+        if not writer.submitted(part):
+            save_atomic(frozen, part, {"format": "pt", _PART_KEY: writer.generation}, writer)
     metadata = {"format": "pt", _META_KEY: json.dumps(meta)}
     save_atomic(tensors, path, metadata, writer, after=[path.parent / METRICS])
+    if writer is not None:  # queued behind the state, so it runs once the state is in place
+        keep = part.name if part else None
+        writer.submit(lambda: remove_parts(path.parent, keep), path.with_name(".resume-parts"))
+
+
+def remove_parts(run_dir: Path, keep: str | None = None) -> None:
+    """Delete the frozen-part files in ``run_dir`` but ``keep``."""
+    for found in run_dir.glob(FROZEN_PART.format("*")):
+        if found.name != keep:
+            found.unlink(missing_ok=True)
 
 
 def read_resume(path: Path) -> ResumeState:
@@ -86,9 +111,38 @@ def read_resume(path: Path) -> ResumeState:
             f"{path.parent} has no resume state ({path.name}); a run writes one after each "
             "epoch, so this one stopped before its first epoch ended: start it again"
         )
+    header, tensors = _read(path)
+    try:
+        meta = json.loads(header.get(_META_KEY) or "")
+        if meta.get("format") != FORMAT:
+            raise ValueError(meta.get("format"))
+    except (ValueError, AttributeError):
+        raise TlplugError(
+            f"{path} is a safetensors file but not a tlplug resume state ({FORMAT})"
+        ) from None
+    named = meta.get("frozen_part")
+    if named:
+        part = path.parent / named["file"]
+        if not part.is_file():
+            raise TlplugError(
+                f"{path} needs {part.name}, its frozen weights, which is missing; copy the "
+                "whole run directory, or start the run again with --overwrite"
+            )
+        part_header, frozen = _read(part)
+        if part_header.get(_PART_KEY) != named["generation"]:
+            raise TlplugError(
+                f"{part} is not the frozen part {path.name} was written with; start the run "
+                "again with --overwrite"
+            )
+        tensors |= frozen
+    return ResumeState(tensors, meta)
+
+
+def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The metadata and tensors of a safetensors file, or a one-line error."""
     try:
         with safe_open(path, framework="pt", device="cpu") as reader:
-            meta_text = (reader.metadata() or {}).get(_META_KEY)
+            header = reader.metadata() or {}
             tensors = {key: reader.get_tensor(key) for key in reader.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
@@ -96,15 +150,7 @@ def read_resume(path: Path) -> ResumeState:
             f"{path} is not a readable resume state ({reason}); it may be truncated or not "
             "from tlplug. Start the run again with --overwrite"
         ) from None
-    try:
-        meta = json.loads(meta_text or "")
-        if meta.get("format") != FORMAT:
-            raise ValueError(meta.get("format"))
-    except (ValueError, AttributeError):
-        raise TlplugError(
-            f"{path} is a safetensors file but not a tlplug resume state ({FORMAT})"
-        ) from None
-    return ResumeState(tensors, meta)
+    return header, tensors
 
 
 def restore(run: Run, state: ResumeState) -> dict[str, Any]:

@@ -4,7 +4,8 @@
 - ``metrics.jsonl``: one JSON object per epoch.
 - ``summary.json``: the outcome (best and final accuracy, classes, sizes, time).
 - ``model.safetensors``: the best weights, keys ``backbone.*`` (provider names) and ``head.*``.
-- ``resume.safetensors``: the state after the last finished epoch (:mod:`tlplug.checkpoint`).
+- ``resume.safetensors``: the state after the last finished epoch (:mod:`tlplug.checkpoint`),
+  with the weights its stage keeps frozen in a hidden part file beside it.
 
 Files are written whole through a temporary file and a rename, so a reader never sees half
 of one. A directory is only claimed once the run is certain to start.
@@ -27,6 +28,7 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 WEIGHTS = "model.safetensors"
 RESUME = "resume.safetensors"
+FROZEN_PART = ".resume-frozen-{}.safetensors"  # the resume state's frozen weights, per stage
 RUN_FILES = (CONFIG, METRICS, SUMMARY, WEIGHTS, RESUME)
 
 
@@ -63,6 +65,8 @@ def claim_run_dir(path: Path, overwrite: bool) -> None:
     path.mkdir(parents=True, exist_ok=True)
     for name in RUN_FILES:
         (path / name).unlink(missing_ok=True)
+    for part in path.glob(FROZEN_PART.format("*")):
+        part.unlink()
 
 
 def write_json(path: Path, data: Any) -> None:
