@@ -17,6 +17,7 @@ from torchvision import datasets, transforms
 
 from tlplug import Engine
 from tlplug.data.synthetic import synthetic_splits
+from tlplug.memory import peak_mb, reset_peak
 
 IMG_SIZE = 64
 BATCH = 32
@@ -56,12 +57,14 @@ def plain_model(weights: Path, num_classes: int) -> nn.Module:
     return model
 
 
-def plain_loaders(root: Path) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
+def plain_loaders(
+    root: Path, img_size: int = IMG_SIZE
+) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
     """ImageFolder + PIL + a standard DataLoader, as the articles write them."""
     transform = transforms.Compose(
         [
-            transforms.Resize(int(IMG_SIZE / 0.875)),
-            transforms.CenterCrop(IMG_SIZE),
+            transforms.Resize(int(img_size / 0.875)),
+            transforms.CenterCrop(img_size),
             transforms.ToTensor(),
             transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
         ]
@@ -74,15 +77,19 @@ def plain_loaders(root: Path) -> tuple[torch.utils.data.DataLoader, torch.utils.
     )
 
 
-def plain_train(model, loaders, optimizer, epochs: int, frozen_bn: bool = False) -> float:
+def plain_train(
+    model, loaders, optimizer, epochs: int, frozen_bn: bool = False, peaks: list | None = None
+) -> float:
     """The articles' loop: ``model.train()``, step every batch; returns the final val acc.
 
     ``frozen_bn`` fixes the articles' BatchNorm bug (frozen layers' statistics drifting in
-    train mode) by keeping every module without trainable parameters in eval mode.
+    train mode) by keeping every module without trainable parameters in eval mode. With
+    ``peaks``, each epoch's peak memory (MiB, as tlplug measures it) is appended to it.
     """
     train, val = loaders
     loss_fn = nn.CrossEntropyLoss()
     for _ in range(epochs):
+        reset_peak(torch.device("cpu"))
         model.train()
         if frozen_bn:
             for module in model.modules():
@@ -92,6 +99,8 @@ def plain_train(model, loaders, optimizer, epochs: int, frozen_bn: bool = False)
             optimizer.zero_grad()
             loss_fn(model(images), labels).backward()
             optimizer.step()
+        if peaks is not None:
+            peaks.append(peak_mb(torch.device("cpu")))
     model.eval()
     correct = total = 0
     with torch.no_grad():
@@ -104,12 +113,17 @@ def plain_train(model, loaders, optimizer, epochs: int, frozen_bn: bool = False)
 def tlplug_fit(weights: Path, data: Path, out: Path, plugins=(), **recipe) -> float:
     """Train with tlplug from ``weights`` on ``data`` with the benchmarks' common settings
     (SGD, constant LR, no augmentation, 64 px); return the final val acc."""
+    return tlplug_run(weights, data, out, plugins, **recipe).final_val_acc
+
+
+def tlplug_run(weights: Path, data: Path, out: Path, plugins=(), **recipe):
+    """:func:`tlplug_fit`, returning the whole :class:`~tlplug.FitResult`."""
     settings = dict(
         backbone="timm:resnet18", weights=str(weights), augment=(), optimizer="sgd",
         weight_decay=0.0, lr_schedule="constant", batch_size=BATCH, img_size=IMG_SIZE,
     )  # fmt: skip
     engine = Engine.from_plugins(*plugins, **(settings | recipe))
-    return engine.fit(data, out=out, overwrite=True, quiet=True).final_val_acc
+    return engine.fit(data, out=out, overwrite=True, quiet=True)
 
 
 def print_table(title: str, rows: list[tuple[str, float, float]]) -> None:

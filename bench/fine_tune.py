@@ -8,7 +8,8 @@ validation) with SGD, and run one after the other in this process:
   tlplug replays the frozen prefix (stem..layer3 run once), in fp32, then with
   ``--precision auto`` (bf16 on this CPU); a row without the replay shows what it gives.
   Both validate once, after the last epoch.
-- full: everything trains, fp32 in both, to measure tlplug's overhead.
+- full: everything trains, fp32 in both, to measure tlplug's overhead; a last row adds
+  ``--compile`` (its time includes compiling).
 
 Goals: top group >= 1.3x in fp32 and >= 2.5x with bf16; full fine-tune overhead <= 3%.
 
@@ -70,12 +71,12 @@ def main() -> None:
             optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9)
             return plain_train(model, plain_loaders(data), optimizer, args.epochs)
 
-        def tlplug(schedule: str, precision: str, cache: str = "auto") -> float:
+        def tlplug(schedule: str, precision: str, cache: str = "auto", **more) -> float:
             # Validate once at the end, as the articles' loop does.
             return tlplug_fit(
                 weights, data, root / "run", plugins=(TopGroup(),), schedule=schedule,
                 lr=args.lr, epochs=args.epochs, precision=precision, cache_features=cache,
-                val_every=args.epochs,
+                val_every=args.epochs, **more,
             )  # fmt: skip
 
         runs = {
@@ -91,6 +92,7 @@ def main() -> None:
             "full": [
                 ("plain loop", *timed(lambda: plain(False))),
                 ("tlplug fp32", *timed(lambda: tlplug("full", "fp32"))),
+                ("tlplug fp32 --compile", *timed(lambda: tlplug("full", "fp32", compile=True))),
             ],
         }
     for what, rows in runs.items():

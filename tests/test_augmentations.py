@@ -233,10 +233,10 @@ def test_mixup_cutmix_and_label_smoothing_train(tiny, image_folder, tmp_path, mo
 def test_train_and_eval_transforms():
     config = DataConfig(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.875)
     flip = REGISTRY.get("flip").factory(32, p=1.0)
-    base, train, evaluate = build_transforms(config, 32, [flip])
+    base, train = build_transforms(config, 32, [flip])
     pixels = base(draw("stripes", random.Random(0)))
     assert pixels.shape == (3, 32, 32) and pixels.dtype == torch.uint8
-    assert evaluate is None  # evaluation takes the pixels as they are
+    assert build_transforms(config, 32)[1] is None  # nothing to apply without augmentation
     flipped = train(pixels)  # pixel augmentations keep uint8: normalizing is the device's job
     assert flipped.dtype == torch.uint8 and torch.equal(flipped, pixels.flip(-1))
 
@@ -247,5 +247,5 @@ def test_train_and_eval_transforms():
     assert torch.equal(norm(batch), batch)  # floats count as normalized already
 
     erase = REGISTRY.get("random-erasing").factory(32, p=0.0)
-    _, train, _ = build_transforms(config, 32, [flip], [erase])
+    _, train = build_transforms(config, 32, [flip], [erase])
     assert torch.equal(train(pixels), norm(flipped))  # a tensor phase needs normalized images

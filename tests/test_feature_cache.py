@@ -36,6 +36,10 @@ def test_cached_and_uncached_linear_probes_train_the_same_head(image_folder, tmp
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
     assert runs["auto"].best_val_acc == runs["off"].best_val_acc
     assert all(r["peak_memory_mb"] > 0 for r in runs["auto"].history)
+    first, *later = runs["auto"].history  # the first epoch fills the cache, and says how fast
+    assert first["cache_seconds"] > 0 and first["cache_images_per_s"] > 0
+    assert first["seconds"] >= first["cache_seconds"]
+    assert all(r["cache_seconds"] is None for r in later + runs["off"].history)
 
 
 def test_cache_is_dropped_when_a_group_unfreezes_and_spills_to_a_file(

@@ -314,7 +314,7 @@ class Engine:
         for choice in self.parts.augmentations:
             transform = choice.strategy.factory(img_size, **choice.options)
             made[augmentation_phase(choice)].append(transform)
-        base, train_tf, eval_tf = build_transforms(
+        base, train_tf = build_transforms(
             backbone.data_config, img_size, made["pixels"], made["tensor"]
         )
         batch_augment = OneOf(made["batch"]) if made["batch"] else None
@@ -324,7 +324,7 @@ class Engine:
 
         random = bool(made["pixels"] or made["tensor"])
 
-        def loader(images, transform, train=False):
+        def loader(images, transform=None, train=False):
             dataset = TransformedImages(images, base, transform, random=train and random)
             return make_loader(
                 dataset, batch_size, train=train, weights=weights if train else None, **common
@@ -332,9 +332,9 @@ class Engine:
 
         loaders = Loaders(
             train=loader(splits.train, train_tf, train=True),
-            val=loader(splits.val, eval_tf),
-            plain=loader(splits.train, eval_tf),
-            test=loader(splits.test, eval_tf) if splits.test is not None else None,
+            val=loader(splits.val),
+            plain=loader(splits.train),
+            test=loader(splits.test) if splits.test is not None else None,
         )
         return loaders, workers, batch_augment
 
@@ -442,7 +442,9 @@ class Engine:
                 if mode == "prefix" and cut is None:
                     cut = self._find_cut(run, stage, console)
                     mode = "prefix" if cut else None
+                filled = None  # (seconds, images) when this epoch fills the cache
                 if mode and cache is None:
+                    filling = time.perf_counter()
                     spill = run.run_dir / ".{}.features"
                     forward = (lambda x, c=cut: prefix_output(model, c, x)) if cut else None
                     cache = tuple(
@@ -453,6 +455,7 @@ class Engine:
                     )
                     if cut is not None:
                         replaying.enter_context(cut.replaying())
+                    filled = (time.perf_counter() - filling, sum(len(f.labels) for f in cache))
                 train_mode(model, stage, recipe.bn_policy)
                 reset_peak(run.device)
                 net, train_batches, val_batches = model, train_loader, val_loader
@@ -501,8 +504,12 @@ class Engine:
                     "val_loss": val.loss if val else None,
                     "val_acc": val.acc if val else None,
                     "lr": group_lrs(run.optimizer),
-                    "seconds": round(train.seconds + (val.seconds if val else 0.0), 3),
+                    "seconds": round(
+                        train.seconds + (val.seconds if val else 0.0) + (filled or (0.0,))[0], 3
+                    ),
                     "images_per_s": round(train.images / max(train.seconds, 1e-9), 1),
+                    "cache_seconds": round(filled[0], 3) if filled else None,
+                    "cache_images_per_s": round(filled[1] / filled[0], 1) if filled else None,
                     "skipped_nonfinite": nonfinite.skipped,
                     "feature_cache": cache is not None and cut is None,
                     "prefix_cache": cut.name if cut and cache else None,

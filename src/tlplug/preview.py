@@ -110,7 +110,7 @@ def write_preview(
         phase = augmentation_phase(choice)
         made[phase].append(choice.strategy.factory(img_size, **choice.options))
         names[phase].append(choice.strategy.name)
-    base, train, _ = build_transforms(config, img_size, made["pixels"], made["tensor"])
+    base, train = build_transforms(config, img_size, made["pixels"], made["tensor"])
     norm = normalize(config)
     dataset = TransformedImages(splits.train, base, train)
     weights = balanced_weights(splits.train.labels) if recipe.balance == "sampler" else None

@@ -59,9 +59,9 @@ def build_transforms(
     img_size: int,
     pixels: Sequence[Callable] = (),
     tensors: Sequence[Callable] = (),
-) -> tuple[v2.Compose, Callable | None, None]:
-    """Return ``(base, train, eval)``: the base transform, then what training applies to its
-    output and what evaluation applies (None: the uint8 pixels as they are).
+) -> tuple[v2.Compose, Callable | None]:
+    """Return ``(base, train)``: the base transform and what training applies to its output
+    (None: nothing). Evaluation takes the base transform's uint8 pixels as they are.
 
     Training applies the ``pixels`` augmentations and gives uint8 images, unless there are
     ``tensors`` augmentations: those act on normalized images, so then it normalizes and
@@ -71,7 +71,7 @@ def build_transforms(
         train = v2.Compose([*pixels, normalize(config), *tensors])
     else:
         train = v2.Compose(list(pixels)) if pixels else None
-    return base_transform(config, img_size), train, None
+    return base_transform(config, img_size), train
 
 
 def augmentation(*, phase: str = "pixels", order: float = 50):
