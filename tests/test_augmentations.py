@@ -230,6 +230,22 @@ def test_mixup_cutmix_and_label_smoothing_train(tiny, image_folder, tmp_path, mo
     assert calls["MixUp"] + calls["CutMix"] == 36 // tiny["batch_size"]  # every training batch
 
 
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+@pytest.mark.parametrize("shape", [(96, 96), (300, 97), (61, 240), (73, 73), (40, 50), (64, 64)])
+def test_base_transform_gives_torchvisions_pixels(shape, interpolation):
+    from torchvision.transforms import InterpolationMode, v2
+
+    from tlplug.data.transforms import base_transform
+
+    config = DataConfig(interpolation=interpolation, crop_pct=0.875)
+    image = draw("dots", random.Random(3)).resize(shape)
+    mode = InterpolationMode(interpolation)
+    reference = v2.Compose(
+        [v2.Resize(73, interpolation=mode, antialias=True), v2.CenterCrop(64), v2.PILToTensor()]
+    )
+    assert torch.equal(base_transform(config, 64)(image), reference(image))
+
+
 def test_train_and_eval_transforms():
     config = DataConfig(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.875)
     flip = REGISTRY.get("flip").factory(32, p=1.0)

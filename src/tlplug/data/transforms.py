@@ -13,23 +13,48 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import attrs
+import numpy as np
 import torch
+from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms.functional import pil_modes_mapping
 
 from tlplug.backbone import DataConfig
 
 
-def base_transform(config: DataConfig, img_size: int) -> v2.Compose:
-    """Resize, center crop and convert a PIL image to a ``uint8`` tensor."""
+@attrs.frozen
+class BaseTransform:
+    """Resize a PIL image's shorter side to ``resize``, center-crop ``size`` and return the
+    pixels as a ``(3, size, size)`` uint8 tensor.
+
+    The same pixels as torchvision's ``Resize(resize, antialias=True)``, ``CenterCrop(size)``
+    and ``PILToTensor()``, computed by PIL directly: the transforms' dispatch cost as much as
+    decoding a small JPEG.
+    """
+
+    resize: int
+    size: int
+    resample: int  # a PIL resampling filter
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        width, height = image.size
+        short, long = (width, height) if width <= height else (height, width)
+        if short != self.resize:
+            other = int(self.resize * long / short)
+            shape = (self.resize, other) if width <= height else (other, self.resize)
+            image = image.resize(shape, self.resample)
+            width, height = shape
+        top = round((height - self.size) / 2.0)
+        left = round((width - self.size) / 2.0)
+        image = image.crop((left, top, left + self.size, top + self.size))
+        return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+
+
+def base_transform(config: DataConfig, img_size: int) -> BaseTransform:
+    """Resize, center crop and convert an RGB PIL image to a ``uint8`` tensor."""
     resize = max(img_size, int(img_size / config.crop_pct))
-    interpolation = InterpolationMode(config.interpolation)
-    return v2.Compose(
-        [
-            v2.Resize(resize, interpolation=interpolation, antialias=True),
-            v2.CenterCrop(img_size),
-            v2.PILToTensor(),
-        ]
-    )
+    resample = pil_modes_mapping[InterpolationMode(config.interpolation)]
+    return BaseTransform(resize, img_size, resample)
 
 
 @attrs.frozen
@@ -59,7 +84,7 @@ def build_transforms(
     img_size: int,
     pixels: Sequence[Callable] = (),
     tensors: Sequence[Callable] = (),
-) -> tuple[v2.Compose, Callable | None]:
+) -> tuple[BaseTransform, Callable | None]:
     """Return ``(base, train)``: the base transform and what training applies to its output
     (None: nothing). Evaluation takes the base transform's uint8 pixels as they are.
 
