@@ -23,11 +23,11 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import torch
 from common import (
     IMG_SIZE,
     plain_loaders,
     plain_model,
+    plain_optimizer,
     plain_train,
     pretrain,
     print_table,
@@ -63,14 +63,7 @@ def main() -> None:
 
         def plain(top_only: bool) -> float:
             model = plain_model(weights, num_classes=4)
-            if top_only:
-                for param in model.parameters():
-                    param.requires_grad = False
-                for module in (model.layer4, model.fc):
-                    for param in module.parameters():
-                        param.requires_grad = True
-            params = [p for p in model.parameters() if p.requires_grad]
-            optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9)
+            optimizer = plain_optimizer(model, args.lr, top_only)
             return plain_train(model, plain_loaders(data), optimizer, args.epochs)
 
         def tlplug(schedule: str, precision: str, cache: str = "auto", **more) -> float:

@@ -18,8 +18,15 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import torch
-from common import plain_loaders, plain_model, plain_train, pretrain, timed, tlplug_run
+from common import (
+    plain_loaders,
+    plain_model,
+    plain_optimizer,
+    plain_train,
+    pretrain,
+    timed,
+    tlplug_run,
+)
 from common import write_images as write_data
 from fine_tune import TopGroup
 
@@ -37,13 +44,7 @@ def main() -> None:
 
         def plain() -> float:
             model = plain_model(weights, num_classes=4)
-            for param in model.parameters():
-                param.requires_grad = False
-            for module in (model.layer4, model.fc):
-                for param in module.parameters():
-                    param.requires_grad = True
-            params = [p for p in model.parameters() if p.requires_grad]
-            optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+            optimizer = plain_optimizer(model, 0.01, top_only=True)
             peaks: list[float] = []
             plain_train(model, plain_loaders(data, SIZE), optimizer, args.epochs, peaks=peaks)
             return peaks[-1]

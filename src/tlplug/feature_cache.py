@@ -52,8 +52,10 @@ class CachedBatches:
         return len(self.batch_sampler)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for batch in self.batch_sampler:
-            index = torch.tensor([item[0] if isinstance(item, tuple) else item for item in batch])
+        order = self.batch_sampler.sampler.indices()  # an EpochSampler's, item seeds aside
+        size = self.batch_sampler.batch_size
+        for start in range(0, len(self) * size, size):
+            index = order[start : start + size]
             yield self.features.values[index], self.features.labels[index]
 
 

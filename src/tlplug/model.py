@@ -34,6 +34,7 @@ class TransferModel(nn.Module):
             LayerGroup(HEAD_GROUP, tuple(HEAD_PREFIX + n for n, _ in head.named_parameters()))
         )
         self.pinned: frozenset[str] = frozenset()  # parameters no stage trains (an adapter's)
+        self._subtree_groups: dict[str, frozenset[str]] | None = None
 
     def regroup(self, before: dict[int, str]) -> None:
         """Assign every parameter to a group again after modules were added or wrapped.
@@ -50,6 +51,7 @@ class TransferModel(nn.Module):
             group = owner[old] if old in owner else owner[_nearest(name, old_names)]
             members[group].append(name)
         self.groups = [LayerGroup(g.name, tuple(members[g.name])) for g in self.groups]
+        self._subtree_groups = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits for a batch of normalized images."""
@@ -81,7 +83,13 @@ class TransferModel(nn.Module):
         """Map every module path to the groups owning the parameters and buffers below it.
 
         A module that holds none (an activation, a dropout) maps to its parent's groups.
+        Computed once; :meth:`regroup` (after modules were added) computes it again.
         """
+        if self._subtree_groups is None:
+            self._subtree_groups = self._find_subtree_groups()
+        return self._subtree_groups
+
+    def _find_subtree_groups(self) -> dict[str, frozenset[str]]:
         holders = [(p.rpartition(".")[0], g.name) for g in self.groups for p in g.params]
         holders += list(self.group_modules().items())
         below = {path: set() for path, _ in self.named_modules(remove_duplicate=False)}

@@ -103,14 +103,23 @@ class EpochSampler(Sampler):
         return self.size
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        generator = self._generator()
+        order = self._order(generator).tolist()
+        seeds = torch.randint(0, 2**62, (self.size,), generator=generator).tolist()
+        yield from zip(order, seeds, strict=True)
+
+    def indices(self) -> torch.Tensor:
+        """The epoch's image indices in the order :meth:`__iter__` yields them."""
+        return self._order(self._generator())
+
+    def _generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+
+    def _order(self, generator: torch.Generator) -> torch.Tensor:
         order = torch.randperm(self.size, generator=generator) if self.shuffle else None
         if self.weights is not None:
             order = torch.multinomial(self.weights, self.size, True, generator=generator)
-        seeds = torch.randint(0, 2**62, (self.size,), generator=generator)
-        for position in range(self.size):
-            index = int(order[position]) if order is not None else position
-            yield index, int(seeds[position])
+        return order if order is not None else torch.arange(self.size)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
