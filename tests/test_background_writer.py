@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import nn
 
@@ -45,3 +47,15 @@ def test_a_view_of_a_still_tensor_is_copied_as_itself():
     copies = writer.snapshot({"whole": frozen, "row": frozen[0], "column": frozen[:, 1]})
     assert torch.equal(copies["row"], frozen[0]) and copies["row"].shape == (4,)
     assert torch.equal(copies["column"], frozen[:, 1]) and copies["column"].is_contiguous()
+
+
+def test_writes_queued_together_start_only_when_all_are_queued(tmp_path):
+    writer = BackgroundWriter()
+    order, queued = [], []
+    with writer.together():
+        writer.submit(lambda: order.append(("weights", bool(queued))), tmp_path / "model")
+        time.sleep(0.2)  # the writer thread would have started by now if it could
+        writer.submit(lambda: order.append(("state", bool(queued))), tmp_path / "resume")
+        queued.append(True)
+    writer.wait()
+    assert order == [("weights", True), ("state", True)]

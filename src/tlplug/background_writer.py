@@ -16,9 +16,10 @@ the whole backbone, every epoch.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ class BackgroundWriter:
 
     def __init__(self) -> None:
         self._pending: dict[Path, Callable[[], None]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # held by together() while it queues writes
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._still: dict[int, torch.Tensor] = {}  # data_ptr -> a tensor that holds still
@@ -78,6 +79,14 @@ class BackgroundWriter:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._drain, daemon=True)
                 self._thread.start()
+
+    @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        """Hold the writes submitted in the block until it ends, so the thread never picks up
+        one of them before the rest are queued: a resume state naming a new best epoch is
+        never written ahead of those best weights."""
+        with self._lock:
+            yield
 
     def wait(self) -> None:
         """Block until every submitted write is done; raise the first failure."""

@@ -519,19 +519,20 @@ class Engine:
                     tally["best_acc"],
                     -tally["best_loss"],
                 )
-                if best:
-                    tally.update(best_acc=val.acc, best_loss=val.loss, best_epoch=epoch)
-                    tally["per_class"] = [correct, count]
-                    save_weights(
-                        model, run.run_dir / rundir.WEIGHTS, run.config, writer, run.adapter
+                with writer.together():
+                    if best:
+                        tally.update(best_acc=val.acc, best_loss=val.loss, best_epoch=epoch)
+                        tally["per_class"] = [correct, count]
+                        save_weights(
+                            model, run.run_dir / rundir.WEIGHTS, run.config, writer, run.adapter
+                        )
+                    self.plugins.hook.tlplug_epoch_end(run=run, record=record)
+                    run.history.append(record)
+                    rundir.append_jsonl(run.run_dir / rundir.METRICS, record)
+                    tally.update(
+                        seconds=time.perf_counter() - started, skipped_nonfinite=nonfinite.skipped
                     )
-                self.plugins.hook.tlplug_epoch_end(run=run, record=record)
-                run.history.append(record)
-                rundir.append_jsonl(run.run_dir / rundir.METRICS, record)
-                tally.update(
-                    seconds=time.perf_counter() - started, skipped_nonfinite=nonfinite.skipped
-                )
-                checkpoint.save_resume(run.run_dir / checkpoint.RESUME, run, tally, writer)
+                    checkpoint.save_resume(run.run_dir / checkpoint.RESUME, run, tally, writer)
                 console.say(_epoch_line(record, recipe.epochs, best))
         summary = {
             "best_val_acc": tally["best_acc"],
