@@ -57,14 +57,16 @@ def plain_model(weights: Path, num_classes: int) -> nn.Module:
     return model
 
 
-def plain_optimizer(model: nn.Module, lr: float, top_only: bool) -> torch.optim.Optimizer:
-    """SGD over what the articles train: everything, or (``top_only``) layer4 and fc, the
-    rest frozen with ``requires_grad``."""
-    if top_only:
+def plain_optimizer(
+    model: nn.Module, lr: float, train: tuple[str, ...] | None = None
+) -> torch.optim.Optimizer:
+    """SGD over what the articles train: everything, or only the modules named in ``train``
+    (``("fc",)``, ``("layer4", "fc")``), the rest frozen with ``requires_grad``."""
+    if train is not None:
         for param in model.parameters():
             param.requires_grad = False
-        for module in (model.layer4, model.fc):
-            for param in module.parameters():
+        for name in train:
+            for param in model.get_submodule(name).parameters():
                 param.requires_grad = True
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.SGD(params, lr=lr, momentum=0.9)

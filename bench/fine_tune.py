@@ -63,7 +63,7 @@ def main() -> None:
 
         def plain(top_only: bool) -> float:
             model = plain_model(weights, num_classes=4)
-            optimizer = plain_optimizer(model, args.lr, top_only)
+            optimizer = plain_optimizer(model, args.lr, ("layer4", "fc") if top_only else None)
             return plain_train(model, plain_loaders(data), optimizer, args.epochs)
 
         def tlplug(schedule: str, precision: str, cache: str = "auto", **more) -> float:

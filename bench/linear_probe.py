@@ -19,11 +19,11 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import torch
 from common import (
     IMG_SIZE,
     plain_loaders,
     plain_model,
+    plain_optimizer,
     plain_train,
     pretrain,
     print_table,
@@ -46,11 +46,7 @@ def main() -> None:
 
         def plain(frozen_bn: bool) -> float:
             model = plain_model(weights, num_classes=4)
-            for param in model.parameters():
-                param.requires_grad = False
-            for param in model.fc.parameters():
-                param.requires_grad = True
-            optimizer = torch.optim.SGD(model.fc.parameters(), lr=args.lr, momentum=0.9)
+            optimizer = plain_optimizer(model, args.lr, train=("fc",))
             return plain_train(model, plain_loaders(data), optimizer, args.epochs, frozen_bn)
 
         def tlplug(precision: str) -> float:

@@ -26,8 +26,8 @@ from common import (
     pretrain,
     timed,
     tlplug_run,
+    write_images,
 )
-from common import write_images as write_data
 from fine_tune import TopGroup
 
 SIZE = 224
@@ -40,11 +40,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         weights = pretrain(root)
-        data = write_data(root / "data")
+        data = write_images(root / "data")
 
         def plain() -> float:
             model = plain_model(weights, num_classes=4)
-            optimizer = plain_optimizer(model, 0.01, top_only=True)
+            optimizer = plain_optimizer(model, 0.01, train=("layer4", "fc"))
             peaks: list[float] = []
             plain_train(model, plain_loaders(data, SIZE), optimizer, args.epochs, peaks=peaks)
             return peaks[-1]
