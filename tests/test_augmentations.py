@@ -9,13 +9,13 @@ import torch
 from torch import nn
 
 from tlplug.backbone import DataConfig
-from tlplug.build import augmentation_phase
 from tlplug.builtin import augmentations
 from tlplug.data.synthetic import draw
 from tlplug.data.transforms import OneOf, build_transforms, normalize
 from tlplug.engine import Engine
 from tlplug.errors import OptionError
 from tlplug.loss import Batch, TrainingLoss
+from tlplug.marks import phase_of as phase_of_strategy
 from tlplug.plugins import PluginHost
 
 REGISTRY = PluginHost(entrypoints=False).registry("augmentations")
@@ -190,7 +190,7 @@ def test_order_by_phase_and_order_not_by_command_line(tiny):
     assert order(tiny, "randaugment", "color-jitter") == ["randaugment", "color-jitter"]
     assert order(tiny, "color-jitter", "randaugment") == ["color-jitter", "randaugment"]
     engine = Engine.from_plugins(entrypoints=False, **tiny, augment=given)
-    phases = [augmentation_phase(c) for c in engine.parts.augmentations]
+    phases = [phase_of_strategy(c.strategy) for c in engine.parts.augmentations]
     assert phases == ["pixels"] * 3 + ["tensor"] + ["batch"] * 2
 
 
@@ -265,3 +265,14 @@ def test_train_and_eval_transforms():
     erase = REGISTRY.get("random-erasing").factory(32, p=0.0)
     _, train = build_transforms(config, 32, [flip], [erase])
     assert torch.equal(train(pixels), norm(flipped))  # a tensor phase needs normalized images
+
+
+def test_a_batch_augmentation_marked_always_reaches_every_batch(image_folder, tmp_path):
+    """The guide's gaussian noise runs on every batch, also while mixup takes its turns."""
+    from test_docs import fit, load, recording
+
+    module = load("augmentation")
+    batches: list[int] = []
+    module.gaussian_noise = recording(module.gaussian_noise, batches, lambda i, t: len(i))
+    fit(module, image_folder, tmp_path, augment=["gaussian-noise", "mixup", "cutmix"], epochs=2)
+    assert len(batches) == 2 * (36 // 8)

@@ -167,7 +167,7 @@ def test_torchvision_run_with_val_split(class_folders, tmp_path, capsys):
     config = json.loads((out / "config.json").read_text())
     assert config["resolved"]["data"]["layout"] == "split"
     assert config["resolved"]["data"]["num_val"] == 6  # 3 of 10 per class
-    assert config["recipe"]["augment_opts"] == {"crop": {"scale": [0.5, 1.0]}}
+    assert config["recipe"]["augment_opts"]["crop"] == {"scale": [0.5, 1.0], "ratio": [0.75, 4 / 3]}
     metrics = read_jsonl(out / "metrics.jsonl")
     assert [m["trainable_groups"] for m in metrics] == [["head"], ["layer3", "layer4", "head"]]
 

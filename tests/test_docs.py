@@ -37,6 +37,10 @@ EXPECTED = {
     "regularizer",
     "lifecycle",
     "testing",
+    "exporter",
+    "logger",
+    "kind",
+    "command",
 }
 
 

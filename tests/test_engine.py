@@ -68,11 +68,11 @@ def test_recipe_round_trips_through_config(image_folder, tmp_path, tiny):
     config = json.loads((result.run_dir / "config.json").read_text())
     rebuilt = Engine.from_plugins(entrypoints=False, **config["recipe"]).recipe
     assert rebuilt == attrs.evolve(engine.recipe, epochs=1)
-    assert rebuilt.head_opts == {"hidden": (16, 8), "dropout": 0.1}
+    assert rebuilt.head_opts == {"hidden": (16, 8), "dropout": 0.1, "activation": "relu"}
     assert config["resolved"]["augmentations"][1] == {
         "name": "color-jitter",
         "plugin": "augmentations",
-        "options": {"hue": 0.1},
+        "options": {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1},
     }
 
 

@@ -72,4 +72,8 @@ def test_vgg16_mlp_example(image_folder, tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["resolved"]["backbone"]["num_features"] == 25088
     assert [g["name"] for g in config["resolved"]["groups"]][-1] == "head"
-    assert config["recipe"]["head_opts"] == {"hidden": [4096, 4096], "dropout": 0.5}
+    assert config["recipe"]["head_opts"] == {
+        "hidden": [4096, 4096],
+        "dropout": 0.5,
+        "activation": "relu",
+    }

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torchvision.transforms import v2
 
 from conftest import RunDirFiles
-from tlplug import Engine, feature_cache
+from tlplug import Engine, augmentation, feature_cache, hookimpl
 from tlplug.checkpoint import read_resume
 
 PROBE = dict(
@@ -67,3 +68,39 @@ def test_random_augmentation_turns_the_cache_off_unless_asked(image_folder, tmp_
     )
     assert result.history[0]["feature_cache"] is True
     assert "feature cache on (without flip)" in capsys.readouterr().out
+
+
+class Grayscale:
+    """A deterministic augmentation: the image's luma in all three channels."""
+
+    name = "grayscale-plugin"
+
+    @hookimpl
+    def tlplug_register_augmentations(self, register):
+        register("grayscale", grayscale)
+
+
+@augmentation(phase="pixels", random=False)
+def grayscale(img_size: int):
+    """Turn the image grey (deterministic)."""
+    return v2.Grayscale(num_output_channels=3)
+
+
+def test_a_deterministic_augmentation_keeps_the_cache_and_reaches_the_cached_images(
+    image_folder, tmp_path, capsys
+):
+    runs = {}
+    for mode in ("auto", "off"):
+        runs[mode] = Engine.from_plugins(
+            Grayscale(), entrypoints=False, **(PROBE | {"augment": ("grayscale",)}),
+            cache_features=mode,
+        ).fit(image_folder, out=tmp_path / mode)  # fmt: skip
+    assert [r["feature_cache"] for r in runs["auto"].history] == [True] * 3
+    assert "feature cache on: the backbone runs once" in capsys.readouterr().out
+    cached, plain = head_of(tmp_path / "auto"), head_of(tmp_path / "off")
+    for key in cached:  # the cached features are those of grey images, as training sees them
+        torch.testing.assert_close(cached[key], plain[key], rtol=1e-4, atol=1e-5)
+    colour = Engine.from_plugins(entrypoints=False, **PROBE).fit(
+        image_folder, out=tmp_path / "colour", quiet=True
+    )
+    assert colour.history[-1]["train_loss"] != runs["auto"].history[-1]["train_loss"]

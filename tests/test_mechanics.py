@@ -17,7 +17,13 @@ from tlplug.builtin import lr_schedules
 from tlplug.cli import main
 from tlplug.errors import OptionError
 from tlplug.model import TransferModel
-from tlplug.optim import StageScaledScheduler, build_optimizer, group_lrs, lr_multipliers
+from tlplug.optim import (
+    StageScaledScheduler,
+    build_optimizer,
+    build_scheduler,
+    group_lrs,
+    lr_multipliers,
+)
 from tlplug.plugins import PluginHost
 from tlplug.recipe import Recipe
 from tlplug.schedule import stage_at
@@ -220,7 +226,7 @@ def test_schedule_state_is_json_and_continues_exactly(lr_schedule, image_folder,
     fresh = attrs.evolve(
         run,
         optimizer=optimizer,
-        lr_scheduler=engine._lr_scheduler(optimizer, 4, per_epoch),
+        lr_scheduler=build_scheduler(engine.parts.lr_schedule, optimizer, 4, per_epoch),
         history=[],
         stage=-1,
         epoch=0,

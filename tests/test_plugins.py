@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tlplug import Engine, Stage, TlplugError, hookimpl
+from tlplug import Engine, Stage, TlplugError, hookimpl, hookspecs
 from tlplug.builtin import BUILTIN_PLUGINS
 from tlplug.plugins import PluginHost
 
@@ -86,7 +86,7 @@ def test_incompatible_and_misspelled_plugins_are_reported_in_plain_words(demo_si
     future = infos["future"]
     assert future["status"] == "incompatible"
     assert future["error"].startswith("needs tlplug hook API 2.0, and this tlplug")
-    assert future["error"].endswith("has 1.0; upgrade tlplug")
+    assert future["error"].endswith(f"has {hookspecs.HOOK_API}; upgrade tlplug")
     assert infos["misspelled"]["status"] == "failed"
     assert infos["misspelled"]["error"] == (
         "TlplugError: its tlplug_epoch_end asks for arguments the hook does not pass; "
@@ -118,6 +118,7 @@ def test_environment_chooses_which_installed_plugins_load(demo_site):
 def test_installed_plugin_strategies_are_usable_by_name(demo_site, image_folder, tmp_path):
     listed = tlplug("list", "heads", site=demo_site).stdout
     assert "zero-linear" in listed and "A linear head that starts at zero." in listed
+    assert "--notify-opt NAME.KEY=VALUE" in tlplug("run", "--help", site=demo_site).stdout
     log = tmp_path / "hook.log"
     result = tlplug(
         "run",
@@ -138,14 +139,24 @@ def test_installed_plugin_strategies_are_usable_by_name(demo_site, image_folder,
         "zero-linear",
         "--schedule",
         "head-then-top2",
+        "--notify",  # a kind the installed package adds (tlplug_demo_plugin/notifiers.py)
+        "file",
+        "--notify-opt",
+        "file.prefix=demo",
         "--out",
         str(tmp_path / "run"),
         site=demo_site,
         TLPLUG_DEMO_LOG=str(log),
     )
     assert result.returncode == 0, result.stderr
+    best = json.loads((tmp_path / "run" / "summary.json").read_text())["best_val_acc"]
+    assert (tmp_path / "run" / "notified.txt").read_text() == f"demo {best:.4f}\n"
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["resolved"]["head"] == {"name": "zero-linear", "plugin": "demo", "options": {}}
+    assert config["resolved"]["head"] == {
+        "name": "zero-linear",
+        "plugin": "demo",
+        "options": {"bias": True},
+    }
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert [m["trainable_groups"] for m in metrics] == [["head"], ["layer4", "head"]]
     assert [m["demo_plugin_saw_epoch"] for m in metrics] == [1, 2]
@@ -241,6 +252,16 @@ def test_docs_plugin_example_runs(image_folder, tmp_path, tiny):
         ["head"],
         ["layer3", "layer4", "head"],
     ]
+    for warm, expected in ((0, [["layer3", "layer4", "head"]] * 2), (5, [["head"]] * 2)):
+        tiny.update(schedule_opts={"warm_epochs": warm})
+        result = Engine.from_plugins(module, entrypoints=False, **tiny).fit(
+            image_folder, out=tmp_path / f"warm{warm}", quiet=True
+        )
+        assert [h["trainable_groups"] for h in result.history] == expected
+    tiny.update(schedule_opts={"warm_epochs": -1})
+    with pytest.raises(TlplugError, match="warm_epochs must be >= 0, got -1"):
+        Engine.from_plugins(module, entrypoints=False, **tiny).fit(image_folder, out=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
 
 
 def test_plugin_with_a_misspelt_hook_is_reported():

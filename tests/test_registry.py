@@ -111,3 +111,21 @@ def test_duplicate_name_is_an_error_naming_both_plugins_and_can_be_qualified():
     assert registry.get("heads/linear").plugin == "heads"
     assert registry.get("clashing/linear").plugin == "clashing"
     assert registry.get("mlp").plugin == "heads"
+
+
+def test_descriptions_are_whole_sentences():
+    from tlplug.registry import summary_of
+
+    def two(groups, epochs):
+        """Train the head for a while, e.g. two epochs, then
+        everything. After that, nothing."""
+
+    def paragraph(img_size):
+        """Random erasing: with probability ``p``, a box replaced
+
+        The box covers a fraction ``scale`` of the image."""
+
+    assert summary_of(two) == "Train the head for a while, e.g. two epochs, then everything."
+    assert summary_of(paragraph) == "Random erasing: with probability ``p``, a box replaced"
+    descriptions = PluginHost(entrypoints=False).registry("lr-schedules").strategies()
+    assert all(s.description.endswith(".") for s in descriptions)

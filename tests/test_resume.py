@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from torch import nn
 
 from conftest import tlplug
-from tlplug import Engine, TlplugError, hookimpl
+from tlplug import Engine, hookimpl
 from tlplug.checkpoint import read_resume
 
 TINY_ARGS = ["--no-pretrained", "--img-size", "32", "--batch-size", "8", "--workers", "0"]
@@ -167,88 +166,6 @@ def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(tmp_path):
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
     assert read_resume(run_dir / "resume.safetensors").epoch >= 1
-
-
-class NanHead(nn.Linear):
-    """A head whose logits are NaN in the training steps listed in ``bad`` (1-based)."""
-
-    def __init__(self, num_features: int, num_classes: int, bad: tuple[int, ...]):
-        super().__init__(num_features, num_classes)
-        self.bad, self.calls = bad, 0
-
-    def forward(self, features):
-        logits = super().forward(features)
-        if self.training:
-            self.calls += 1
-            if self.calls in self.bad:
-                return logits * float("nan")
-        return logits
-
-
-class NanHeads:
-    name = "nan-heads"
-
-    def __init__(self, bad: tuple[int, ...]):
-        self.bad = bad
-
-    @hookimpl
-    def tlplug_register_heads(self, register):
-        register("nan", lambda f, n: NanHead(f, n, self.bad))
-
-
-def test_divergence_stops_keeps_the_best_weights_and_names_the_step(image_folder, tmp_path):
-    recipe = RUN_RECIPE | {"head": "nan", "epochs": 3}  # 4 steps per epoch: step 6 is in epoch 2
-    engine = Engine.from_plugins(NanHeads((6,)), entrypoints=False, **recipe)
-    with pytest.raises(TlplugError) as caught:
-        engine.fit(image_folder, out=tmp_path, quiet=True)
-    message = str(caught.value)
-    assert "the loss became nan at epoch 2, step 2; try a lower --lr" in message
-    assert "--skip-nonfinite" in message and "(epoch 1) are kept" in message
-    best = load_file(tmp_path / "model.safetensors")
-    assert_same_tensors(best, {k[6:]: v for k, v in final_model(tmp_path).items()})
-    assert epochs_of(tmp_path) == [1]
-
-
-def test_skip_nonfinite_steps_over_bad_batches(image_folder, tmp_path):
-    recipe = RUN_RECIPE | {"head": "nan", "epochs": 2, "skip_nonfinite": 2}
-    result = Engine.from_plugins(NanHeads((2, 7)), entrypoints=False, **recipe).fit(
-        image_folder, out=tmp_path, quiet=True
-    )
-    assert [r["skipped_nonfinite"] for r in result.history] == [1, 2]
-    assert json.loads((tmp_path / "summary.json").read_text())["skipped_nonfinite"] == 2
-    assert all(torch.isfinite(v).all() for v in load_file(tmp_path / "model.safetensors").values())
-
-
-class OomHead(nn.Linear):
-    """A head that runs out of memory for training batches larger than 4 (as a GPU would)."""
-
-    def forward(self, features):
-        if self.training and len(features) > 4:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return super().forward(features)
-
-
-class OomHeads:
-    name = "oom-heads"
-
-    @hookimpl
-    def tlplug_register_heads(self, register):
-        register("oom", OomHead)
-
-
-def test_out_of_memory_names_the_batch_size_and_auto_batch_size_fits(image_folder, tmp_path):
-    recipe = RUN_RECIPE | {"head": "oom", "epochs": 1, "batch_size": 16}
-    with pytest.raises(TlplugError, match="out of memory .* at batch size 16 .*--batch-size 8"):
-        Engine.from_plugins(OomHeads(), entrypoints=False, **recipe).fit(
-            image_folder, out=tmp_path / "a", quiet=True
-        )
-    assert not (tmp_path / "a" / "model.safetensors").exists()
-    recipe["auto_batch_size"] = True
-    Engine.from_plugins(OomHeads(), entrypoints=False, **recipe).fit(
-        image_folder, out=tmp_path / "b", quiet=True
-    )
-    config = json.loads((tmp_path / "b" / "config.json").read_text())
-    assert config["resolved"]["batch_size"] == 4
 
 
 @pytest.fixture(scope="module")

@@ -219,3 +219,21 @@ def test_balance_is_recorded_and_trains(tmp_path, tiny, image_folder):
         result = engine.fit(skewed, out=tmp_path / balance, quiet=True)
         config = json.loads((result.run_dir / "config.json").read_text())
         assert config["recipe"]["balance"] == balance
+
+
+def test_num_train_counts_the_images_trained_on(tmp_path, image_folder, tiny):
+    """A training image that fails to decode while training is replaced by another of its
+    class; summary.json's num_train leaves it out, config.json's lists what was found."""
+    import json
+    import shutil
+
+    shutil.copytree(image_folder, tmp_path / "d")
+    good = next((tmp_path / "d" / "train" / "dots").iterdir()).read_bytes()
+    (tmp_path / "d" / "train" / "dots" / "broken.jpg").write_bytes(good[: len(good) * 3 // 4])
+    Engine.from_plugins(entrypoints=False, **(tiny | {"epochs": 1})).fit(
+        tmp_path / "d", out=tmp_path / "r", quiet=True
+    )
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert config["resolved"]["data"]["num_train"] == 37
+    assert summary["num_train"] == 36 and len(summary["skipped_files"]) == 1

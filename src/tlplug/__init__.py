@@ -3,13 +3,16 @@
 The public face: :class:`Engine` to train and load, :data:`hookimpl` to write plugins,
 :class:`Recipe` for the resolved settings of a run, what each plugin kind hands back
 (:class:`Stage`, :class:`Backbone`, :class:`Splits`, :class:`Adapter`; :class:`Batch` for
-regularizers; :func:`augmentation` to place an augmentation) and the errors a user can act
-on.
+regularizers; :func:`augmentation` to mark an augmentation), :class:`Kind` and
+:data:`hookspec` for a kind of strategy of a plugin's own, and the errors a user can act
+on. Names that need torch are imported on first use, so a plugin importing only
+``hookimpl`` stays light.
 """
 
-from tlplug.backbone import Backbone, BackboneProvider, DataConfig, LayerGroup
 from tlplug.errors import DataError, OptionError, TlplugError, UnknownNameError, WeightsError
-from tlplug.hookspecs import HOOK_API, hookimpl
+from tlplug.hookspecs import HOOK_API, hookimpl, hookspec
+from tlplug.kinds import Kind
+from tlplug.marks import augmentation
 from tlplug.recipe import Recipe
 from tlplug.schedule import Stage
 
@@ -27,6 +30,7 @@ __all__ = [
     "DecodeError",
     "Engine",
     "FitResult",
+    "Kind",
     "LayerGroup",
     "OptionError",
     "Recipe",
@@ -40,11 +44,16 @@ __all__ = [
     "__version__",
     "augmentation",
     "hookimpl",
+    "hookspec",
 ]
 
 # Names that pull in torch (or the data stack) on first use, so that a plugin importing
 # only ``hookimpl`` stays light.
 _LAZY = {
+    "Backbone": "tlplug.backbone",
+    "BackboneProvider": "tlplug.backbone",
+    "DataConfig": "tlplug.backbone",
+    "LayerGroup": "tlplug.backbone",
     "Engine": "tlplug.engine",
     "FitResult": "tlplug.engine",
     "Classifier": "tlplug.predict",
@@ -54,7 +63,6 @@ _LAZY = {
     "Splits": "tlplug.data.sources",
     "Skipped": "tlplug.data.sources",
     "DecodeError": "tlplug.data.sources",
-    "augmentation": "tlplug.data.transforms",
 }
 
 

@@ -111,16 +111,11 @@ def groups_from_lists(param_lists: Sequence[Sequence[str]]) -> list[LayerGroup]:
     group's (``layer3`` for all of ``layer3.0.*``, ``blocks.11+norm`` for a last block that
     took the final norm along).
     """
-    owners: dict[str, set[int]] = {}
-    for index, names in enumerate(param_lists):
-        for name in names:
-            parts = name.split(".")
-            for depth in range(1, len(parts) + 1):
-                owners.setdefault(".".join(parts[:depth]), set()).add(index)
     groups: list[LayerGroup] = []
     taken: set[str] = set()
-    for index, names in enumerate(param_lists):
-        name = "stem" if index == 0 else "+".join(_exclusive_paths(names, owners, index))
+    named = module_paths(param_lists, skip=RESERVED_NAMES)
+    for index, (names, paths) in enumerate(zip(param_lists, named, strict=True)):
+        name = "stem" if index == 0 else "+".join(paths)
         while name in taken:
             name = f"{name}_{index}"
         taken.add(name)
@@ -128,17 +123,30 @@ def groups_from_lists(param_lists: Sequence[Sequence[str]]) -> list[LayerGroup]:
     return groups
 
 
-def _exclusive_paths(names: Sequence[str], owners: dict[str, set[int]], index: int) -> list[str]:
-    paths: list[str] = []
-    for name in names:
-        parts = name.split(".")
-        for depth in range(1, len(parts) + 1):
-            prefix = ".".join(parts[:depth])
-            if owners[prefix] == {index} and prefix not in RESERVED_NAMES:
-                if prefix not in paths:
-                    paths.append(prefix)
-                break
-    return paths
+def module_paths(
+    param_lists: Sequence[Sequence[str]], skip: frozenset[str] = frozenset()
+) -> list[list[str]]:
+    """For each list of parameter names, the shortest module paths (other than ``skip``)
+    that hold its parameters and none of the other lists': the modules a group is made of."""
+    owners: dict[str, set[int]] = {}
+    for index, names in enumerate(param_lists):
+        for name in names:
+            parts = name.split(".")
+            for depth in range(1, len(parts) + 1):
+                owners.setdefault(".".join(parts[:depth]), set()).add(index)
+    found = []
+    for index, names in enumerate(param_lists):
+        paths: list[str] = []
+        for name in names:
+            parts = name.split(".")
+            for depth in range(1, len(parts) + 1):
+                prefix = ".".join(parts[:depth])
+                if owners[prefix] == {index} and prefix not in skip:
+                    if prefix not in paths:
+                        paths.append(prefix)
+                    break
+        found.append(paths)
+    return found
 
 
 def groups_from_children(model: nn.Module) -> list[LayerGroup]:

@@ -1,11 +1,13 @@
 """Turning a recipe into parts: named strategies resolved, then the model assembled.
 
 Resolution happens when an engine is made, so an unknown name or option fails before any
-data is read. Building happens per run.
+data is read; it reads every kind's row (:mod:`tlplug.kinds`), so a new kind resolves with
+no code here. Building happens per run.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,18 +16,19 @@ import torch
 
 from tlplug.backbone import Backbone, check_groups, fold_norm_groups, merge_groups
 from tlplug.errors import OptionError, TlplugError, UnknownNameError, one_line
+from tlplug.kinds import Kind, split_backbone
 from tlplug.model import TransferModel
-from tlplug.options import resolve_options
+from tlplug.options import resolve_options, with_defaults
 from tlplug.plugins import PluginHost
 from tlplug.recipe import Recipe
-from tlplug.registry import Strategy, split_backbone
+from tlplug.registry import Strategy
 from tlplug.schedule import Stage, check_plan
 from tlplug.weights import LoadReport, backbone_part, load_into, read_state_dict
 
 
 @attrs.frozen
 class Choice:
-    """A strategy picked by name, with its checked, typed options."""
+    """A strategy picked by name, with its checked, typed options (defaults included)."""
 
     strategy: Strategy
     options: dict[str, Any]
@@ -37,16 +40,27 @@ class Choice:
 
 @attrs.frozen
 class Parts:
-    """Every strategy of a recipe, resolved."""
+    """Every strategy of a recipe, resolved, by kind: ``parts["heads"]`` is a
+    :class:`Choice`, a tuple of them for a kind of many (``augmentations``, in the order
+    they run), None for an optional kind nothing chose (``adapters``)."""
 
-    provider: Choice
-    model_name: str
-    head: Choice
-    schedule: Choice
-    lr_schedule: Choice
-    augmentations: tuple[Choice, ...]  # in the order they run: by phase, order, then as given
-    adapter: Choice | None = None
-    regularizers: tuple[Choice, ...] = ()
+    choices: Mapping[str, Any]
+    model_name: str  # the backbone's model, after the provider's name
+    names: Mapping[str, str] = attrs.field(factory=dict)  # other names of each kind's key
+
+    def __getitem__(self, key: str) -> Any:
+        return self.choices[key]
+
+    def __getattr__(self, name: str) -> Any:
+        """A kind's choice by its recipe field or key with underscores (``parts.head``,
+        ``parts.lr_schedule``, ``parts.augmentations``); ``parts.provider`` is the
+        backbone provider's."""
+        if name.startswith("__") or name in ("choices", "names", "model_name"):
+            raise AttributeError(name)
+        key = self.names.get(name)
+        if key is None:
+            raise AttributeError(name)
+        return self.choices[key]
 
 
 def choose(plugins: PluginHost, kind: str, name: str, options: dict[str, Any]) -> Choice:
@@ -59,47 +73,49 @@ def choose(plugins: PluginHost, kind: str, name: str, options: dict[str, Any]) -
             raise
         names = ", ".join(f"{i.name} ({i.status})" for i in missing)
         raise TlplugError(f"{exc}; not loaded: {names}, see 'tlplug plugins'") from None
-    target = strategy.factory.create if kind == "backbones" else strategy.factory
-    return Choice(strategy, resolve_options(target, options, f"{strategy.kind.noun} '{name}'"))
+    what = f"{strategy.kind.noun} '{name}'"
+    given = resolve_options(strategy.target, options, what)
+    return Choice(strategy, with_defaults(strategy.target, given))
 
 
 def resolve(plugins: PluginHost, recipe: Recipe) -> Parts:
     """Look up every name in ``recipe`` and check every strategy option."""
-    provider_name, model_name = split_backbone(recipe.backbone)
-    for flag, names, opts in (
-        ("augment", recipe.augment, recipe.augment_opts),
-        ("regularizer", recipe.regularizer, recipe.regularizer_opts),
-    ):
-        unknown = set(opts) - set(names)
-        if unknown:
-            raise OptionError(
-                f"--{flag}-opt names {', '.join(sorted(unknown))}, which is not in --{flag}"
-            )
-    augmentations = [
-        choose(plugins, "augmentations", name, recipe.augment_opts.get(name, {}))
-        for name in recipe.augment
-    ]
-    schedule = choose(plugins, "schedules", recipe.schedule, recipe.schedule_opts)
-    adapter = recipe.adapter or implied_adapter(schedule)
-    if recipe.adapter_opts and not adapter:
-        raise OptionError("--adapter-opt needs --adapter")
-    return Parts(
-        provider=choose(plugins, "backbones", provider_name, recipe.backbone_opts),
-        model_name=model_name,
-        head=choose(plugins, "heads", recipe.head, recipe.head_opts),
-        schedule=schedule,
-        lr_schedule=choose(plugins, "lr-schedules", recipe.lr_schedule, recipe.lr_schedule_opts),
-        augmentations=tuple(sorted(augmentations, key=augmentation_rank)),
-        adapter=choose(plugins, "adapters", adapter, recipe.adapter_opts) if adapter else None,
-        regularizers=tuple(
-            choose(plugins, "regularizers", name, recipe.regularizer_opts.get(name, {}))
-            for name in recipe.regularizer
-        ),
-    )
+    choices: dict[str, Any] = {}
+    for key, kind in plugins.kinds.items():
+        if kind.scope != "recipe":
+            continue
+        value, options = getattr(recipe, kind.field), getattr(recipe, kind.options_field)
+        if kind.many:
+            unknown = set(options) - set(value)
+            if unknown:
+                raise OptionError(
+                    f"{kind.options_flag} names {', '.join(sorted(unknown))}, which is not in "
+                    f"{kind.flag}"
+                )
+            chosen = [choose(plugins, key, name, options.get(name, {})) for name in value]
+            if kind.order is not None:
+                chosen.sort(key=lambda choice, k=kind: k.order(choice.strategy))
+            choices[key] = tuple(chosen)
+            continue
+        value = value if value is not None else implied(key, choices)
+        if value is None:
+            if options:
+                raise OptionError(f"{kind.options_flag} needs {kind.flag}")
+            choices[key] = None
+            continue
+        choices[key] = choose(plugins, key, kind.name_of(value), options)
+    names = {"provider": "backbones"}
+    for key, kind in plugins.kinds.items():
+        names |= {kind.field: key, key.replace("-", "_"): key}
+    return Parts(choices, split_backbone(recipe.backbone)[1], names)
 
 
-def implied_adapter(schedule: Choice) -> str | None:
-    """The adapter a schedule needs (its factory's ``adapter`` attribute), if any."""
+def implied(key: str, choices: Mapping[str, Any]) -> str | None:
+    """The name a kind gets when the recipe names none: a schedule may imply its adapter
+    (its factory's ``adapter`` attribute, as ``lora`` does)."""
+    schedule = choices.get("schedules")
+    if key != "adapters" or schedule is None:
+        return None
     name = getattr(schedule.strategy.factory, "adapter", None)
     if name is not None and not isinstance(name, str):
         raise TlplugError(
@@ -109,24 +125,38 @@ def implied_adapter(schedule: Choice) -> str | None:
     return name
 
 
-PHASES = ("pixels", "tensor", "batch")
+def resolved_recipe(recipe: Recipe, parts: Parts, kinds: Mapping[str, Kind]) -> Recipe:
+    """``recipe`` with every chosen strategy's options as resolved (defaults included) and
+    the names a kind was given by implication, so config.json rebuilds the same run."""
+    changes: dict[str, Any] = {}
+    for key, kind in kinds.items():
+        if kind.scope != "recipe" or parts[key] is None:
+            continue
+        if kind.many:
+            changes[kind.options_field] = {c.strategy.name: c.options for c in parts[key]}
+            continue
+        changes[kind.options_field] = parts[key].options
+        if getattr(recipe, kind.field) is None:
+            changes[kind.field] = parts[key].strategy.name
+    return attrs.evolve(recipe, **changes)
 
 
-def augmentation_phase(choice: Choice) -> str:
-    """Where an augmentation acts: ``pixels``, ``tensor`` or ``batch`` (see the hook)."""
-    phase = getattr(choice.strategy.factory, "phase", "pixels")
-    if phase not in PHASES:
-        raise TlplugError(
-            f"augmentation '{choice.strategy.name}' has phase {phase!r}; "
-            f"plugin '{choice.strategy.plugin}' must use one of {', '.join(PHASES)}"
-        )
-    return phase
-
-
-def augmentation_rank(choice: Choice) -> tuple[int, float]:
-    """Sort key of an augmentation: its phase, then its ``order`` (default 50)."""
-    order = getattr(choice.strategy.factory, "order", 50)
-    return PHASES.index(augmentation_phase(choice)), float(order)
+def record_choices(resolved: dict[str, Any], parts: Parts, kinds: Mapping[str, Kind]) -> None:
+    """Write each kind's resolved choice where its row says into config.json's
+    ``resolved`` part."""
+    for key, kind in kinds.items():
+        if kind.scope != "recipe":
+            continue
+        chosen = parts[key]
+        if kind.many:
+            value: Any = [choice.describe() for choice in chosen]
+        else:
+            value = chosen.describe() if chosen is not None else None
+        *path, last = kind.record_path
+        place = resolved
+        for step in path:
+            place = place.setdefault(step, {})
+        place[last] = value
 
 
 def build_backbone(provider: Choice, recipe: Recipe) -> tuple[Backbone, LoadReport | None]:
@@ -171,9 +201,9 @@ def probe(backbone: Backbone, img_size: int, name: str) -> None:
         with torch.no_grad():
             out = module(torch.zeros(1, 3, img_size, img_size))
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise TlplugError(
-            f"{name} cannot take {img_size}px images ({reason}); try another --img-size"
+            f"{name} cannot take {img_size}px images ({one_line(exc)[:160]}); "
+            "try another --img-size"
         ) from None
     finally:
         module.train(was_training)
@@ -190,9 +220,9 @@ def build_model(head: Choice, backbone: Backbone, num_classes: int) -> TransferM
     return TransferModel(backbone, module)
 
 
-def make_plan(parts: Parts, groups: list[str], epochs: int) -> list[Stage]:
+def make_plan(schedule: Choice, groups: list[str], epochs: int) -> list[Stage]:
     """Ask the schedule for its plan, check it, and drop stages that start after the run."""
-    what = f"schedule '{parts.schedule.strategy.name}'"
-    plan = parts.schedule.strategy.factory(list(groups), epochs, **parts.schedule.options)
+    what = f"schedule '{schedule.strategy.name}'"
+    plan = schedule.strategy.factory(list(groups), epochs, **schedule.options)
     checked = check_plan(plan, groups, what)
     return [stage for stage in checked if stage.start < epochs]

@@ -29,7 +29,8 @@ from tlplug.background_writer import BackgroundWriter
 from tlplug.errors import TlplugError
 from tlplug.run import Run
 from tlplug.rundir import FROZEN_PART, METRICS, RESUME
-from tlplug.weights import save_atomic
+from tlplug.tally import Tally
+from tlplug.weights import load_state, mismatched_keys, save_atomic, some
 
 __all__ = ["RESUME", "ResumeState", "read_resume", "restore", "save_resume"]
 
@@ -51,9 +52,7 @@ class ResumeState:
         return self.meta["epoch"]
 
 
-def save_resume(
-    path: Path, run: Run, best: dict[str, Any], writer: BackgroundWriter | None = None
-) -> None:
+def save_resume(path: Path, run: Run, tally: Tally, writer: BackgroundWriter | None = None) -> None:
     """Write ``run``'s state after its current epoch to ``path``, atomically; with a
     ``writer``, snapshot it now and write it in the background, the tensors the writer
     holds still in a part file of their own."""
@@ -77,7 +76,7 @@ def save_resume(
         "epoch": run.epoch,
         "schedule": run.schedule_state(),
         "optimizer": {"param_groups": optimizer["param_groups"], "state": plain},
-        "best": best,
+        "best": tally.to_json(),
         "recipe": run.recipe.to_json(),
         "rng": {
             "python": _jsonable(random.getstate()),
@@ -153,24 +152,16 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     return header, tensors
 
 
-def restore(run: Run, state: ResumeState) -> dict[str, Any]:
-    """Load ``state`` into ``run`` (model, optimizer, schedules, RNGs); return the best result."""
+def restore(run: Run, state: ResumeState) -> Tally:
+    """Load ``state`` into ``run`` (model, optimizer, schedules, RNGs); return the tally."""
     model = {k[len("model.") :]: v for k, v in state.tensors.items() if k.startswith("model.")}
-    own = run.model.state_dict()
-    differing = sorted(set(model) ^ set(own)) or [
-        f"{k} {tuple(model[k].shape)} vs {tuple(own[k].shape)}"
-        for k in own
-        if model[k].shape != own[k].shape
-    ]
+    differing = mismatched_keys(model, run.model.state_dict())
     if differing:
-        shown = ", ".join(differing[:3]) + (
-            f", ... ({len(differing)} in all)" * (len(differing) > 3)
-        )
         raise TlplugError(
-            f"the resume state is for another model or class count ({shown}); "
+            f"the resume state is for another model or class count ({some(differing)}); "
             "resume only the run that wrote it"
         )
-    run.model.load_state_dict(model)
+    load_state(run.model, model)
     saved = state.meta["optimizer"]
     if len(saved["param_groups"]) != len(run.optimizer.param_groups):
         raise TlplugError("the resume state's optimizer has other parameter groups than this run")
@@ -201,7 +192,7 @@ def restore(run: Run, state: ResumeState) -> dict[str, Any]:
     random.setstate(_tuples(rng["python"]))
     kind, keys, *rest = rng["numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
-    return state.meta["best"]
+    return Tally.from_json(state.meta["best"])
 
 
 def _jsonable(value: Any) -> Any:

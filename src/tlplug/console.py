@@ -14,11 +14,18 @@ class Console:
 
     def __init__(self, quiet: bool = False):
         self.quiet = quiet
+        self._said: set[str] = set()
 
     def say(self, message: str) -> None:
         """Print one line."""
         if not self.quiet:
             print(message, flush=True)
+
+    def say_once(self, message: str) -> None:
+        """Print one line unless this console printed it before."""
+        if message not in self._said:
+            self._said.add(message)
+            self.say(message)
 
     def progress(self, items: Iterable[T], total: int, label: str) -> Iterator[T]:
         """Iterate ``items`` with a transient progress bar when stderr is a terminal."""

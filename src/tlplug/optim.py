@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from tlplug.errors import OptionError
+from tlplug.errors import OptionError, TlplugError
 from tlplug.model import BACKBONE_PREFIX, TransferModel
 from tlplug.recipe import Recipe
 
@@ -147,3 +147,24 @@ class StageScaledScheduler:
     def _rescale(self, factor: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] *= factor
+
+
+def build_scheduler(
+    choice: Any, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int
+) -> StageScaledScheduler:
+    """The chosen LR schedule over the whole run, wrapped to apply stage LR scales."""
+    scheduler = choice.strategy.factory(
+        optimizer, epochs * steps_per_epoch, steps_per_epoch, **choice.options
+    )
+    if not callable(getattr(scheduler, "step", None)) or not hasattr(scheduler, "state_dict"):
+        raise TlplugError(
+            f"LR schedule '{choice.strategy.name}' returned {type(scheduler).__name__}, "
+            "not a torch LR scheduler"
+        )
+    return StageScaledScheduler(scheduler, optimizer)
+
+
+def stage_lrs(optimizer: torch.optim.Optimizer, groups: Sequence[str], stage: Any) -> dict:
+    """The learning rate each of ``stage``'s training groups has now, stem to head."""
+    lrs = group_lrs(optimizer)
+    return {name: lrs[name] for name in groups if name in stage.training}

@@ -10,6 +10,7 @@ before any work starts.
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import types
 import typing
@@ -89,11 +90,25 @@ def resolve_options(
             matches = close_matches(key, known)
             hint = f"did you mean '{matches[0]}'? " if matches else ""
             raise OptionError(f"{what} has no option '{key}'; {hint}its options: {valid}")
-        resolved[key] = coerce(value, option.type, f"{what} option '{key}'")
+        if value is None and option.default is None:
+            resolved[key] = None
+        else:
+            resolved[key] = coerce(value, option.type, f"{what} option '{key}'")
     missing = [o.name for o in known.values() if o.required and o.name not in resolved]
     if missing:
         raise OptionError(f"{what} needs option(s) {', '.join(missing)}")
     return resolved
+
+
+def with_defaults(factory: Callable[..., Any], resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """``resolved`` options (from :func:`resolve_options`) with every option left out at
+    its default (those JSON can hold), in the factory's order: what a run records, so that
+    it reloads the same way after a plugin changes a default."""
+    full = dict(resolved)
+    for option in options_of(factory).values():
+        if option.name not in full and _json_ready(option.default):
+            full[option.name] = option.default
+    return {name: full[name] for name in options_of(factory) if name in full}
 
 
 def coerce(value: Any, expected: Any, what: str) -> Any:
@@ -160,6 +175,14 @@ def coerce(value: Any, expected: Any, what: str) -> Any:
     if isinstance(expected, type) and isinstance(value, expected):
         return value
     raise OptionError(f"{what}: cannot use {value!r} as {_type_name(expected)}")
+
+
+def _json_ready(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _type_name(expected: Any) -> str:

@@ -1,8 +1,10 @@
 """One plugin manager per engine: built-ins, the ``tlplug`` entry points and objects passed in.
 
-A plugin that fails to import, or raises while registering, is recorded as failed with its
-error and skipped; every other plugin keeps working. A plugin that needs another hook API
-(its ``TLPLUG_HOOK_API``) is recorded as incompatible and not loaded.
+A plugin that fails to import, implements a hook that does not exist, or raises while
+adding kinds or registering strategies is recorded as failed with its error and disabled
+whole: it is unregistered and none of its names stay. Every other plugin keeps working. A
+plugin that needs another hook API (its ``TLPLUG_HOOK_API``) is recorded as incompatible
+and not loaded.
 
 ``TLPLUG_DISABLE_PLUGINS`` (comma-separated plugin or distribution names) leaves those
 installed plugins out; ``TLPLUG_LOAD_PLUGINS`` loads only the installed plugins it names
@@ -16,35 +18,24 @@ import importlib.metadata as metadata
 import inspect
 import os
 from collections.abc import Iterable
+from functools import cached_property
 from typing import Any
 
-import attrs
 import pluggy
 
 from tlplug import hookspecs
 from tlplug.builtin import BUILTIN_PLUGINS
 from tlplug.errors import TlplugError, close_matches
-from tlplug.registry import KINDS, Registry
+from tlplug.kinds import KINDS, Kind
+from tlplug.plugin_info import PluginInfo, api_problem, version_of
+
+__all__ = ["PluginHost", "PluginInfo", "api_problem"]
+from tlplug.recipe import Recipe, recipe_class
+from tlplug.registry import Registry
 
 ENTRY_POINT_GROUP = "tlplug"
 DISABLE_ENV = "TLPLUG_DISABLE_PLUGINS"
 LOAD_ENV = "TLPLUG_LOAD_PLUGINS"
-
-
-@attrs.define
-class PluginInfo:
-    """What ``tlplug plugins`` shows for one plugin."""
-
-    name: str
-    distribution: str
-    version: str
-    status: str = "loaded"  # or "failed", "incompatible", "disabled"
-    error: str = ""
-    registers: dict[str, list[str]] = attrs.field(factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        """Return the plugin as a JSON-ready dict."""
-        return attrs.asdict(self)
 
 
 class PluginHost:
@@ -54,8 +45,9 @@ class PluginHost:
         self.pm = pluggy.PluginManager("tlplug")
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
-        self._registries: dict[str, Registry] = {}
-        version = _version("tlplug")
+        self.kinds: dict[str, Kind] = dict(KINDS)
+        self._registries: dict[str, Registry] | None = None
+        version = version_of("tlplug")
         # Built-ins are loaded by module name so they exist even with entry points off or
         # in a source tree without install metadata; their entry points are then skipped.
         for name, module in BUILTIN_PLUGINS.items():
@@ -76,6 +68,12 @@ class PluginHost:
                 self._add(ep.name, ep.load, dist, dist_version)
         for index, plugin in enumerate(plugins):
             self._add(_object_name(plugin, index), lambda p=plugin: p, "(passed in)", "")
+        self._add_kinds()
+        for name in list(self._loaded()):
+            unknown = [c.name for c in self.pm.get_hookcallers(self.pm.get_plugin(name)) or []]
+            unknown = [hook for hook in unknown if not self._known(hook)]
+            if unknown:
+                self._fail(name, TlplugError(f"implements unknown hook(s) {_suggest(unknown)}"))
 
     def _add(self, name: str, load: Any, distribution: str, version: str) -> None:
         while name in self.infos:
@@ -95,76 +93,104 @@ class PluginHost:
                 self.pm.register(plugin, name=name)
             except pluggy.PluginValidationError as exc:
                 raise TlplugError(_plain_validation_error(exc)) from None
-            unknown = [c.name for c in self.pm.get_hookcallers(plugin) or [] if c.spec is None]
-            if unknown:
-                self.pm.unregister(plugin)
-                raise TlplugError(f"implements unknown hook(s) {', '.join(_suggest(unknown))}")
         except Exception as exc:  # a broken plugin must not take the others down
             info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
 
-    def registry(self, kind: str) -> Registry:
-        """Return the registry of ``kind`` (a key of :data:`tlplug.registry.KINDS`)."""
-        if kind not in self._registries:
-            self._registries[kind] = self._collect(kind)
-        return self._registries[kind]
+    def _add_kinds(self) -> None:
+        """Let plugins add kinds of their own (``tlplug_add_kinds``)."""
+        for impl in self.pm.hook.tlplug_add_kinds.get_hookimpls():
+            added: list[Kind] = []
 
-    def _collect(self, kind: str) -> Registry:
-        registry = Registry(KINDS[kind])
-        hook = getattr(self.pm.hook, KINDS[kind].hook)
-        for impl in hook.get_hookimpls():
-            info = self.infos[impl.plugin_name]
-
-            def register(name, factory, description=None, _plugin=impl.plugin_name):
-                registry.add(name, factory, _plugin, description)
+            def add(kind: Kind, specs: Any, _added=added) -> None:
+                if not isinstance(kind, Kind):
+                    raise TlplugError(f"added {type(kind).__name__}, not a tlplug.Kind")
+                taken = {k.key for k in self.kinds.values()} | {
+                    k.field for k in self.kinds.values()
+                }
+                if {kind.key, kind.field} & taken:
+                    raise TlplugError(f"kind '{kind.key}' ({kind.flag}) exists already")
+                self.pm.add_hookspecs(specs)
+                if not self._known(kind.hook):
+                    raise TlplugError(f"kind '{kind.key}': {specs!r} has no spec of {kind.hook}")
+                _added.append(kind)
 
             try:
-                impl.function(register=register)
+                impl.function(add=add)
             except Exception as exc:
-                info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
-        for plugin, names in registry.by_plugin().items():
-            self.infos[plugin].registers[kind] = names
-        return registry
+                self._fail(impl.plugin_name, exc)
+                continue
+            self.kinds.update({kind.key: kind for kind in added})
+
+    def _known(self, hook: str) -> bool:
+        caller = getattr(self.pm.hook, hook, None)
+        return caller is not None and caller.spec is not None
+
+    def _loaded(self) -> list[str]:
+        return [name for name, info in self.infos.items() if info.status == "loaded"]
+
+    def _fail(self, name: str, exc: Exception) -> None:
+        """Disable plugin ``name`` whole: record why and unregister every hook of it."""
+        info = self.infos[name]
+        info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
+        if self.pm.get_plugin(name) is not None:
+            self.pm.unregister(name=name)
+
+    def registry(self, kind: str) -> Registry:
+        """Return the registry of ``kind`` (a key of :attr:`kinds`)."""
+        if self._registries is None:
+            self._registries = self._collect()
+        return self._registries[kind]
+
+    def _collect(self) -> dict[str, Registry]:
+        """Call every registration hook of every plugin; keep the names of the plugins
+        that registered without an error."""
+        staged: list[tuple[str, str, tuple]] = []  # (plugin, kind, register's arguments)
+        for key, kind in self.kinds.items():
+            for impl in getattr(self.pm.hook, kind.hook).get_hookimpls():
+
+                def register(name, factory, description=None, _at=(impl.plugin_name, key)):
+                    staged.append((*_at, (name, factory, _at[0], description)))
+
+                try:
+                    impl.function(register=register)
+                except Exception as exc:
+                    self._fail(impl.plugin_name, exc)
+        registries = {key: Registry(kind) for key, kind in self.kinds.items()}
+        for plugin, key, arguments in staged:
+            if self.infos[plugin].status == "loaded":
+                registries[key].add(*arguments)
+        for key, registry in registries.items():
+            for plugin, names in registry.by_plugin().items():
+                self.infos[plugin].registers[key] = names
+        return registries
 
     def all_infos(self) -> list[PluginInfo]:
-        """Every plugin with what it registers of each kind (collects every kind)."""
-        for kind in KINDS:
-            self.registry(kind)
+        """Every plugin with what it registers and the lifecycle hooks it implements."""
+        self.registry("heads")
+        registration = {kind.hook for kind in self.kinds.values()}
+        for name in self._loaded():
+            callers = self.pm.get_hookcallers(self.pm.get_plugin(name)) or []
+            self.infos[name].hooks = sorted(
+                c.name
+                for c in callers
+                if c.name not in registration and c.name.startswith("tlplug_")
+            )
         return list(self.infos.values())
 
     def not_loaded(self) -> list[PluginInfo]:
         """Plugins that failed, are incompatible or were disabled."""
         return [i for i in self.infos.values() if i.status != "loaded"]
 
+    @cached_property
+    def recipe_type(self) -> type[Recipe]:
+        """The recipe class with a field for every kind, plugins' kinds included."""
+        extra = [kind for key, kind in self.kinds.items() if key not in KINDS]
+        return recipe_class(extra, base=Recipe) if extra else Recipe
+
     @property
     def hook(self) -> Any:
         """The pluggy hook relay, for calling lifecycle hooks."""
         return self.pm.hook
-
-
-def api_problem(required: object, distribution: str) -> str:
-    """Why a plugin that declares ``TLPLUG_HOOK_API = required`` cannot load here; "" if it can."""
-    if required is None:
-        return ""
-    have = _version_tuple(hookspecs.HOOK_API)
-    try:
-        need = _version_tuple(str(required))
-    except ValueError:
-        return f"declares TLPLUG_HOOK_API = {required!r}, which is not MAJOR.MINOR"
-    if need[0] == have[0] and need[1] <= have[1]:
-        return ""
-    if need[0] < have[0]:
-        fix = f"install a release of {distribution} made for hook API {have[0]}"
-    else:
-        fix = "upgrade tlplug"
-    return (
-        f"needs tlplug hook API {required}, and this tlplug {_version('tlplug')} has "
-        f"{hookspecs.HOOK_API}; {fix}"
-    )
-
-
-def _version_tuple(text: str) -> tuple[int, int]:
-    major, _, minor = text.strip().partition(".")
-    return int(major), int(minor or 0)
 
 
 def _plain_validation_error(exc: pluggy.PluginValidationError) -> str:
@@ -188,13 +214,13 @@ def _names_in(variable: str) -> set[str] | None:
     return {part.strip() for part in value.split(",") if part.strip()}
 
 
-def _suggest(names: list[str]) -> list[str]:
+def _suggest(names: list[str]) -> str:
     hooks = [n for n in dir(hookspecs) if n.startswith("tlplug_")]
     shown = []
     for name in names:
         matches = close_matches(name, hooks, n=1)
         shown.append(f"{name} (did you mean {matches[0]}?)" if matches else name)
-    return shown
+    return ", ".join(shown)
 
 
 def _object_name(plugin: Any, index: int) -> str:
@@ -202,10 +228,3 @@ def _object_name(plugin: Any, index: int) -> str:
         return plugin.__name__
     name = getattr(plugin, "name", None) or getattr(plugin, "__name__", None)
     return str(name) if name else f"{type(plugin).__name__}-{index}"
-
-
-def _version(distribution: str) -> str:
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return "0+unknown"

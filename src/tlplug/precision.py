@@ -13,7 +13,7 @@ import os
 import shutil
 from collections.abc import Callable
 from functools import cache
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 import torch
@@ -116,3 +116,30 @@ def compile_for_training(model: nn.Module, device: torch.device) -> Compiled:
 
     torch._dynamo.config.suppress_errors = True  # a graph it cannot compile runs eagerly
     return Compiled(torch.compile(model.backbone), model.head)
+
+
+def numerics_for(
+    recipe: Any, model: nn.Module, device: torch.device, img_size: int, norm: Callable
+) -> Numerics:
+    """A run's precision, memory layout and input normalization. Channels-last is on for
+    convnets unless asked otherwise, and off again for a model whose forward pass refuses it."""
+    dtype = autocast_dtype(recipe.precision, device)
+    wanted = recipe.channels_last
+    if wanted is False or (wanted is None and not is_convnet(model.backbone)):
+        return Numerics(dtype, False, norm)
+    model.to(memory_format=torch.channels_last)
+    trial = Numerics(dtype, True, norm)
+    was_training = model.training
+    try:
+        with torch.no_grad(), trial.autocast(device):
+            model.eval()(trial.inputs(torch.zeros(2, 3, img_size, img_size), device))
+    except RuntimeError:
+        if wanted:
+            raise OptionError(
+                f"{recipe.backbone} does not run channels-last; drop --channels-last"
+            ) from None
+        model.to(memory_format=torch.contiguous_format)
+        return Numerics(dtype, False, norm)
+    finally:
+        model.train(was_training)
+    return trial

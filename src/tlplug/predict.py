@@ -14,13 +14,13 @@ from tlplug import rundir
 from tlplug.backbone import DataConfig
 from tlplug.build import build_backbone, build_model, choose
 from tlplug.data.images import DECODE_ERRORS, open_rgb, to_rgb
-from tlplug.data.transforms import eval_transform
-from tlplug.engine import pick_device
+from tlplug.data.transforms import eval_transform, normalize
+from tlplug.device import pick_device
 from tlplug.errors import TlplugError, UnknownNameError, WeightsError
+from tlplug.kinds import split_backbone
 from tlplug.plugins import PluginHost
-from tlplug.recipe import Recipe
-from tlplug.registry import split_backbone
-from tlplug.weights import read_state_dict
+from tlplug.runconfig import read_saved_run
+from tlplug.weights import load_state, mismatched_keys, read_state_dict, some
 
 
 @attrs.frozen
@@ -51,6 +51,7 @@ class Classifier(nn.Module):
         self.classes = tuple(classes)
         self.config = config
         self.transform = eval_transform(data_config, img_size)
+        self.normalize = normalize(data_config)  # uint8 image batches to model inputs
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of already normalized images."""
@@ -83,20 +84,7 @@ class Classifier(nn.Module):
 
 def load_classifier(run_dir: Path, plugins: PluginHost, device: str = "cpu") -> Classifier:
     """Rebuild the model of ``run_dir`` from config.json and model.safetensors."""
-    config = rundir.read_json(run_dir / rundir.CONFIG)
-    try:
-        recipe = Recipe.from_json(config["recipe"])
-        resolved = config["resolved"]
-        classes = resolved["classes"]
-        img_size = resolved["img_size"]
-        data_config = DataConfig(
-            **{
-                k: tuple(v) if isinstance(v, list) else v
-                for k, v in resolved["data_config"].items()
-            }
-        )
-    except (KeyError, TypeError) as exc:
-        raise TlplugError(f"{run_dir / rundir.CONFIG} is incomplete ({exc} missing)") from None
+    saved = read_saved_run(run_dir, plugins.recipe_type, strict=False)
     weights = run_dir / rundir.WEIGHTS
     if not weights.is_file():
         raise TlplugError(
@@ -104,31 +92,28 @@ def load_classifier(run_dir: Path, plugins: PluginHost, device: str = "cpu") -> 
         )
     # Only the parts that make the network: a run trained with a schedule or augmentation
     # plugin can be used for prediction without that plugin.
-    provider_name = split_backbone(recipe.backbone)[0]
+    recipe = saved.recipe
     try:
-        provider = choose(plugins, "backbones", provider_name, recipe.backbone_opts)
+        provider = choose(plugins, "backbones", split_backbone(recipe.backbone)[0],
+                          recipe.backbone_opts)  # fmt: skip
         head = choose(plugins, "heads", recipe.head, recipe.head_opts)
     except UnknownNameError as exc:
-        used = {resolved["backbone"]["provider"]["plugin"], resolved["head"]["plugin"]}
         raise TlplugError(
-            f"{exc}; {run_dir} was trained with plugin(s) {', '.join(sorted(used))}, "
+            f"{exc}; {run_dir} was trained with plugin(s) {', '.join(saved.plugins_used())}, "
             "install them to use it"
         ) from None
-    bare = attrs.evolve(recipe, pretrained=False, weights=None, img_size=img_size)
+    bare = attrs.evolve(recipe, pretrained=False, weights=None, img_size=saved.img_size)
     backbone, _ = build_backbone(provider, bare)
-    model = build_model(head, backbone, len(classes))
+    model = build_model(head, backbone, len(saved.classes))
     state = read_state_dict(weights)
-    own = model.state_dict()
-    if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
-        differing = sorted(set(state) ^ set(own)) or [
-            k for k in own if state[k].shape != own[k].shape
-        ]
+    differing = mismatched_keys(state, model.state_dict())
+    if differing:
         raise WeightsError(
             f"{weights} does not match the model described in config.json "
-            f"({', '.join(differing[:3])}); was the file replaced?"
+            f"({some(differing)}); was the file replaced?"
         )
-    model.load_state_dict(state)
-    classifier = Classifier(model, classes, data_config, img_size, config)
+    load_state(model, state)
+    classifier = Classifier(model, saved.classes, saved.data_config, saved.img_size, saved.config)
     return classifier.to(pick_device(device))
 
 

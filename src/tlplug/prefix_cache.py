@@ -131,7 +131,8 @@ def find_cut(
         if name.startswith(BACKBONE_PREFIX)
     }
     candidates = _candidates(model.backbone)
-    images = numerics.inputs(torch.randn(2, 3, img_size, img_size), device)
+    probe = torch.Generator().manual_seed(0)  # the training RNG is left as it was
+    images = numerics.inputs(torch.randn(2, 3, img_size, img_size, generator=probe), device)
     finished, outputs = _finishing_order(model, candidates, images, numerics, device)
     path_of = {id(m): p for p, m in candidates}
     for index in range(len(finished) - 1, -1, -1):

@@ -20,12 +20,13 @@ from torch.nn import functional
 from torchvision.utils import make_grid, save_image
 
 from tlplug.backbone import DataConfig
-from tlplug.build import augmentation_phase, build_backbone
+from tlplug.build import build_backbone
 from tlplug.data import load_data
-from tlplug.data.loaders import EpochSampler, TransformedImages, balanced_weights, epoch_seed
-from tlplug.data.transforms import OneOf, build_transforms, normalize
-from tlplug.engine import Engine, seed_everything
+from tlplug.data.loaders import EpochSampler, TransformedImages, balanced_weights
+from tlplug.data.pipeline import build_pipeline, image_size
+from tlplug.engine import Engine
 from tlplug.errors import OptionError, TlplugError
+from tlplug.seeding import epoch_seed, seed_everything
 
 PADDING = 2  # pixels between tiles and around the grid
 
@@ -98,29 +99,22 @@ def write_preview(
     seed_everything(recipe.seed)
     splits = load_data(engine.plugins, data, recipe)
     backbone, _ = build_backbone(
-        engine.parts.provider, attrs.evolve(recipe, pretrained=False, weights=None)
+        engine.parts["backbones"], attrs.evolve(recipe, pretrained=False, weights=None)
     )
     config = backbone.data_config
-    img_size = recipe.img_size or splits.img_size or config.input_size
+    img_size = image_size(recipe.img_size, splits.img_size, config)
     del backbone
 
-    made: dict[str, list] = {"pixels": [], "tensor": [], "batch": []}
-    names: dict[str, list[str]] = {"pixels": [], "tensor": [], "batch": []}
-    for choice in engine.parts.augmentations:  # already in the order they run
-        phase = augmentation_phase(choice)
-        made[phase].append(choice.strategy.factory(img_size, **choice.options))
-        names[phase].append(choice.strategy.name)
-    base, train = build_transforms(config, img_size, made["pixels"], made["tensor"])
-    norm = normalize(config)
-    dataset = TransformedImages(splits.train, base, train)
+    pipeline = build_pipeline(engine.parts["augmentations"], config, img_size)
+    dataset = TransformedImages(splits.train, pipeline.base, pipeline.train)
     weights = balanced_weights(splits.train.labels) if recipe.balance == "sampler" else None
     samples = [dataset[key] for key in first_keys(len(dataset), count, recipe.seed, weights)]
-    images = norm(torch.stack([image for image, _ in samples]))  # as Numerics.inputs does
+    images = pipeline.normalize(torch.stack([image for image, _ in samples]))  # as on the device
     labels = torch.tensor([label for _, label in samples])
     targets = functional.one_hot(labels, len(splits.classes)).float()
-    if made["batch"]:
+    if pipeline.batch is not None:
         seed_everything(epoch_seed(recipe.seed, 1))
-        images, targets = OneOf(made["batch"])(images, targets)
+        images, targets = pipeline.batch(images, targets)
 
     shown = unnormalize(images, config)
     columns = math.ceil(math.sqrt(count))
@@ -141,7 +135,7 @@ def write_preview(
         classes=tuple(splits.classes),
         img_size=img_size,
         columns=columns,
-        augmentations={phase: tuple(found) for phase, found in names.items()},
+        augmentations=pipeline.names,
         size=(grid.shape[-1], grid.shape[-2]),
     )
 

@@ -1,98 +1,132 @@
-"""The recipe: every choice a run makes, as one attrs class mirrored by the CLI options.
+"""The recipe: every choice a run makes, mirrored one for one by the ``tlplug run`` options.
 
-``Recipe`` holds what the user chose (strategy names and their options, optimizer
-settings, sizes). A run's config.json stores it together with what the engine resolved
-from it (classes, groups, the freeze plan, the data config), which is enough to rebuild
-the trained model with no other input.
+A recipe holds the strategies a run uses (a name and options per kind: ``head``,
+``head_opts``), generated from the rows of :mod:`tlplug.kinds`, plus the general settings
+of :class:`Settings`, each with the help text its CLI option shows. A run's config.json
+stores the recipe with what the engine resolved from it, which is enough to rebuild the
+trained model with no other input.
 """
 
 from __future__ import annotations
 
+import functools
 import typing
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import attrs
 
 from tlplug.errors import OptionError, close_matches
+from tlplug.kinds import BUILTIN_KINDS, Kind
 from tlplug.options import coerce
 
 Optimizer = Literal["sgd", "adam", "adamw"]
 BnPolicy = Literal["frozen", "eval", "train"]
 CacheMode = Literal["auto", "on", "off"]
 Balance = Literal["off", "sampler", "loss"]
+Precision = Literal["fp32", "bf16", "fp16", "auto"]
 
 # Weight decay per optimizer when none is given: decoupled decay needs a larger value.
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adam": 0.0, "adamw": 0.01}
 
 
-@attrs.define(kw_only=True)
-class Recipe:
-    """The choices of one run; field names match the CLI options (--lr-schedule: lr_schedule)."""
+def setting(default: Any, help: str, **cli: Any) -> Any:
+    """A recipe setting with the help text of its CLI option; ``cli`` may set ``shown``
+    (the default as the help shows it, "" for none), ``metavar`` and ``path``."""
+    return attrs.field(default=default, metadata={"help": help, **cli})
 
-    backbone: str = "timm:resnet18"
-    backbone_opts: dict[str, Any] = attrs.field(factory=dict)
-    pretrained: bool = True
-    weights: str | None = None
-    head: str = "linear"
-    head_opts: dict[str, Any] = attrs.field(factory=dict)
-    schedule: str = "freeze-unfreeze"
-    schedule_opts: dict[str, Any] = attrs.field(factory=dict)
-    lr_schedule: str = "cosine"
-    lr_schedule_opts: dict[str, Any] = attrs.field(factory=dict)
-    augment: tuple[str, ...] = ("flip",)
-    augment_opts: dict[str, dict[str, Any]] = attrs.field(factory=dict)
-    adapter: str | None = None
-    adapter_opts: dict[str, Any] = attrs.field(factory=dict)
-    regularizer: tuple[str, ...] = ()
-    regularizer_opts: dict[str, dict[str, Any]] = attrs.field(factory=dict)
-    data_opts: dict[str, Any] = attrs.field(factory=dict)
-    label_smoothing: float = 0.0
-    balance: Balance = "off"
-    optimizer: Optimizer = "adamw"
-    lr: float = 1e-3
-    lr_decay: float | None = None
-    lr_mult: tuple[float, ...] = ()
-    weight_decay: float | None = None
-    decay_norm_bias: bool = False
-    momentum: float = 0.9
-    bn_policy: BnPolicy = "frozen"
-    max_groups: int | None = None
-    epochs: int = 5
-    val_every: int = 1
-    batch_size: int = 32
-    img_size: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    workers: int | None = None
-    val_split: float | None = None
-    skip_nonfinite: int = 0
-    cache_features: CacheMode = "auto"
-    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
-    channels_last: bool | None = None
-    compile: bool = False
-    auto_batch_size: bool = False
+
+@attrs.define(kw_only=True)
+class Settings:
+    """The general settings of a run; :data:`Recipe` adds the strategy choices."""
+
+    pretrained: bool = setting(
+        True, "Start from the provider's pretrained weights.", shown="pretrained"
+    )
+    weights: str | None = setting(
+        None, "Backbone weights file (.safetensors, or a state-dict .pth/.pt).", path=True
+    )
+    label_smoothing: float = setting(0.0, "Label smoothing of the cross-entropy loss.")
+    balance: Balance = setting(
+        "off",
+        "Class imbalance: draw classes equally often (sampler) or weight the loss by "
+        "inverse class frequency (loss).",
+    )
+    optimizer: Optimizer = setting("adamw", "Optimizer.")
+    lr: float = setting(1e-3, "Base learning rate.")
+    lr_decay: float | None = setting(
+        None, "Layer-wise LR decay G: group i below the head trains at lr x G^i.", shown=""
+    )
+    lr_mult: tuple[float, ...] = setting(
+        (), "LR multiplier per group, stem to head (see 'tlplug groups BACKBONE').",
+        metavar="M,M,...", shown="",
+    )  # fmt: skip
+    weight_decay: float | None = setting(
+        None, "Weight decay.", shown="sgd 5e-4, adam 0, adamw 0.01"
+    )
+    decay_norm_bias: bool = setting(
+        False, "Apply weight decay to biases and norm parameters too (off by default).", shown=""
+    )
+    momentum: float = setting(0.9, "SGD momentum.")
+    bn_policy: BnPolicy = setting(
+        "frozen",
+        "BatchNorm of frozen groups: frozen (eval mode, statistics kept), eval (every "
+        "BatchNorm in eval mode) or train (statistics follow the data).",
+    )
+    max_groups: int | None = setting(
+        None, "Merge the backbone's layer groups into at most this many (stem included).",
+        shown="",
+    )  # fmt: skip
+    epochs: int = setting(5, "Epochs to train.")
+    val_every: int = setting(
+        1, "Validate (and keep the best weights) every N epochs and after the last.", metavar="N"
+    )
+    batch_size: int = setting(32, "Images per batch.")
+    img_size: int | None = setting(None, "Input size in pixels.", shown="the backbone's")
+    seed: int = setting(0, "Random seed.")
+    device: str = setting("auto", "auto, cpu or cuda.")
+    workers: int | None = setting(
+        None, "Data loader processes.",
+        shown="GPU cores - 1 up to 8; CPU 0 up to 4 cores, then a quarter of them up to 4",
+    )  # fmt: skip
+    val_split: float | None = setting(
+        None, "Fraction held out for validation when DATA has no val/ folder.", shown="0.2"
+    )
+    skip_nonfinite: int = setting(
+        0, "Batches with a NaN or infinite loss to step over before stopping."
+    )
+    cache_features: CacheMode = setting(
+        "auto",
+        "Train the head on backbone features computed once while only the head trains: "
+        "auto without random augmentation, on with it (un-augmented features).",
+    )
+    precision: Precision = setting(
+        "fp32", "Autocast precision; auto is bf16 where the CPU or GPU computes it natively."
+    )
+    channels_last: bool | None = setting(
+        None, "Channels-last memory layout.", shown="on for convnets"
+    )
+    compile: bool = setting(
+        False,
+        "Compile the backbone's training forward pass with torch.compile. The first step "
+        "of each stage waits for compilation; measure before relying on it.",
+        shown="",
+    )
+    auto_batch_size: bool = setting(
+        False, "Halve --batch-size until a training step fits in memory.", shown=""
+    )
 
     @classmethod
-    def from_kwargs(cls, **given: Any) -> Recipe:
+    def from_kwargs(cls, **given: Any) -> Settings:
         """Build a recipe from keyword arguments, converting and checking every value."""
-        hints = typing.get_type_hints(cls)
-        fields = {f.name for f in attrs.fields(cls)}
+        types = field_types(cls)
         values = {}
         for key, value in given.items():
-            if key not in fields:
-                matches = close_matches(key, fields)
+            if key not in types:
+                matches = close_matches(key, types)
                 hint = f"; did you mean '{matches[0]}'?" if matches else ""
                 raise OptionError(f"unknown recipe setting {key!r}{hint}")
-            if key.endswith("_opts"):
-                if value is not None and not isinstance(value, dict):
-                    raise OptionError(f"setting '{key}' must be a mapping of options")
-                values[key] = dict(value or {})
-            elif value is None:
-                if type(None) not in typing.get_args(hints[key]):
-                    raise OptionError(f"setting '{key}' needs a value")
-                values[key] = None
-            else:
-                values[key] = coerce(value, hints[key], f"setting '{key}'")
+            values[key] = _convert(key, value, types[key], kind_of(cls, key))
         recipe = cls(**values)
         recipe.check()
         return recipe
@@ -141,14 +175,88 @@ class Recipe:
         return DEFAULT_WEIGHT_DECAY[self.optimizer]
 
     def to_json(self) -> dict[str, Any]:
-        """Return the recipe as a JSON-ready dict."""
-        data = attrs.asdict(self)
-        data["augment"] = list(self.augment)
-        data["regularizer"] = list(self.regularizer)
-        data["lr_mult"] = list(self.lr_mult)
-        return data
+        """Return the recipe as a JSON-ready dict: the strategies first, then the settings."""
+        data = {f.name: getattr(self, f.name) for f in attrs.fields(type(self))}
+        order = sorted(data, key=lambda name: kind_of(type(self), name) is None)
+        return {name: _jsonable(data[name]) for name in order}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Recipe:
-        """Rebuild a recipe from :meth:`to_json` output (as read from config.json)."""
+    def from_json(cls, data: dict[str, Any], *, strict: bool = True) -> Settings:
+        """Rebuild a recipe from :meth:`to_json` output (as read from config.json); with
+        ``strict`` False, keys this recipe class does not know (a kind added by a plugin
+        that is not installed now) are left out."""
+        if not strict:
+            data = {k: v for k, v in data.items() if k in field_types(cls)}
         return cls.from_kwargs(**data)
+
+
+def recipe_class(kinds: Iterable[Kind], base: type[Settings] = Settings) -> type[Settings]:
+    """A recipe class: ``base`` plus a name field and an options field per kind (only the
+    options for a kind that ``--data`` names; neither for a command's kind)."""
+    fields: dict[str, Any] = {}
+    for kind in kinds:
+        meta = {"kind": kind}
+        if kind.scope == "recipe":
+            fields[kind.field] = attrs.field(
+                default=kind.default, type=_name_type(kind), metadata=meta
+            )
+        if kind.scope in ("recipe", "data"):
+            opts = dict[str, dict[str, Any]] if kind.many else dict[str, Any]
+            fields[kind.options_field] = attrs.field(factory=dict, type=opts, metadata=meta)
+    made = attrs.make_class(base.__name__, fields, bases=(base,), kw_only=True)
+    made.__module__, made.__qualname__ = base.__module__, base.__qualname__
+    return made
+
+
+@functools.cache
+def field_types(cls: type) -> dict[str, Any]:
+    """The declared type of every field of a recipe class, by name."""
+    attrs.resolve_types(cls, globalns=globals())
+    return {f.name: f.type for f in attrs.fields(cls)}
+
+
+def kind_of(cls: type, name: str) -> Kind | None:
+    """The kind whose choice or options field ``name`` is, or None for a general setting."""
+    return getattr(attrs.fields_dict(cls).get(name), "metadata", {}).get("kind")
+
+
+def _name_type(kind: Kind) -> Any:
+    if kind.many:
+        return tuple[str, ...]
+    return str | None if kind.default is None else str
+
+
+def _convert(key: str, value: Any, expected: Any, kind: Kind | None) -> Any:
+    if key.endswith("_opts") and kind is not None:
+        if value is not None and not isinstance(value, dict):
+            raise OptionError(f"setting '{key}' must be a mapping of options")
+        return dict(value or {})
+    if value is None:
+        if type(None) not in typing.get_args(expected):
+            raise OptionError(f"setting '{key}' needs a value")
+        return None
+    value = coerce(value, expected, f"setting '{key}'")
+    if kind is not None and kind.many and "none" in value:
+        if len(value) > 1:
+            others = ", ".join(v for v in value if v != "none")
+            raise OptionError(
+                f"{kind.flag} none means no {kind.noun}; drop it or the others ({others})"
+            )
+        return ()
+    return value
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+#: The recipe of a run with the built-in kinds: ``Recipe(backbone="timm:resnet50", lr=3e-4)``.
+Recipe = recipe_class(BUILTIN_KINDS)
+Recipe.__name__ = Recipe.__qualname__ = "Recipe"
+Recipe.__doc__ = """The choices of one run: a strategy per kind (``head``, ``head_opts``...)
+and the general :class:`Settings`; field names match the CLI options (``--lr-schedule``:
+``lr_schedule``)."""

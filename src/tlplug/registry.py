@@ -3,38 +3,18 @@
 from __future__ import annotations
 
 import fnmatch
+import inspect
+import re
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 
 from tlplug.errors import TlplugError, UnknownNameError
+from tlplug.kinds import KINDS, Kind, split_backbone
 from tlplug.options import Option, options_of
 
-
-@attrs.frozen
-class Kind:
-    """A kind of strategy: its registration hook, CLI flag and words for messages."""
-
-    key: str  # plural, as in ``tlplug list heads``
-    hook: str
-    noun: str
-    flag: str
-
-
-KINDS: dict[str, Kind] = {
-    k.key: k
-    for k in (
-        Kind("backbones", "tlplug_register_backbones", "backbone provider", "--backbone"),
-        Kind("heads", "tlplug_register_heads", "head", "--head"),
-        Kind("schedules", "tlplug_register_schedules", "schedule", "--schedule"),
-        Kind("lr-schedules", "tlplug_register_lr_schedules", "LR schedule", "--lr-schedule"),
-        Kind("augmentations", "tlplug_register_augmentations", "augmentation", "--augment"),
-        Kind("data-sources", "tlplug_register_data_sources", "data source", "--data"),
-        Kind("adapters", "tlplug_register_adapters", "adapter", "--adapter"),
-        Kind("regularizers", "tlplug_register_regularizers", "regularizer", "--regularizer"),
-    )
-}
+__all__ = ["KINDS", "Kind", "Registry", "Strategy", "split_backbone", "summary_of"]
 
 
 @attrs.frozen
@@ -48,10 +28,14 @@ class Strategy:
     description: str
 
     @property
+    def target(self) -> Callable[..., Any]:
+        """What the engine calls: the factory, or a provider object's ``create``."""
+        return self.factory.create if hasattr(self.factory, "create") else self.factory
+
+    @property
     def options(self) -> dict[str, Option]:
-        """The options the strategy accepts (keyword-only parameters of its factory)."""
-        target = self.factory.create if hasattr(self.factory, "create") else self.factory
-        return options_of(target)
+        """The options the strategy accepts (keyword-only parameters of its target)."""
+        return options_of(self.target)
 
 
 class Registry:
@@ -69,7 +53,7 @@ class Registry:
                 f"plugin '{plugin}' registered an invalid {self.kind.noun} name {name!r}"
                 " (names are non-empty and contain no ':' or '/')"
             )
-        strategy = Strategy(self.kind, name, factory, plugin, description or _first_line(factory))
+        strategy = Strategy(self.kind, name, factory, plugin, description or summary_of(factory))
         if name in self._by_name:
             self._clashes.setdefault(name, [self._by_name[name]]).append(strategy)
         else:
@@ -120,17 +104,10 @@ class Registry:
         return {p: sorted(n) for p, n in found.items()}
 
 
-def split_backbone(spec: str) -> tuple[str, str]:
-    """Split ``"timm:resnet50"`` into ``("timm", "resnet50")``."""
-    provider, sep, model = spec.partition(":")
-    if not sep or not provider or not model:
-        raise TlplugError(
-            f"backbone '{spec}' must be PROVIDER:NAME, for example timm:{spec or 'resnet50'}"
-            f" or torchvision:{spec or 'resnet50'}"
-        )
-    return provider, model
-
-
-def _first_line(obj: Callable[..., Any] | Any) -> str:
+def summary_of(obj: Any) -> str:
+    """The one-line description of ``obj`` from its docstring: the first sentence of the
+    first paragraph, or the whole paragraph where no sentence ends inside it, as one line."""
     doc = getattr(obj, "__doc__", None) or getattr(type(obj), "__doc__", None) or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
+    paragraph = " ".join(inspect.cleandoc(doc).split("\n\n")[0].split())
+    end = re.search(r"[.!?](?=\s+[A-Z(`])", paragraph)
+    return paragraph[: end.end()] if end else paragraph

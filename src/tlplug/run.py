@@ -2,21 +2,62 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import torch
 
 from tlplug.adapters import Adapter
-from tlplug.data.sources import Skipped
+from tlplug.console import Console
 from tlplug.errors import TlplugError
 from tlplug.loss import TrainingLoss
 from tlplug.model import TransferModel
 from tlplug.precision import FP32, Compiled, Numerics
 from tlplug.recipe import Recipe
 from tlplug.schedule import Stage
+
+if TYPE_CHECKING:
+    from tlplug.build import Parts
+    from tlplug.data.loaders import Loaders
+    from tlplug.data.pipeline import Pipeline
+    from tlplug.data.sources import Splits
+    from tlplug.plugins import PluginHost
+
+
+@attrs.frozen
+class Source:
+    """Where a stage's training steps get their inputs, and why.
+
+    ``cache`` is the cache the stage could train on: ``features`` (only the head trains:
+    backbone features computed once), ``prefix`` (the top of the backbone trains too: the
+    frozen layers below ``cut`` run once, each step runs the layers above it) or None (the
+    stage trains from the stem, or trains biases: every step runs on images). ``used``
+    says whether it does; ``reason`` why not, as a word the console turns into a line:
+    ``off`` (``--cache-features off``), ``bn-train``, ``regularizer`` or ``augmentation``
+    (with the ``names`` that need images), ``no-cut`` (no cut replays exactly). When used,
+    ``names`` are the augmentations the cache leaves out (``--cache-features on``).
+    """
+
+    cache: Literal["features", "prefix"] | None = None
+    used: bool = False
+    reason: str = ""
+    names: tuple[str, ...] = ()
+    cut: str | None = None
+
+
+@attrs.frozen
+class Step:
+    """One training step as :func:`tlplug_step_end <tlplug.hookspecs.tlplug_step_end>`
+    sees it: the epoch, the step's number in it (from 1) and in the run, the images it
+    trained on and their mean loss; ``skipped`` when the loss was not finite."""
+
+    epoch: int
+    index: int
+    global_step: int
+    images: int
+    loss: float
+    skipped: bool = False
 
 
 @attrs.define
@@ -39,9 +80,29 @@ class Run:
     history: list[dict[str, Any]] = attrs.field(factory=list)
     adapter: Adapter | None = None
     loss: TrainingLoss | None = None  # cross-entropy and the regularizers' penalties
-    batch_augment: Callable | None = None  # mixup, cutmix: (images, targets) on the device
-    skipped: tuple[Skipped, ...] = ()  # data files left out, with their reasons
     compiled: Compiled | None = None  # --compile: the model as training steps call it
+    parts: Parts | None = None  # the resolved strategies, by kind
+    data: Splits | None = None  # the classes and images, with the files left out
+    loaders: Loaders | None = None
+    pipeline: Pipeline | None = None  # augmentations and normalization
+    console: Console = attrs.field(factory=Console)
+    plugins: PluginHost | None = None
+    source: Source = attrs.field(factory=Source)  # where the current stage's inputs come from
+
+    @property
+    def hook(self) -> Any:
+        """The plugins' hook relay, for calling lifecycle hooks."""
+        return self.plugins.hook
+
+    @property
+    def batch_augment(self):
+        """The batch-level augmentation (mixup, cutmix) on the device, or None."""
+        return self.pipeline.batch if self.pipeline is not None else None
+
+    @property
+    def skipped(self):
+        """The data files left out, with their reasons."""
+        return self.data.skipped if self.data is not None else ()
 
     def schedule_state(self) -> dict[str, Any]:
         """Everything the freeze and LR schedules need to continue, JSON-ready.

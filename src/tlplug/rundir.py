@@ -105,7 +105,9 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 
 def sync(path: Path) -> None:
-    """Flush ``path``'s written data to disk."""
+    """Flush ``path``'s written data to disk (nothing when there is no such file)."""
+    if not path.exists():
+        return
     with open(path, "rb") as written:
         os.fsync(written.fileno())
 

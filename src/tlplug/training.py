@@ -15,6 +15,7 @@ from tlplug.console import Console
 from tlplug.errors import TlplugError
 from tlplug.loss import Batch, TrainingLoss
 from tlplug.precision import FP32, Numerics
+from tlplug.run import Step
 
 _OOM_ERRORS = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), MemoryError)
 
@@ -63,6 +64,8 @@ def train_epoch(
     batch_augment: Callable | None = None,
     cached: bool = False,
     replay: bool = False,
+    on_step: Callable[[Step], None] | None = None,
+    first_step: int = 1,
 ) -> EpochStats:
     """Train for one pass over ``loader``, stepping the LR schedule after every batch.
 
@@ -72,7 +75,8 @@ def train_epoch(
     ``(images, targets)`` batches (mixup, cutmix). A batch whose loss is NaN or infinite
     takes no optimizer step; it is skipped while ``nonfinite`` allows, else the run stops
     with :class:`Diverged`. ``stop`` (a :class:`~tlplug.interrupt.StopRequest`) ends the
-    pass after the step in progress.
+    pass after the step in progress. ``on_step`` gets a :class:`~tlplug.run.Step` after
+    every step; ``first_step`` numbers the first one in the run.
     """
     nonfinite = nonfinite if nonfinite is not None else NonFinite()
     scaler = torch.amp.GradScaler(device.type, enabled=numerics.dtype == torch.float16)
@@ -102,12 +106,15 @@ def train_epoch(
                 raise
             raise OutOfMemory(_oom_message(len(labels), epoch, step)) from None
         scheduler.step()
-        if not math.isfinite(value):
-            _skip_or_stop(value, epoch, step, nonfinite, console)
+        finite = math.isfinite(value)
+        if not finite:
+            _skip_or_stop(value, epoch, step, nonfinite)
         else:
             total_loss += value * len(labels)
             correct += (logits.argmax(1) == targets.argmax(1)).sum().item()
             seen += len(labels)
+        if on_step is not None:
+            on_step(Step(epoch, step, first_step + step - 1, len(labels), value, not finite))
         if stop is not None and stop.requested:
             break
     return EpochStats(
@@ -169,13 +176,9 @@ def _is_oom(exc: BaseException) -> bool:
     )
 
 
-def _skip_or_stop(value: float, epoch: int, step: int, nonfinite: NonFinite, console) -> None:
+def _skip_or_stop(value: float, epoch: int, step: int, nonfinite: NonFinite) -> None:
     if nonfinite.skipped < nonfinite.allowed:
         nonfinite.skipped += 1
-        console.say(
-            f"skipped epoch {epoch}, step {step}: the loss was {value} "
-            f"({nonfinite.skipped} of {nonfinite.allowed} allowed by --skip-nonfinite)"
-        )
         return
     hint = " or --skip-nonfinite N to step over a few bad batches" if not nonfinite.allowed else ""
     raise Diverged(f"the loss became {value} at epoch {epoch}, step {step}; try a lower --lr{hint}")
@@ -191,6 +194,25 @@ def _oom_message(batch_size: int, epoch: int, step: int) -> str:
     )
 
 
+@attrs.frozen
+class Evaluation:
+    """Loss and accuracy of an evaluation pass, and its confusion matrix: ``confusion[i, j]``
+    counts the images of class ``i`` predicted as ``j``."""
+
+    stats: EpochStats
+    confusion: torch.Tensor
+
+    @property
+    def correct(self) -> list[int]:
+        """Correct predictions per class."""
+        return self.confusion.diagonal().tolist()
+
+    @property
+    def count(self) -> list[int]:
+        """Images per class."""
+        return self.confusion.sum(1).tolist()
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -198,13 +220,12 @@ def evaluate(
     device: torch.device,
     num_classes: int,
     numerics: Numerics = FP32,
-) -> tuple[EpochStats, list[int], list[int]]:
-    """Loss and accuracy on ``loader`` in eval mode; also per-class correct and total counts."""
+) -> Evaluation:
+    """Loss, accuracy and confusion matrix on ``loader``, in eval mode."""
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     model.eval()
     total_loss, seen = 0.0, 0
-    correct = [0] * num_classes
-    count = [0] * num_classes
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.long)
     start = time.perf_counter()
     for images, labels in loader:
         images = numerics.inputs(images, device)
@@ -212,12 +233,12 @@ def evaluate(
         with numerics.autocast(device):
             logits = model(images).float()
         total_loss += loss_fn(logits, labels).item()
-        hits = logits.argmax(1) == labels
-        for label, hit in zip(labels.tolist(), hits.tolist(), strict=True):
-            count[label] += 1
-            correct[label] += int(hit)
+        pairs = (labels * num_classes + logits.argmax(1)).cpu()
+        confusion += torch.bincount(pairs, minlength=num_classes * num_classes)
         seen += len(labels)
+    confusion = confusion.view(num_classes, num_classes)
+    correct = int(confusion.diagonal().sum())
     stats = EpochStats(
-        total_loss / max(1, seen), sum(correct) / max(1, seen), seen, time.perf_counter() - start
+        total_loss / max(1, seen), correct / max(1, seen), seen, time.perf_counter() - start
     )
-    return stats, correct, count
+    return Evaluation(stats, confusion)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -18,8 +19,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from tlplug import __version__
 from tlplug.background_writer import BackgroundWriter
 from tlplug.errors import WeightsError
+from tlplug.model import BACKBONE_PREFIX, HEAD_PREFIX
 from tlplug.rundir import publish, sync
 
 # Wrappers that training scripts put around a state dict, innermost model weights last.
@@ -83,7 +86,7 @@ class LoadReport:
         if self.ignored_classifier:
             parts.append(f"ignored {len(self.ignored_classifier)} classifier tensors")
         if self.unexpected:
-            parts.append(f"{len(self.unexpected)} unmatched in file ({_some(self.unexpected)})")
+            parts.append(f"{len(self.unexpected)} unmatched in file ({some(self.unexpected)})")
         return "; ".join(parts)
 
 
@@ -98,7 +101,8 @@ def load_into(
 
     Keys under a ``classifier`` prefix are dropped. Keys the model lacks are reported. A
     shape mismatch, or a model tensor the file lacks, is an error naming the keys: the file
-    is for another model.
+    is for another model. Counters and integer buffers a model computes when it is built
+    (relative-position indices) may be absent from the file.
     """
     own = module.state_dict()
     ignored = tuple(k for k in state if any(k == c or k.startswith(c + ".") for c in classifier))
@@ -112,20 +116,62 @@ def load_into(
     if mismatched:
         raise WeightsError(
             f"{source} does not fit this model: {len(mismatched)} tensor shapes differ "
-            f"({_some(mismatched)}); is it for another architecture?"
+            f"({some(mismatched)}); is it for another architecture?"
         )
-    missing = [k for k in own if k not in matched and not _is_counter(k)]
+    missing = [k for k in own if k not in matched and not _made_by_model(k, own[k])]
     if missing:
         raise WeightsError(
-            f"{source} lacks {len(missing)} of this model's tensors ({_some(missing)}; "
-            f"the file has {_some(list(state))}); is it for another architecture?"
+            f"{source} lacks {len(missing)} of this model's tensors ({some(missing)}; "
+            f"the file has {some(list(state))}); is it for another architecture?"
         )
-    module.load_state_dict(matched, strict=False)
+    load_state(module, matched, strict=False)
     return LoadReport(
         loaded=len(matched),
         ignored_classifier=ignored,
         unexpected=tuple(k for k in candidates if k not in own),
     )
+
+
+def mismatched_keys(
+    state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]
+) -> list[str]:
+    """What keeps ``state`` from loading as ``own`` (a module's state dict) exactly: the
+    keys only one of them has, else the keys whose shapes differ; empty when it fits."""
+    differing = sorted(set(state) ^ set(own))
+    if differing:
+        return differing
+    return [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+            if state[k].shape != own[k].shape]  # fmt: skip
+
+
+def load_state(module: nn.Module, state: Mapping[str, torch.Tensor], strict: bool = True):
+    """``module.load_state_dict(state)`` for a state read from a file: the module's own
+    state-dict metadata (per-module versions) goes along, which some modules need to load
+    (torchvision's MNASNet refuses a state without it)."""
+    with_metadata = OrderedDict(state)
+    with_metadata._metadata = getattr(module.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
+    return module.load_state_dict(with_metadata, strict=strict)
+
+
+def save_weights(
+    model: nn.Module,
+    path: Path,
+    config: dict,
+    writer: BackgroundWriter | None = None,
+    adapter=None,
+) -> None:
+    """Write a run's ``model`` weights with the facts a reader needs in the safetensors
+    metadata; with a ``writer``, snapshot them now and write them in the background. With
+    an ``adapter``, the weights are those of the model without it (merged)."""
+    metadata = {
+        "format": "pt",
+        "tlplug_version": __version__,
+        "backbone": config["recipe"]["backbone"],
+        "backbone_prefix": BACKBONE_PREFIX,
+        "head_prefix": HEAD_PREFIX,
+    }
+    state = adapter.export(model) if adapter else model.state_dict()
+    save_atomic(state, path, metadata, writer)
 
 
 def save_atomic(
@@ -164,11 +210,14 @@ def save_atomic(
             os.unlink(temp)
 
 
-def _is_counter(key: str) -> bool:
-    return key.endswith("num_batches_tracked")
+def _made_by_model(key: str, tensor: torch.Tensor) -> bool:
+    """A tensor the model makes itself: a BatchNorm counter or another integer buffer."""
+    return key.endswith("num_batches_tracked") or not (
+        tensor.is_floating_point() or tensor.is_complex()
+    )
 
 
-def _some(keys: list[str] | tuple[str, ...], n: int = 3) -> str:
+def some(keys: list[str] | tuple[str, ...], n: int = 3) -> str:
     shown = ", ".join(keys[:n])
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
 
@@ -183,8 +232,6 @@ def backbone_part(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
     Any other state dict is returned unchanged, so a run's weights can start a new run.
     """
-    from tlplug.model import BACKBONE_PREFIX, HEAD_PREFIX
-
     if state and all(k.startswith((BACKBONE_PREFIX, HEAD_PREFIX)) for k in state):
         return {
             k[len(BACKBONE_PREFIX) :]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)

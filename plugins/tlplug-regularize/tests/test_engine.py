@@ -58,10 +58,14 @@ def test_all_three_train_end_to_end_and_are_recorded(image_folder, tiny, tmp_pat
     result = engine.fit(image_folder, epochs=1, out=tmp_path / "run", quiet=True)
     config, records = read_run(result.run_dir)
     assert config["resolved"]["regularizers"] == [
-        {"name": "l2-sp", "plugin": "regularize", "options": {"alpha": 0.01}},
-        {"name": "bss", "plugin": "regularize", "options": {"k": 2}},
-        {"name": "delta", "plugin": "regularize", "options": {}},
-    ]
+        {"name": "l2-sp", "plugin": "regularize", "options": {"alpha": 0.01, "beta": 0.01}},
+        {"name": "bss", "plugin": "regularize", "options": {"eta": 0.001, "k": 2}},
+        {
+            "name": "delta",
+            "plugin": "regularize",
+            "options": {"alpha": 1.0, "beta": 0.01, "layers": []},
+        },
+    ]  # options as resolved: the ones left at their defaults too
     assert config["tlplug-regularize"]["penalties"] == [
         {"name": "l2-sp", "alpha": 0.01, "beta": 0.01},
         {"name": "bss", "eta": 0.001, "k": 2},

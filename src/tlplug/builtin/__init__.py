@@ -10,4 +10,6 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "lr-schedules": "tlplug.builtin.lr_schedules",
     "augmentations": "tlplug.builtin.augmentations",
     "data-sources": "tlplug.builtin.data_sources",
+    "console": "tlplug.builtin.console_report",
+    "metrics": "tlplug.builtin.metrics_log",
 }

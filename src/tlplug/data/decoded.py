@@ -9,10 +9,13 @@ every epoch on the kept pixels.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 
 from tlplug.data.sources import ImageList
 from tlplug.mapped import mapped_tensor
@@ -49,3 +52,27 @@ class DecodedImages:
         """Delete the backing file, if any."""
         if self.file is not None:
             self.file.unlink(missing_ok=True)
+
+
+def decoding_plan(loaders: Sequence[DataLoader], size: int) -> dict[str, Any]:
+    """Whether the loaders' images are decoded once and kept: when their pixels take at
+    most a quarter of the machine's memory. JSON-ready, for config.json."""
+    lists = {id(loader.dataset.images): loader.dataset.images for loader in loaders}
+    total = sum(DecodedImages.nbytes(images, size) for images in lists.values())
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {"kept": total <= memory / 4, "bytes": total}
+
+
+def keep_decoded(loaders: Sequence[DataLoader], size: int, folder: Path) -> list[DecodedImages]:
+    """Give the loaders' datasets a decoded-image cache, one per image list; with loader
+    workers it is a memory-mapped file in ``folder`` that they fill together."""
+    shared = loaders[0].num_workers > 0
+    caches: dict[int, DecodedImages] = {}
+    for loader in loaders:
+        dataset = loader.dataset
+        key = id(dataset.images)
+        if key not in caches:
+            file = folder / f".pixels-{len(caches)}" if shared else None
+            caches[key] = DecodedImages(dataset.images, dataset.base, size, file)
+        dataset.decoded = caches[key]
+    return list(caches.values())

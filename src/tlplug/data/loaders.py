@@ -14,13 +14,20 @@ import random
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import attrs
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from tlplug.data.sources import DecodeError, ImageList
+from tlplug.data.sources import DecodeError, ImageList, Splits
 from tlplug.errors import DataError
+from tlplug.seeding import epoch_seed
+
+if TYPE_CHECKING:
+    from tlplug.data.pipeline import Pipeline
+    from tlplug.recipe import Recipe
 
 
 class TransformedImages(Dataset):
@@ -122,11 +129,6 @@ class EpochSampler(Sampler):
         return order if order is not None else torch.arange(self.size)
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A seed for ``epoch`` of a run seeded with ``seed``."""
-    return (seed * 1_000_003 + epoch) % 2**63
-
-
 def default_workers(device_type: str = "cuda") -> int:
     """Loader processes when none are asked for.
 
@@ -161,6 +163,48 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
         worker_init_fn=_seed_worker,
+    )
+
+
+@attrs.frozen
+class Loaders:
+    """A run's loaders: training (augmented), validation, the training images as a feature
+    cache holds them (deterministic augmentations only), and the test images if the data
+    has them."""
+
+    train: DataLoader
+    val: DataLoader
+    plain: DataLoader
+    test: DataLoader | None = None
+    workers: int = 0
+
+    def all(self) -> list[DataLoader]:
+        """Every loader there is."""
+        return [x for x in (self.train, self.val, self.plain, self.test) if x is not None]
+
+
+def make_loaders(
+    splits: Splits, pipeline: Pipeline, recipe: Recipe, device: Any, batch_size: int
+) -> Loaders:
+    """The loaders of a run: ``splits`` through ``pipeline``, batches of ``batch_size``."""
+    workers = default_workers(device.type) if recipe.workers is None else recipe.workers
+    common = dict(workers=workers, seed=recipe.seed, pin_memory=device.type == "cuda")
+    weights = balanced_weights(splits.train.labels) if recipe.balance == "sampler" else None
+
+    def loader(images, transform=None, train=False):
+        dataset = TransformedImages(
+            images, pipeline.base, transform, random=train and pipeline.seeded
+        )
+        return make_loader(
+            dataset, batch_size, train=train, weights=weights if train else None, **common
+        )
+
+    return Loaders(
+        train=loader(splits.train, pipeline.train, train=True),
+        val=loader(splits.val),
+        plain=loader(splits.train, pipeline.steady),
+        test=loader(splits.test) if splits.test is not None else None,
+        workers=workers,
     )
 
 

@@ -20,6 +20,18 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.functional import pil_modes_mapping
 
 from tlplug.backbone import DataConfig
+from tlplug.marks import augmentation
+
+__all__ = [
+    "BaseTransform",
+    "Normalize",
+    "OneOf",
+    "augmentation",
+    "base_transform",
+    "build_transforms",
+    "eval_transform",
+    "normalize",
+]
 
 
 @attrs.frozen
@@ -99,30 +111,20 @@ def build_transforms(
     return base_transform(config, img_size), train
 
 
-def augmentation(*, phase: str = "pixels", order: float = 50):
-    """Mark an augmentation factory with where it acts and where it goes in its phase.
-
-    ``phase``: ``"pixels"`` (uint8 image), ``"tensor"`` (normalized float image) or
-    ``"batch"`` (``(images, targets)`` on the device); ``order``: lower runs first
-    (built-ins: crops 10, flips 20, colour operations 30).
-    """
-
-    def mark(factory):
-        factory.phase, factory.order = phase, order
-        return factory
-
-    return mark
-
-
 class OneOf:
-    """Batch-level augmentations of which each batch gets one, chosen with torch's RNG."""
+    """Batch-level augmentations: each batch gets one of ``choices``, chosen with torch's
+    RNG, then every one of ``always`` in turn."""
 
-    def __init__(self, choices: Sequence[Callable]):
-        self.choices = list(choices)
+    def __init__(self, choices: Sequence[Callable], always: Sequence[Callable] = ()):
+        self.choices, self.always = list(choices), list(always)
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor):
-        pick = int(torch.randint(len(self.choices), ()))
-        return self.choices[pick](images, targets)
+        if self.choices:
+            pick = int(torch.randint(len(self.choices), ()))
+            images, targets = self.choices[pick](images, targets)
+        for augment in self.always:
+            images, targets = augment(images, targets)
+        return images, targets
 
 
 def eval_transform(config: DataConfig, img_size: int) -> v2.Compose:

@@ -1,0 +1,101 @@
+"""Assembling a run: data, backbone, model, plan, optimizer, loaders and config, once.
+
+Nothing here writes to the run directory, so a run that cannot be assembled leaves a
+user's files as they were.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tlplug.adapters import Adapter, attach_adapter
+from tlplug.build import Parts, build_backbone, build_model, make_plan, probe
+from tlplug.console import Console
+from tlplug.data import load_data
+from tlplug.data.decoded import decoding_plan
+from tlplug.data.loaders import make_loaders
+from tlplug.data.pipeline import build_pipeline, image_size
+from tlplug.device import pick_device
+from tlplug.loss import TrainingLoss, class_weights
+from tlplug.model import TransferModel
+from tlplug.optim import build_optimizer, build_scheduler, lr_multipliers
+from tlplug.plugins import PluginHost
+from tlplug.precision import compile_for_training, numerics_for
+from tlplug.recipe import Recipe
+from tlplug.run import Run
+from tlplug.runconfig import describe_run
+from tlplug.seeding import seed_everything
+from tlplug.training import fit_batch_size
+
+
+def assemble(
+    plugins: PluginHost,
+    parts: Parts,
+    recipe: Recipe,
+    data: str | os.PathLike | None,
+    run_dir: Path,
+    console: Console,
+) -> Run:
+    """Build everything a run of ``recipe`` on ``data`` needs, writing nothing."""
+    seed_everything(recipe.seed)
+    splits = load_data(plugins, data, recipe)
+    device = pick_device(recipe.device)
+    backbone, report = build_backbone(parts["backbones"], recipe)
+    config = backbone.data_config
+    img_size = image_size(recipe.img_size, splits.img_size, config)
+    probe(backbone, img_size, recipe.backbone)
+    model = build_model(parts["heads"], backbone, len(splits.classes))
+    adapter = _adapter(parts, model)
+    plan = make_plan(parts["schedules"], model.group_names(), recipe.epochs)
+    model.to(device)
+    loss = _loss(parts, model, splits, recipe)  # penalties see the starting weights
+    pipeline = build_pipeline(parts["augmentations"], config, img_size)
+    numerics = numerics_for(recipe, model, device, img_size, pipeline.normalize)
+    batch_size = recipe.batch_size
+    if recipe.auto_batch_size:
+        batch_size = fit_batch_size(
+            model, batch_size, img_size, len(splits.classes), device, numerics
+        )
+    loaders = make_loaders(splits, pipeline, recipe, device, batch_size)
+    multipliers = lr_multipliers(model.group_names(), recipe)
+    optimizer = build_optimizer(model, recipe, multipliers)
+    run = Run(
+        recipe, {}, model, optimizer,
+        build_scheduler(parts["lr-schedules"], optimizer, recipe.epochs, len(loaders.train)),
+        plan, splits.classes, run_dir, device, numerics,
+        adapter=adapter, loss=loss, parts=parts, data=splits,
+        loaders=loaders, pipeline=pipeline, console=console, plugins=plugins,
+        compiled=compile_for_training(model, device) if recipe.compile else None,
+    )  # fmt: skip
+    run.config = describe_run(
+        run,
+        backbone,
+        report,
+        {
+            "img_size": img_size,
+            "workers": loaders.workers,
+            "device": str(device),
+            "lr_multipliers": multipliers,
+            "batch_size": batch_size,
+            "decoded_images": decoding_plan(loaders.all(), img_size),
+        },
+    )
+    return run
+
+
+def _adapter(parts: Parts, model: TransferModel) -> Adapter | None:
+    choice = parts["adapters"]
+    if choice is None:
+        return None
+    return attach_adapter(model, choice.strategy.factory, choice.options, choice.strategy.name)
+
+
+def _loss(parts: Parts, model: TransferModel, splits, recipe: Recipe) -> TrainingLoss:
+    """Cross-entropy with the recipe's smoothing and class weights, plus the regularizers'
+    penalties, made while the model holds its starting weights."""
+    penalties = [c.strategy.factory(model, **c.options) for c in parts["regularizers"]]
+    weights = None
+    if recipe.balance == "loss":
+        weights = class_weights(splits.train.labels, len(splits.classes))
+    return TrainingLoss(len(splits.classes), recipe.label_smoothing, weights, penalties)

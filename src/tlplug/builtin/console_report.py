@@ -1,0 +1,166 @@
+"""The console report: what a run prints, as a lifecycle plugin.
+
+Every line a run prints while it trains is worded here, from what the hooks pass: the
+run's config and data at the start, the stage and where its inputs come from, one line per
+epoch, the outcome at the end. It runs after other plugins (``trylast``), so it prints what
+they added. Quiet runs (``-q``) print nothing.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from tlplug import __version__, hookimpl
+
+
+@hookimpl(trylast=True)
+def tlplug_run_start(run) -> None:
+    say, resolved, recipe = run.console.say, run.config["resolved"], run.recipe
+    weights = resolved["backbone"]["weights"]
+    say(f"tlplug {__version__}: {recipe.backbone} ({weights}) on {run.device}, "
+        f"{resolved['img_size']}px")  # fmt: skip
+    if resolved["backbone"]["weights_report"]:
+        say(f"weights {recipe.weights}: {resolved['backbone']['weights_report']}")
+    for line in _data_lines(run):
+        say(line)
+    groups = ", ".join(f"{g['name']} {g['params']:,}" for g in resolved["groups"])
+    say(f"groups: {groups}")
+    say(f"schedule {recipe.schedule}: " + "; ".join(
+        f"epoch {s.start + 1}: {s.name}" for s in run.plan))  # fmt: skip
+    say(f"run directory: {run.run_dir}")
+    if run.epoch:
+        say(f"resuming after epoch {run.epoch} of {recipe.epochs}")
+    decoded = resolved["decoded_images"]
+    if decoded["kept"]:
+        say(f"images are decoded once and kept ({decoded['bytes'] / 2**20:.0f} MiB)")
+    else:
+        say(f"decoded-image cache off: the pixels would take {decoded['bytes'] / 2**30:.1f} "
+            "GiB, more than a quarter of this machine's memory; images are decoded every "
+            "epoch")  # fmt: skip
+
+
+def _data_lines(run) -> list[str]:
+    splits, recipe = run.data, run.recipe
+    test = f" / {len(splits.test)} test" if splits.test is not None else ""
+    lines = [
+        f"data: {len(splits.train)} train / {len(splits.val)} val{test} images, "
+        f"{len(splits.classes)} classes"
+    ]
+    train, val = Counter(splits.train.labels), Counter(splits.val.labels)
+    lines.append(
+        "per class (train/val): "
+        + ", ".join(f"{name} {train[i]}/{val[i]}" for i, name in enumerate(splits.classes))
+    )
+    most, least = max(train.values()), min(train.values())
+    if most >= 3 * least and recipe.balance == "off":
+        lines.append(
+            f"classes are imbalanced ({most} vs {least} training images); "
+            "--balance sampler or --balance loss evens them out"
+        )
+    lines += [f"warning: {line}" for line in splits.warnings]
+    if splits.skipped:
+        first = splits.skipped[0]
+        lines.append(
+            f"warning: skipped {len(splits.skipped)} file(s) that are not readable images "
+            f"(listed in summary.json), e.g. {first.path}: {first.reason}"
+        )
+    return lines
+
+
+@hookimpl(trylast=True)
+def tlplug_stage_start(run, stage) -> None:
+    from tlplug.optim import stage_lrs
+
+    parts = [", ".join(stage.trainable)] if stage.trainable else []
+    if stage.biases:
+        parts.append(f"the biases of {len(stage.biases)} groups")
+    params = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+    lrs = stage_lrs(run.optimizer, run.model.group_names(), stage)
+    rates = ", ".join(f"{name} {lr:.2e}" for name, lr in lrs.items())
+    scale = f", LR x{stage.lr_scale:g}" if stage.lr_scale != 1 else ""
+    start = "continuing stage" if run.epoch - 1 > stage.start else "stage"
+    run.console.say(
+        f"{start} {run.stage + 1}/{len(run.plan)} '{stage.name}' from epoch {run.epoch}: "
+        f"training {' and '.join(parts)} ({params:,} parameters); lr {rates}{scale}; "
+        f"frozen BatchNorm policy '{run.recipe.bn_policy}'"
+    )
+    line = source_line(run.source)
+    if line:
+        run.console.say_once(line) if run.source.reason == "no-cut" else run.console.say(line)
+
+
+def source_line(source) -> str:
+    """What the console says of a stage's :class:`~tlplug.run.Source`; "" for nothing."""
+    if source.cache is None:
+        return ""
+    what = "feature cache" if source.cache == "features" else "frozen-prefix cache"
+    names = ", ".join(source.names)
+    if source.used and source.cache == "features":
+        without = f" (without {names})" if names else ""
+        return (
+            f"feature cache on{without}: the backbone runs once over the data and the head "
+            "trains on its features"
+        )
+    if source.used:
+        return (
+            f"frozen-prefix cache on: the backbone up to {source.cut} runs once over the "
+            "data; each step runs only the layers above it"
+        )
+    return f"{what} off" + {
+        "off": " (--cache-features off)",
+        "bn-train": ": with --bn-policy train the frozen layers' BatchNorm statistics change "
+        "every batch",
+        "regularizer": f": regularizer {names} needs the images",
+        "augmentation": f": random augmentation ({names}) changes the images every epoch; "
+        "--cache-features on caches the un-augmented images",
+        "no-cut": ": no cut below the trainable groups gives the network's own output when "
+        "replayed",
+    }.get(source.reason, "")
+
+
+@hookimpl(trylast=True)
+def tlplug_epoch_end(run, record) -> None:
+    before = run.history[-1]["skipped_nonfinite"] if run.history else 0
+    if record["skipped_nonfinite"] > before:
+        run.console.say(
+            f"skipped {record['skipped_nonfinite'] - before} step(s) of epoch "
+            f"{record['epoch']} with a non-finite loss ({record['skipped_nonfinite']} of "
+            f"{run.recipe.skip_nonfinite} allowed by --skip-nonfinite)"
+        )
+    run.console.say(epoch_line(record, run.recipe.epochs))
+
+
+def epoch_line(record: dict[str, Any], epochs: int) -> str:
+    """One epoch's line: stage, losses, accuracy (``*`` marks a new best), LR, speed."""
+    lrs = sorted(set(record["lr"].values()))
+    lr = f"{lrs[0]:.2e}" if len(lrs) == 1 else f"{lrs[0]:.2e}..{lrs[-1]:.2e}"
+    val = "(no validation) "
+    if record["val_acc"] is not None:
+        best = " *" if record.get("is_best") else ""
+        val = f"val_loss {record['val_loss']:.4f} val_acc {record['val_acc']:.4f}{best} "
+    peak = f" peak {record['peak_memory_mb']:.0f} MiB" if record["peak_memory_mb"] else ""
+    return (
+        f"epoch {record['epoch']}/{epochs} [{record['stage_name']}] "
+        f"train_loss {record['train_loss']:.4f} {val}lr {lr} "
+        f"{record['seconds']:.1f}s {record['images_per_s']:.0f} img/s{peak}"
+    )
+
+
+@hookimpl(trylast=True)
+def tlplug_run_end(run, summary) -> None:
+    say = run.console.say
+    if "test_acc" in summary:
+        say(f"test_acc {summary['test_acc']:.4f} ({summary['num_test']} test images, "
+            "best weights)")  # fmt: skip
+    more = len(summary["skipped_files"]) - len(run.skipped)
+    if more > 0:
+        say(
+            f"{more} more image(s) failed to decode while training and were replaced by "
+            "another image of their class; see skipped_files in summary.json"
+        )
+    say(
+        f"best val_acc {summary['best_val_acc']:.4f} at epoch {summary['best_epoch']}; "
+        f"run saved in {run.run_dir}\n"
+        f"predict with: tlplug predict {run.run_dir} IMAGE..."
+    )

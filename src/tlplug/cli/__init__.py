@@ -1,0 +1,60 @@
+"""The ``tlplug`` command: run, predict, plugins, list, groups, augment-preview, and the
+commands plugins add.
+
+Every error a user can cause ends as one line on stderr and a non-zero exit status;
+``TLPLUG_DEBUG=1`` shows the traceback of an unexpected one. Plugins are loaded the first
+time a command is looked up, so ``tlplug --version`` loads none.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from tlplug.cli import (  # noqa: F401  (they add the commands)
+    inspect_commands,
+    run_commands,
+    ship_commands,
+)
+from tlplug.cli.group import cli
+from tlplug.errors import TlplugError, one_line
+
+__all__ = ["cli", "main"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning every error into one line and an exit status."""
+    try:
+        cli.main(args=argv, prog_name="tlplug", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "tlplug"
+        click.echo(f"Error: {exc.format_message()} (see '{command} --help')", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        click.echo(f"Error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except TlplugError as exc:
+        click.echo(f"Error: {one_line(exc)}", err=True)
+        sys.exit(getattr(exc, "exit_code", 1))
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        if isinstance(exc, ValueError) and "null byte" in str(exc):  # from click's path check
+            click.echo("Error: an argument contains a NUL byte; paths cannot hold one", err=True)
+            sys.exit(2)
+        if os.environ.get("TLPLUG_DEBUG"):
+            raise
+        click.echo(
+            f"Error: unexpected {type(exc).__name__}: {one_line(exc)} "
+            "(set TLPLUG_DEBUG=1 to see the traceback, and please report it)",
+            err=True,
+        )
+        sys.exit(1)

@@ -1,0 +1,133 @@
+"""Commands that train or use a model: ``run``, ``predict``, ``augment-preview``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import attrs
+import click
+
+from tlplug.cli.group import cli, current_host
+from tlplug.cli.options import recipe_from_cli, recipe_options
+from tlplug.errors import OptionError, TlplugError
+from tlplug.kinds import KINDS
+from tlplug.recipe import Settings
+
+DATA_HELP = (
+    "Image folder (train/ + val/ [+ test/], or class folders), a CSV manifest "
+    "(path,label[,split]), or SOURCE:LOCATION for a data-source plugin. "
+    "[default: the built-in synthetic set]"
+)
+RUN_KINDS = [kind for kind in KINDS.values() if kind.command == "run"]
+
+
+@cli.command()
+@click.option("--data", help=DATA_HELP)
+@recipe_options(RUN_KINDS, [f.name for f in attrs.fields(Settings)])
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Run directory. [default: runs/<time>-<backbone>]",
+)
+@click.option("--overwrite", is_flag=True, help="Replace the run in a non-empty --out.")
+@click.option(
+    "--resume",
+    type=click.Path(path_type=Path),
+    metavar="RUN_DIR",
+    help="Continue the interrupted run in RUN_DIR with its own recipe and data.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing while training.")
+def run(data, out, overwrite, resume, quiet, **options) -> None:
+    """Fine-tune a backbone on DATA and write a run directory.
+
+    Every option also has a recipe key of the same name in Python
+    (``Engine.from_plugins(lr_schedule=...)``)."""
+    from tlplug.engine import Engine
+
+    host = current_host()
+    recipe = recipe_from_cli(options, host.kinds.values())
+    if resume is not None:
+        given = [f"--{k.replace('_', '-')}" for k in recipe] + [
+            flag for flag, value in (("--data", data), ("--out", out), ("--overwrite", overwrite))
+            if value
+        ]  # fmt: skip
+        if given:
+            raise OptionError(
+                f"--resume continues {resume} with the recipe and data in its config.json; "
+                f"drop {', '.join(given)}"
+            )
+        Engine.resume(resume, quiet=quiet, host=host)
+        return
+    engine = Engine(host, host.recipe_type.from_kwargs(**recipe))
+    engine.fit(data, out=out, overwrite=overwrite, quiet=quiet)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--topk",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Classes to show per image.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option("--device", default="cpu", show_default=True, help="auto, cpu or cuda.")
+def predict(run_dir, images, topk, as_json, device) -> None:
+    """Classify images with the best model of a run.
+
+    IMAGES are files or folders; RUN_DIR is a run directory."""
+    from tlplug.data.folders import list_images
+    from tlplug.predict import load_classifier
+
+    files: list[Path] = []
+    for path in images:
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                raise TlplugError(f"folder {path} holds no images")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise TlplugError(f"image {path} does not exist")
+    classifier = load_classifier(run_dir, current_host(), device)
+    predictions = classifier.predict(files, topk=topk)
+    if as_json:
+        click.echo(json.dumps([p.to_json() for p in predictions], indent=2))
+        return
+    for p in predictions:
+        top = "  ".join(f"{name} {prob:.3f}" for name, prob in p.top)
+        click.echo(f"{p.source}: {top}")
+
+
+@cli.command(name="augment-preview")
+@click.option("--data", help="Training data, as for 'tlplug run'. [default: the synthetic set]")
+@recipe_options(
+    [KINDS["data-sources"], KINDS["augmentations"], KINDS["backbones"]],
+    ["val_split", "img_size", "seed"],
+)
+@click.option(
+    "--count", type=click.IntRange(min=1), default=16, show_default=True, help="Images in the grid."
+)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="PNG file to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+def augment_preview(data, out, count, overwrite, **options) -> None:
+    """Write a PNG grid of augmented training images.
+
+    The grid shows what the model will see: the first images of a run's first epoch,
+    augmented as the run would augment them."""
+    from tlplug.engine import Engine
+    from tlplug.preview import write_preview
+
+    host = current_host()
+    kinds = [KINDS["data-sources"], KINDS["augmentations"], KINDS["backbones"]]
+    recipe = recipe_from_cli(options, kinds)
+    engine = Engine(host, host.recipe_type.from_kwargs(**recipe, pretrained=False))
+    preview = write_preview(engine, out, data, count=count, overwrite=overwrite)
+    click.echo(preview.summary())
+    labels = preview.labels()
+    for row in range(0, count, preview.columns):
+        click.echo("  " + " | ".join(labels[row : row + preview.columns]))

@@ -1,0 +1,94 @@
+"""One epoch of a run: train on the stage's feed, validate, and the epoch's metrics record."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from tlplug.feed import Feed
+from tlplug.freezing import train_mode
+from tlplug.interrupt import StopRequest
+from tlplug.memory import peak_mb, reset_peak
+from tlplug.optim import group_lrs
+from tlplug.run import Run, Step
+from tlplug.seeding import epoch_seed, seed_everything
+from tlplug.training import EpochStats, Evaluation, NonFinite, evaluate, train_epoch
+
+
+@attrs.frozen
+class EpochResult:
+    """What an epoch's training and validation gave; ``val`` is None on an epoch that does
+    not validate (``--val-every``)."""
+
+    train: EpochStats
+    val: Evaluation | None
+
+
+def run_epoch(
+    run: Run,
+    feed: Feed,
+    stop: StopRequest,
+    nonfinite: NonFinite,
+    on_step: Callable[[Step], None] | None = None,
+) -> EpochResult:
+    """Train ``run.epoch`` on ``feed`` and validate when the epoch is due."""
+    recipe, epoch = run.recipe, run.epoch
+    seed_everything(epoch_seed(recipe.seed, epoch))
+    run.loaders.train.sampler.set_epoch(epoch)
+    train_mode(run.model, run.plan[run.stage], recipe.bn_policy)
+    reset_peak(run.device)
+    train = train_epoch(
+        feed.stepped, feed.train, run.optimizer, run.lr_scheduler, run.device, run.console,
+        epoch, stop=stop, nonfinite=nonfinite, numerics=run.numerics, loss=run.loss,
+        batch_augment=feed.batch_augment, cached=feed.cached, replay=feed.replay,
+        on_step=on_step, first_step=run.step + 1,
+    )  # fmt: skip
+    if not train.complete:
+        return EpochResult(train, None)
+    run.step += len(run.loaders.train)
+    val = None
+    if epoch % recipe.val_every == 0 or epoch == recipe.epochs:
+        val = evaluate(feed.net, feed.val, run.device, len(run.classes), run.numerics)
+        run.lr_scheduler.epoch_end(val.stats.loss)
+    return EpochResult(train, val)
+
+
+def epoch_record(
+    run: Run,
+    feed: Feed,
+    result: EpochResult,
+    trainable: int,
+    nonfinite: NonFinite,
+) -> dict[str, Any]:
+    """The line of metrics.jsonl for the epoch just run."""
+    stage = run.plan[run.stage]
+    train, val = result.train, result.val
+    filled, feed.filled = feed.filled, None
+    starting, feed.starting = feed.starting, {}
+    fill_seconds = filled[0] if filled else 0.0
+    return {
+        "epoch": run.epoch,
+        "stage": run.stage,
+        "stage_name": stage.name,
+        **starting,
+        "trainable_groups": list(stage.trainable),
+        "bias_groups": list(stage.biases),
+        "trainable_params": trainable,
+        "bn_policy": run.recipe.bn_policy,
+        "lr_scale": stage.lr_scale,
+        "train_loss": train.loss,
+        "train_acc": train.acc,
+        "val_loss": val.stats.loss if val else None,
+        "val_acc": val.stats.acc if val else None,
+        "lr": group_lrs(run.optimizer),
+        "seconds": round(train.seconds + (val.stats.seconds if val else 0.0) + fill_seconds, 3),
+        "images_per_s": round(train.images / max(train.seconds, 1e-9), 1),
+        "cache_seconds": round(filled[0], 3) if filled else None,
+        "cache_images_per_s": round(filled[1] / filled[0], 1) if filled else None,
+        "skipped_nonfinite": nonfinite.skipped,
+        "feature_cache": feed.cached,
+        "prefix_cache": run.source.cut if feed.replay else None,
+        "peak_memory_mb": peak_mb(run.device),
+    }

@@ -1,0 +1,196 @@
+"""The run loop: enter the epoch's stage, run the epoch, record it, end it; then finish.
+
+Everything that observes a run (the console, metrics.jsonl, loggers) is a plugin on the
+lifecycle hooks. The loop keeps only what must be ordered with the weights: at the end of
+an epoch the best weights and the resume state are queued together on the background
+writer, after every ``tlplug_epoch_end`` hook has run, so a slow plugin never holds the
+writer and the resume state never names weights that are not queued before it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from tlplug import checkpoint, rundir
+from tlplug.background_writer import BackgroundWriter
+from tlplug.data.decoded import keep_decoded
+from tlplug.epoch import EpochResult, epoch_record, run_epoch
+from tlplug.feed import Feed, choose_source, feeding
+from tlplug.freezing import apply_stage
+from tlplug.interrupt import Interrupted, StopRequest
+from tlplug.optim import stage_lrs
+from tlplug.run import Run
+from tlplug.schedule import stage_at
+from tlplug.summary import summarize
+from tlplug.tally import Tally
+from tlplug.training import Diverged, NonFinite, OutOfMemory
+from tlplug.weights import save_weights
+
+DECODE_FAILURES = ".decode-failures"  # appended to by loader processes, read at the end
+
+
+@attrs.frozen
+class FitResult:
+    """What :meth:`Engine.fit <tlplug.Engine.fit>` returns: the outcome and where the run
+    directory is."""
+
+    best_val_acc: float
+    best_epoch: int
+    final_val_acc: float
+    run_dir: Path
+    history: list[dict[str, Any]]
+
+
+def train(run: Run, tally: Tally) -> FitResult:
+    """Train from the epoch after ``run.epoch`` to the last; ``tally`` carries a resumed
+    run's best result, time and skipped batches."""
+    with Sitting(run, tally) as sitting:
+        for epoch in range(run.epoch + 1, run.recipe.epochs + 1):
+            feed = sitting.enter_stage(epoch)
+            result = sitting.run_epoch(feed)
+            record = epoch_record(run, feed, result, sitting.trainable, sitting.nonfinite)
+            sitting.end_epoch(record, result)
+    summary = summarize(run, tally, run.run_dir / DECODE_FAILURES)
+    run.hook.tlplug_run_end(run=run, summary=summary)
+    rundir.write_json(run.run_dir / rundir.SUMMARY, summary)
+    return FitResult(
+        tally.best_acc, tally.best_epoch, summary["final_val_acc"], run.run_dir, run.history
+    )
+
+
+class Sitting:
+    """One sitting of training, from a fresh or resumed start to the end or an error: the
+    stop request, the checkpoint writer, the decoded images and the current stage's feed."""
+
+    def __init__(self, run: Run, tally: Tally):
+        self.run, self.tally = run, tally
+        self.writer = BackgroundWriter()
+        self.nonfinite = NonFinite(run.recipe.skip_nonfinite, tally.skipped_nonfinite)
+        self.started = time.perf_counter() - tally.seconds
+        self.stop = StopRequest()
+        self._exits = contextlib.ExitStack()
+        self._stage = contextlib.ExitStack()  # the entered stage's feed
+        self._entered = -1
+        self._feed: Feed | None = None
+        self.trainable = 0  # parameters the stage in force trains
+        hook = run.hook.tlplug_step_end
+        self._on_step = (lambda step: hook(run=run, step=step)) if hook.get_hookimpls() else None
+
+    def __enter__(self) -> Sitting:
+        run, exits = self.run, self._exits
+        try:
+            exits.enter_context(self.stop)
+            failures = run.run_dir / DECODE_FAILURES
+            for loader in run.loaders.all():
+                loader.dataset.failures = failures
+            resolved = run.config["resolved"]
+            if resolved["decoded_images"]["kept"]:
+                for cache in keep_decoded(run.loaders.all(), resolved["img_size"], run.run_dir):
+                    exits.callback(cache.remove)
+            exits.enter_context(_written(self.writer))
+            exits.enter_context(self._stage)
+        except BaseException:
+            exits.close()
+            raise
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self._exits.__exit__(kind, error, traceback)
+        if isinstance(error, BaseException):
+            with contextlib.suppress(Exception):  # the run's own error is the one to report
+                self.run.hook.tlplug_run_error(run=self.run, reason=_reason(error), error=error)
+
+    def enter_stage(self, epoch: int) -> Feed:
+        """Make ``epoch`` the current epoch and its stage the one in force; return what the
+        stage's steps are fed."""
+        run = self.run
+        run.epoch = epoch
+        index = stage_at(run.plan, epoch - 1)
+        if index == self._entered:
+            return self._feed
+        self._stage.close()
+        stage = run.plan[index]
+        fresh = index != run.stage  # not the stage a resumed run continues in
+        run.stage = index
+        self.trainable = apply_stage(run.model, stage)
+        # Checkpoints share one copy of what the stage keeps frozen: no step writes it.
+        self.writer.hold_still(p for p in run.model.parameters() if not p.requires_grad)
+        run.lr_scheduler.set_scale(stage.lr_scale)
+        lrs = stage_lrs(run.optimizer, run.model.group_names(), stage)
+        run.source, cut = choose_source(run, stage)
+        run.hook.tlplug_stage_start(run=run, stage=stage)
+        self._feed = self._stage.enter_context(feeding(run, run.source, cut))
+        if fresh:  # the stage's first epoch records its start
+            self._feed.starting = {"stage_start": True, "stage_lr": lrs}
+        self._entered = index
+        return self._feed
+
+    def run_epoch(self, feed: Feed) -> EpochResult:
+        """Train and validate the current epoch."""
+        run = self.run
+        try:
+            result = run_epoch(run, feed, self.stop, self.nonfinite, self._on_step)
+        except Diverged as exc:
+            raise Diverged(f"{exc}. {self.kept()}") from None
+        if not result.train.complete:
+            raise Interrupted(
+                f"stopped by {self.stop.requested} during epoch {run.epoch}. {self.kept()}; "
+                f"continue with: tlplug run --resume {run.run_dir}",
+                128 + self.stop.signum,
+            )
+        return result
+
+    def end_epoch(self, record: dict[str, Any], result: EpochResult) -> None:
+        """Take the epoch's result into the tally, let the plugins see its record, then
+        queue the best weights and the resume state."""
+        run, tally, val = self.run, self.tally, result.val
+        best = val is not None and tally.offer(run.epoch, val)
+        record["is_best"] = best
+        run.hook.tlplug_epoch_end(run=run, record=record)
+        run.history.append(record)
+        tally.seconds = time.perf_counter() - self.started
+        tally.skipped_nonfinite = self.nonfinite.skipped
+        with self.writer.together():
+            if best:
+                save_weights(run.model, run.run_dir / rundir.WEIGHTS, run.config, self.writer,
+                             run.adapter)  # fmt: skip
+            checkpoint.save_resume(run.run_dir / checkpoint.RESUME, run, tally, self.writer)
+
+    def kept(self) -> str:
+        """What of the run is safe on disk, for the message of an error that ends it."""
+        run, tally = self.run, self.tally
+        if not tally.best_epoch:
+            return "No epoch finished, so nothing was saved"
+        return (
+            f"The best weights so far (epoch {tally.best_epoch}) are kept in "
+            f"{run.run_dir / rundir.WEIGHTS}, the state after epoch {run.epoch - 1} in "
+            f"{run.run_dir / checkpoint.RESUME}"
+        )
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, (Interrupted, KeyboardInterrupt)):
+        return "interrupted"
+    if isinstance(error, Diverged):
+        return "diverged"
+    if isinstance(error, (OutOfMemory, MemoryError)):
+        return "out-of-memory"
+    return "error"
+
+
+@contextlib.contextmanager
+def _written(writer: BackgroundWriter):
+    """Wait for the background writes when the block ends, so what is kept is on disk; a
+    write error outranks a success but not the error that ended the block."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            writer.wait()
+        raise
+    writer.wait()

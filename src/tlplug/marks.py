@@ -1,0 +1,62 @@
+"""How an augmentation takes part in training: the marks its factory carries.
+
+:func:`augmentation` sets them; the engine reads them to order the training pipeline, to
+seed only what draws at random, and to decide whether a head-only stage may train on
+features cached once. Nothing here imports torch, so a plugin that marks its factories
+stays light to import.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tlplug.errors import TlplugError
+
+PHASES = ("pixels", "tensor", "batch")
+
+
+def augmentation(
+    *, phase: str = "pixels", order: float = 50, random: bool = True, always: bool = False
+):
+    """Mark an augmentation factory with where it acts and how.
+
+    ``phase``: ``"pixels"`` (uint8 image), ``"tensor"`` (normalized float image) or
+    ``"batch"`` (``(images, targets)`` on the device); ``order``: lower runs first within
+    the phase (built-ins: crops 10, flips 20, colour operations 30). ``random``: False for
+    a deterministic transform, which is applied to cached features too and does not turn
+    the feature cache off. ``always``: for a batch augmentation, run on every batch, after
+    the one that mixup, cutmix and the other batch augmentations take turns at.
+    """
+
+    def mark(factory):
+        factory.phase, factory.order = phase, order
+        factory.random, factory.always = random, always
+        return factory
+
+    return mark
+
+
+def phase_of(strategy: Any) -> str:
+    """Where the augmentation ``strategy`` (a registered strategy) acts."""
+    phase = getattr(strategy.factory, "phase", "pixels")
+    if phase not in PHASES:
+        raise TlplugError(
+            f"augmentation '{strategy.name}' has phase {phase!r}; "
+            f"plugin '{strategy.plugin}' must use one of {', '.join(PHASES)}"
+        )
+    return phase
+
+
+def rank(strategy: Any) -> tuple[int, float]:
+    """Sort key of an augmentation: its phase, then its ``order`` (default 50)."""
+    return PHASES.index(phase_of(strategy)), float(getattr(strategy.factory, "order", 50))
+
+
+def is_random(strategy: Any) -> bool:
+    """Whether the augmentation draws at random (unmarked ones are taken to)."""
+    return bool(getattr(strategy.factory, "random", True))
+
+
+def runs_always(strategy: Any) -> bool:
+    """Whether a batch augmentation runs on every batch rather than taking turns."""
+    return bool(getattr(strategy.factory, "always", False))
