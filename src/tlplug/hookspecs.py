@@ -179,6 +179,20 @@ def tlplug_register_regularizers(register: Register) -> None:
 
 
 @hookspec
+def tlplug_register_loggers(register: Register) -> None:
+    """Register loggers (``--logger``, repeatable): where a run's numbers go besides
+    metrics.jsonl (``csv`` is built in).
+
+    ``register(name, factory)``: at the start of every run, tlplug calls
+    ``factory(**options)`` and expects an object with any of the methods ``run_start(run)``,
+    ``step_end(run, step)``, ``epoch_end(run, record)``, ``run_end(run, summary)`` and
+    ``run_error(run, reason, error)``, called as the lifecycle hooks of the same names
+    are; a logger without ``step_end`` costs nothing per step. Keyword-only parameters are
+    options (``--logger-opt NAME.KEY=VALUE``).
+    """
+
+
+@hookspec
 def tlplug_register_exporters(register: Register) -> None:
     """Register export formats (``tlplug export RUN --format NAME``).
 

@@ -107,6 +107,10 @@ BUILTIN_KINDS: tuple[Kind, ...] = (
     Kind("regularizers", "tlplug_register_regularizers", "regularizer", "--regularizer",
          default=(), many=True, record="regularizers",
          help="Loss regularizer, repeatable (from a plugin, e.g. l2-sp)."),
+    Kind("loggers", "tlplug_register_loggers", "logger", "--logger", default=("csv",),
+         many=True, record="loggers",
+         help="Where the run's numbers go besides metrics.jsonl, repeatable: csv "
+         "(metrics.csv), and those of plugins (tensorboard, mlflow); 'none' for none."),
     Kind("exporters", "tlplug_register_exporters", "export format", "--format",
          scope="command", command="export", help="File format to export to."),
 )  # fmt: skip

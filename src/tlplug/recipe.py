@@ -115,6 +115,27 @@ class Settings:
     auto_batch_size: bool = setting(
         False, "Halve --batch-size until a training step fits in memory.", shown=""
     )
+    accumulate: int = setting(
+        1, "Add up the gradients of N batches per optimizer step (a batch N times larger).",
+        metavar="N",
+    )  # fmt: skip
+    ema: float | None = setting(
+        None, "Keep an exponential moving average of the weights with this decay (0.999); it "
+        "is validated every epoch and its weights are saved when they score best.",
+        metavar="DECAY", shown="",
+    )  # fmt: skip
+    patience: int | None = setting(
+        None, "Stop early when validation accuracy has not improved for N validations.",
+        metavar="N", shown="",
+    )  # fmt: skip
+    plots: bool = setting(
+        True, "Draw training curves, the confusion matrix and the schedule into the run "
+        "directory.", shown="plots",
+    )  # fmt: skip
+    keep_state: bool = setting(
+        False, "Keep the resume state once the run has finished, to continue it exactly "
+        "later; otherwise a finished run keeps what predict, eval and export need.", shown="",
+    )  # fmt: skip
 
     @classmethod
     def from_kwargs(cls, **given: Any) -> Settings:

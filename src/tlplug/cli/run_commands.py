@@ -1,8 +1,7 @@
-"""Commands that train or use a model: ``run``, ``predict``, ``augment-preview``."""
+"""Commands that train: ``run``, ``augment-preview``."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import attrs
@@ -10,7 +9,7 @@ import click
 
 from tlplug.cli.group import cli, current_host
 from tlplug.cli.options import recipe_from_cli, recipe_options
-from tlplug.errors import OptionError, TlplugError
+from tlplug.errors import OptionError
 from tlplug.kinds import KINDS
 from tlplug.recipe import Settings
 
@@ -61,46 +60,6 @@ def run(data, out, overwrite, resume, quiet, **options) -> None:
         return
     engine = Engine(host, host.recipe_type.from_kwargs(**recipe))
     engine.fit(data, out=out, overwrite=overwrite, quiet=quiet)
-
-
-@cli.command()
-@click.argument("run_dir", type=click.Path(path_type=Path))
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "--topk",
-    type=click.IntRange(min=1),
-    default=5,
-    show_default=True,
-    help="Classes to show per image.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-@click.option("--device", default="cpu", show_default=True, help="auto, cpu or cuda.")
-def predict(run_dir, images, topk, as_json, device) -> None:
-    """Classify images with the best model of a run.
-
-    IMAGES are files or folders; RUN_DIR is a run directory."""
-    from tlplug.data.folders import list_images
-    from tlplug.predict import load_classifier
-
-    files: list[Path] = []
-    for path in images:
-        if path.is_dir():
-            found = list_images(path)
-            if not found:
-                raise TlplugError(f"folder {path} holds no images")
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise TlplugError(f"image {path} does not exist")
-    classifier = load_classifier(run_dir, current_host(), device)
-    predictions = classifier.predict(files, topk=topk)
-    if as_json:
-        click.echo(json.dumps([p.to_json() for p in predictions], indent=2))
-        return
-    for p in predictions:
-        top = "  ".join(f"{name} {prob:.3f}" for name, prob in p.top)
-        click.echo(f"{p.source}: {top}")
 
 
 @cli.command(name="augment-preview")

@@ -1,0 +1,1 @@
+"""Plots in every run directory: training curves, the confusion matrix, the schedule."""
