@@ -18,6 +18,8 @@ TINY = {
     "batch_size": 8,
     "workers": 0,
     "epochs": 2,
+    "plots": False,  # tests/test_plots.py draws them
+    "probe": "epochs",  # head stages take steps; tests/test_probe.py covers the converged probe
 }
 
 

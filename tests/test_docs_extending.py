@@ -50,7 +50,7 @@ def test_exporter_example(image_folder, tmp_path):
 
 def test_logger_example_keeps_its_file_true_to_the_run(image_folder, tmp_path):
     logger = plugin_of(load("logger"))
-    recipe = {**TINY, "epochs": 2, "augment": []}
+    recipe = {**TINY, "epochs": 2, "augment": [], "logger": ["steps", "csv"]}
     with pytest.raises(RuntimeError, match="simulated crash"):
         Engine.from_plugins(logger, CrashAt(2), entrypoints=False, **recipe).fit(
             image_folder, out=tmp_path, quiet=True

@@ -12,7 +12,8 @@ from tlplug.checkpoint import read_resume
 
 PROBE = dict(
     backbone="timm:resnet10t", pretrained=False, img_size=32, batch_size=8, workers=0,
-    schedule="linear-probe", augment=(), epochs=3, lr=0.01,
+    schedule="linear-probe", augment=(), epochs=3, lr=0.01, keep_state=True, plots=False,
+    probe="epochs",  # the head trains by steps, so cached and uncached runs can be compared
 )  # fmt: skip
 
 
@@ -58,16 +59,38 @@ def test_cache_is_dropped_when_a_group_unfreezes_and_spills_to_a_file(
     assert "feature cache on: the backbone runs once" in capsys.readouterr().out
 
 
-def test_random_augmentation_turns_the_cache_off_unless_asked(image_folder, tmp_path, capsys):
-    recipe = PROBE | {"augment": ("flip",), "epochs": 1}
+def test_k_cached_views_train_the_head_as_k_uncached_augmented_epochs(
+    image_folder, tmp_path, capsys
+):
+    recipe = PROBE | {"augment": ("flip", "crop")}  # 3 epochs: one cached view per epoch
+    runs = {
+        mode: Engine.from_plugins(entrypoints=False, cache_features=mode, **recipe).fit(
+            image_folder, out=tmp_path / mode
+        )
+        for mode in ("auto", "off")
+    }
+    assert [r["feature_cache"] for r in runs["auto"].history] == [True] * 3
+    assert not any(r["feature_cache"] for r in runs["off"].history)
+    assert "over 3 augmented views (crop, flip)" in capsys.readouterr().out
+    cached, plain = head_of(tmp_path / "auto"), head_of(tmp_path / "off")
+    for key in cached:  # epoch k trains on view k: the very draws the uncached epoch k makes
+        torch.testing.assert_close(cached[key], plain[key], rtol=1e-4, atol=1e-5)
+    fewer = Engine.from_plugins(entrypoints=False, cache_views=2, **recipe).fit(
+        image_folder, out=tmp_path / "two", quiet=True
+    )  # with fewer views than epochs, epoch 3 sees view 1 again: another head
+    assert fewer.history[-1]["train_loss"] != runs["auto"].history[-1]["train_loss"]
+
+
+def test_a_batch_augmentation_turns_the_cache_off_unless_asked(image_folder, tmp_path, capsys):
+    recipe = PROBE | {"augment": ("flip", "mixup"), "epochs": 1}
     result = Engine.from_plugins(entrypoints=False, **recipe).fit(image_folder, out=tmp_path / "a")
     assert result.history[0]["feature_cache"] is False
-    assert "feature cache off: random augmentation (flip)" in capsys.readouterr().out
+    assert "feature cache off: random augmentation (mixup)" in capsys.readouterr().out
     result = Engine.from_plugins(entrypoints=False, cache_features="on", **recipe).fit(
         image_folder, out=tmp_path / "b"
     )
     assert result.history[0]["feature_cache"] is True
-    assert "feature cache on (without flip)" in capsys.readouterr().out
+    assert "(without mixup)" in capsys.readouterr().out
 
 
 class Grayscale:

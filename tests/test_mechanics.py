@@ -106,7 +106,7 @@ def test_lr_mult_gives_one_multiplier_per_group_stem_to_head():
         lr_multipliers(GROUPS, Recipe(lr_mult=(0.1, 0.5, 1)))
     with pytest.raises(OptionError, match="not both"):
         Recipe.from_kwargs(lr_mult="0.5,1", lr_decay=0.5)
-    with pytest.raises(OptionError, match="lr-decay"):
+    with pytest.raises(OptionError, match="lr_decay"):
         Recipe.from_kwargs(lr_decay=1.5)
 
 
@@ -201,7 +201,9 @@ def test_stage_changes_are_reported(image_folder, tmp_path, tiny, capsys):
     result = Engine.from_plugins(entrypoints=False, **tiny).fit(image_folder, out=tmp_path)
     out = capsys.readouterr().out
     assert "stage 2/3 'layer4..head' from epoch 2: training layer4, head (" in out
-    assert "lr layer4 " in out and "frozen BatchNorm policy 'frozen'" in out
+    assert (
+        "starting lr layer4 " in out and "BatchNorm of frozen groups: frozen (--bn-policy)" in out
+    )
     for record in result.history:
         assert record["stage_start"] is True
         assert list(record["stage_lr"]) == record["trainable_groups"]

@@ -13,7 +13,8 @@ from tlplug.schedule import top_groups
 
 GRADUAL = dict(
     backbone="timm:resnet10t", pretrained=False, img_size=32, batch_size=8, workers=0,
-    schedule="gradual", augment=(), epochs=4, optimizer="sgd", lr=0.05,
+    schedule="gradual", augment=(), epochs=4, optimizer="sgd", lr=0.05, keep_state=True,
+    probe="epochs",  # the head stage takes steps, so cached and plain runs can be compared
 )  # fmt: skip
 
 

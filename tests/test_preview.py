@@ -9,8 +9,9 @@ from tlplug.preview import write_preview
 
 
 def grid_size(count: int, columns: int, size: int) -> tuple[int, int]:
-    rows = -(-count // columns)
-    return columns * (size + 2) + 2, rows * (size + 2) + 2
+    """Tiles enlarged to at least 128 px, 2 px apart, each row with a 26 px label strip."""
+    rows, tile = -(-count // columns), size * -(-128 // size)
+    return columns * (tile + 2) + 2, rows * (tile + 2 + 26) + 2
 
 
 def test_write_preview_of_the_synthetic_set(tiny, tmp_path):

@@ -48,3 +48,20 @@ def test_integer_buffers_a_model_computes_may_be_absent(tmp_path):
         if "relative_position_index" in key:
             assert torch.equal(own[key], value)  # computed when the model was built
     assert report.loaded == len(kept) - 2
+
+
+def test_errors_in_python_name_the_arguments_not_the_flags(tmp_path, monkeypatch):
+    import pytest
+
+    from tlplug import TlplugError
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    engine = Engine.from_plugins(entrypoints=False, backbone="timm:resnet10t", epochs=1)
+    with pytest.raises(TlplugError) as caught:
+        engine.fit(out=tmp_path / "r", quiet=True)
+    message = str(caught.value)
+    assert "weights='FILE'" not in message and "weights=FILE" in message
+    assert "pretrained=False" in message and "--" not in message
+    with pytest.raises(TlplugError, match="^img_size must be at least 16, got 8$"):
+        Engine.from_plugins(entrypoints=False, img_size=8)

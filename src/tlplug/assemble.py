@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from tlplug.adapters import Adapter, attach_adapter
+from tlplug.advice import random_features, unreached_groups, upscaled
 from tlplug.build import Parts, build_backbone, build_model, make_plan, probe
 from tlplug.console import Console
 from tlplug.data import load_data
@@ -17,6 +18,7 @@ from tlplug.data.decoded import decoding_plan
 from tlplug.data.loaders import make_loaders
 from tlplug.data.pipeline import build_pipeline, image_size
 from tlplug.device import pick_device
+from tlplug.ema import WeightAverage
 from tlplug.loss import TrainingLoss, class_weights
 from tlplug.model import TransferModel
 from tlplug.optim import build_optimizer, build_scheduler, lr_multipliers
@@ -47,7 +49,7 @@ def assemble(
     probe(backbone, img_size, recipe.backbone)
     model = build_model(parts["heads"], backbone, len(splits.classes))
     adapter = _adapter(parts, model)
-    plan = make_plan(parts["schedules"], model.group_names(), recipe.epochs)
+    plan, planned = make_plan(parts["schedules"], model.group_names(), recipe.epochs)
     model.to(device)
     loss = _loss(parts, model, splits, recipe)  # penalties see the starting weights
     pipeline = build_pipeline(parts["augmentations"], config, img_size)
@@ -60,13 +62,15 @@ def assemble(
     loaders = make_loaders(splits, pipeline, recipe, device, batch_size)
     multipliers = lr_multipliers(model.group_names(), recipe)
     optimizer = build_optimizer(model, recipe, multipliers)
+    steps = -(-len(loaders.train) // recipe.accumulate)  # optimizer steps per epoch
     run = Run(
         recipe, {}, model, optimizer,
-        build_scheduler(parts["lr-schedules"], optimizer, recipe.epochs, len(loaders.train)),
+        build_scheduler(parts["lr-schedules"], optimizer, recipe.epochs, steps),
         plan, splits.classes, run_dir, device, numerics,
         adapter=adapter, loss=loss, parts=parts, data=splits,
         loaders=loaders, pipeline=pipeline, console=console, plugins=plugins,
         compiled=compile_for_training(model, device) if recipe.compile else None,
+        ema=WeightAverage(model, recipe.ema) if recipe.ema else None,
     )  # fmt: skip
     run.config = describe_run(
         run,
@@ -78,7 +82,17 @@ def assemble(
             "device": str(device),
             "lr_multipliers": multipliers,
             "batch_size": batch_size,
+            "steps_per_epoch": steps,
             "decoded_images": decoding_plan(loaders.all(), img_size),
+            "warnings": [
+                line
+                for line in (
+                    unreached_groups(plan, planned, model.group_names(), recipe.epochs),
+                    random_features(plan, backbone.weights, model.group_names()[-1]),
+                    upscaled(splits.train, img_size, splits.img_size, recipe.img_size),
+                )
+                if line
+            ],
         },
     )
     return run

@@ -9,10 +9,12 @@ groups run stem to top, and every parameter is in exactly one group.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
-from torch import nn
+
+if TYPE_CHECKING:
+    from torch import nn
 
 # Group names a backbone must not use: the engine's head group, and the first group's name.
 RESERVED_NAMES = frozenset({"head", "stem"})
@@ -161,7 +163,7 @@ def groups_from_children(model: nn.Module) -> list[LayerGroup]:
     for name, child in model.named_children():
         members = [c for c in child.named_children() if has_params(c[1])]
         share = sum(p.numel() for p in child.parameters()) / max(1, total)
-        if isinstance(child, (nn.Sequential, nn.ModuleList)) and len(members) > 1 and share > 0.5:
+        if _is_container(child) and len(members) > 1 and share > 0.5:
             for sub, module in members:
                 lists.append([f"{name}.{sub}.{n}" for n, _ in module.named_parameters()])
         elif has_params(child):
@@ -206,6 +208,12 @@ def merge_groups(groups: Sequence[LayerGroup], count: int) -> list[LayerGroup]:
 def _is_norm(model: nn.Module, param_name: str) -> bool:
     module = model.get_submodule(param_name.rpartition(".")[0])
     return "norm" in type(module).__name__.lower()
+
+
+def _is_container(module: nn.Module) -> bool:
+    from torch import nn
+
+    return isinstance(module, (nn.Sequential, nn.ModuleList))
 
 
 def has_params(module: nn.Module) -> bool:

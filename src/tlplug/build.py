@@ -220,9 +220,10 @@ def build_model(head: Choice, backbone: Backbone, num_classes: int) -> TransferM
     return TransferModel(backbone, module)
 
 
-def make_plan(schedule: Choice, groups: list[str], epochs: int) -> list[Stage]:
-    """Ask the schedule for its plan, check it, and drop stages that start after the run."""
+def make_plan(schedule: Choice, groups: list[str], epochs: int) -> tuple[list[Stage], list[Stage]]:
+    """Ask the schedule for its plan and check it; return the stages that start within the
+    run, and every stage it planned (a gradual schedule may plan past the last epoch)."""
     what = f"schedule '{schedule.strategy.name}'"
     plan = schedule.strategy.factory(list(groups), epochs, **schedule.options)
     checked = check_plan(plan, groups, what)
-    return [stage for stage in checked if stage.start < epochs]
+    return [stage for stage in checked if stage.start < epochs], checked

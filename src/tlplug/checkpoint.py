@@ -32,7 +32,7 @@ from tlplug.rundir import FROZEN_PART, METRICS, RESUME
 from tlplug.tally import Tally
 from tlplug.weights import load_state, mismatched_keys, save_atomic, some
 
-__all__ = ["RESUME", "ResumeState", "read_resume", "restore", "save_resume"]
+__all__ = ["RESUME", "ResumeState", "read_resume", "remove_state", "restore", "save_resume"]
 
 FORMAT = "tlplug-resume/1"
 _META_KEY = "tlplug_resume"
@@ -67,6 +67,8 @@ def save_resume(path: Path, run: Run, tally: Tally, writer: BackgroundWriter | N
                 tensors[f"optimizer.{index}.{key}"] = value
             else:
                 plain.setdefault(str(index), {})[key] = value
+    if run.ema is not None:
+        tensors |= {f"ema.{k}": v for k, v in run.ema.state_dict().items()}
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors["rng.cuda"] = torch.stack(torch.cuda.get_rng_state_all())
@@ -96,6 +98,12 @@ def save_resume(path: Path, run: Run, tally: Tally, writer: BackgroundWriter | N
         writer.submit(lambda: remove_parts(path.parent, keep), path.with_name(".resume-parts"))
 
 
+def remove_state(run_dir: Path) -> None:
+    """Delete the resume state of ``run_dir`` and its frozen parts (a finished run's)."""
+    (run_dir / RESUME).unlink(missing_ok=True)
+    remove_parts(run_dir)
+
+
 def remove_parts(run_dir: Path, keep: str | None = None) -> None:
     """Delete the frozen-part files in ``run_dir`` but ``keep``."""
     for found in run_dir.glob(FROZEN_PART.format("*")):
@@ -107,8 +115,10 @@ def read_resume(path: Path) -> ResumeState:
     """Read a resume state, refusing anything that is not one (and never unpickling)."""
     if not path.is_file():
         raise TlplugError(
-            f"{path.parent} has no resume state ({path.name}); a run writes one after each "
-            "epoch, so this one stopped before its first epoch ended: start it again"
+            f"{path.parent} has no resume state ({path.name}): it stopped before its first "
+            "epoch ended, or it finished (a finished run keeps no state unless --keep-state; "
+            "--epochs N continues it from its best weights); to start over, run the same "
+            "command again without --resume"
         )
     header, tensors = _read(path)
     try:
@@ -152,8 +162,10 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     return header, tensors
 
 
-def restore(run: Run, state: ResumeState) -> Tally:
-    """Load ``state`` into ``run`` (model, optimizer, schedules, RNGs); return the tally."""
+def restore(run: Run, state: ResumeState, schedule: bool = True) -> Tally:
+    """Load ``state`` into ``run`` (model, optimizer, RNGs, and with ``schedule`` the
+    freeze and LR schedules' state, else only the epoch and step counts); return the
+    tally."""
     model = {k[len("model.") :]: v for k, v in state.tensors.items() if k.startswith("model.")}
     differing = mismatched_keys(model, run.model.state_dict())
     if differing:
@@ -184,7 +196,14 @@ def restore(run: Run, state: ResumeState) -> Tally:
         for group in saved["param_groups"]
     ]
     run.optimizer.load_state_dict({"state": per_param, "param_groups": groups})
-    run.load_schedule_state(state.meta["schedule"])
+    if schedule:
+        run.load_schedule_state(state.meta["schedule"])
+    else:
+        run.epoch, run.step = state.meta["schedule"]["epoch"], state.meta["schedule"]["step"]
+    if run.ema is not None:
+        run.ema.load_state_dict(
+            {k[len("ema.") :]: v for k, v in state.tensors.items() if k.startswith("ema.")}
+        )
     torch.set_rng_state(state.tensors["rng.torch"])
     if "rng.cuda" in state.tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(list(state.tensors["rng.cuda"]))

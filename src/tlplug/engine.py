@@ -7,23 +7,25 @@ run is :mod:`tlplug.assemble`, training it :mod:`tlplug.loop`.
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from tlplug import checkpoint, rundir
+from tlplug import rundir
 from tlplug.assemble import assemble
 from tlplug.backbone import DataConfig
 from tlplug.build import resolve, resolved_recipe
 from tlplug.console import Console
 from tlplug.data.pipeline import build_pipeline
-from tlplug.errors import TlplugError
+from tlplug.data.sources import write_val_list
 from tlplug.loop import FitResult, train
 from tlplug.plugins import PluginHost
 from tlplug.predict import load_classifier
 from tlplug.recipe import Recipe
-from tlplug.runconfig import check_same_run, read_saved_run
+from tlplug.resume import resumed_run
+from tlplug.runconfig import read_saved_run
 from tlplug.tally import Tally
 
 __all__ = ["Engine", "FitResult"]
@@ -56,16 +58,21 @@ class Engine:
         out: str | os.PathLike | None = None,
         overwrite: bool = False,
         quiet: bool = False,
+        command: list[str] | None = None,
     ) -> FitResult:
-        """Train on ``data`` (a folder; None for the synthetic set) and write a run directory."""
+        """Train on ``data`` (a folder; None for the synthetic set) and write a run directory;
+        ``command``, the command line that started the run, is recorded in config.json."""
         recipe = attrs.evolve(self.recipe, epochs=epochs) if epochs is not None else self.recipe
         recipe.check()
         out_dir = Path(out) if out is not None else rundir.default_run_dir(recipe.backbone)
         rundir.check_run_dir(out_dir, overwrite)
         run = assemble(self.plugins, self.parts, recipe, data, out_dir, Console(quiet))
         rundir.claim_run_dir(out_dir, overwrite)
+        if command:
+            run.config["command"] = shlex.join(command)
         run.hook.tlplug_run_start(run=run)
         rundir.write_json(out_dir / rundir.CONFIG, run.config)
+        write_val_list(out_dir / rundir.VAL_LIST, run.data.val, run.classes)
         return train(run, Tally())
 
     @classmethod
@@ -76,23 +83,15 @@ class Engine:
         entrypoints: bool = True,
         quiet: bool = False,
         host: PluginHost | None = None,
+        epochs: int | None = None,
     ) -> FitResult:
-        """Continue the interrupted run in ``run_dir`` after its last finished epoch; with
-        ``host``, with the plugins it loaded (``plugins`` and ``entrypoints`` unused)."""
-        run_dir = Path(run_dir)
+        """Continue the run in ``run_dir`` after its last finished epoch; with ``epochs``,
+        past its last epoch up to epoch ``epochs``, the schedule and LR schedule made for the
+        new length. With ``host``, with the plugins it loaded (``plugins`` and
+        ``entrypoints`` unused)."""
         host = host or PluginHost(plugins, entrypoints=entrypoints)
-        saved = read_saved_run(run_dir, host.recipe_type)
-        state = checkpoint.read_resume(run_dir / checkpoint.RESUME)
-        if state.epoch >= saved.recipe.epochs:
-            raise TlplugError(f"{run_dir} already finished all {saved.recipe.epochs} epochs")
-        # The batch size --auto-batch-size found is part of the run: the schedule counts steps.
-        recipe = attrs.evolve(saved.recipe, batch_size=saved.batch_size, auto_batch_size=False)
-        engine = cls(host, recipe)
-        run = assemble(host, engine.parts, engine.recipe, saved.data_spec, run_dir, Console(quiet))
-        check_same_run(run.config["resolved"], saved.resolved, run_dir)
-        run.config = saved.config
-        tally = checkpoint.restore(run, state)
-        run.history = rundir.truncate_metrics(run_dir / rundir.METRICS, run.epoch)
+        saved = read_saved_run(Path(run_dir), host.recipe_type)
+        run, tally = resumed_run(cls, host, saved, epochs, quiet)
         run.hook.tlplug_run_start(run=run)
         return train(run, tally)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ from tlplug.freezing import train_mode
 from tlplug.interrupt import StopRequest
 from tlplug.memory import peak_mb, reset_peak
 from tlplug.optim import group_lrs
+from tlplug.probe import fit_probe, linear_layer
 from tlplug.run import Run, Step
 from tlplug.seeding import epoch_seed, seed_everything
 from tlplug.training import EpochStats, Evaluation, NonFinite, evaluate, train_epoch
@@ -20,10 +22,22 @@ from tlplug.training import EpochStats, Evaluation, NonFinite, evaluate, train_e
 @attrs.frozen
 class EpochResult:
     """What an epoch's training and validation gave; ``val`` is None on an epoch that does
-    not validate (``--val-every``)."""
+    not validate (``--val-every``, ``--val-split 0``), ``ema`` the validation of the weight
+    average (``--ema``)."""
 
     train: EpochStats
     val: Evaluation | None
+    ema: Evaluation | None = None
+
+    def best_of_epoch(self) -> tuple[Evaluation | None, str]:
+        """The better validation of the epoch, and whose it is: ``model`` or ``ema``."""
+        if self.ema is not None and _score(self.ema) > _score(self.val):
+            return self.ema, "ema"
+        return self.val, "model"
+
+
+def _score(val: Evaluation) -> tuple[float, float]:
+    return val.stats.acc, -val.stats.loss
 
 
 def run_epoch(
@@ -39,20 +53,53 @@ def run_epoch(
     run.loaders.train.sampler.set_epoch(epoch)
     train_mode(run.model, run.plan[run.stage], recipe.bn_policy)
     reset_peak(run.device)
-    train = train_epoch(
-        feed.stepped, feed.train, run.optimizer, run.lr_scheduler, run.device, run.console,
-        epoch, stop=stop, nonfinite=nonfinite, numerics=run.numerics, loss=run.loss,
-        batch_augment=feed.batch_augment, cached=feed.cached, replay=feed.replay,
-        on_step=on_step, first_step=run.step + 1,
-    )  # fmt: skip
+    batches = len(run.loaders.train)
+    steps = -(-batches // recipe.accumulate)
+    if feed.features is not None:
+        train = converge(run, feed, steps)
+    else:
+        train = train_epoch(
+            feed.stepped, feed.train, run.optimizer, run.lr_scheduler, run.device, run.console,
+            epoch, stop=stop, nonfinite=nonfinite, numerics=run.numerics, loss=run.loss,
+            batch_augment=feed.batch_augment, cached=feed.cached, replay=feed.replay,
+            on_step=on_step, first_step=(epoch - 1) * batches + 1, accumulate=recipe.accumulate,
+            after_step=run.ema.update if run.ema else None,
+        )  # fmt: skip
     if not train.complete:
         return EpochResult(train, None)
-    run.step += len(run.loaders.train)
-    val = None
-    if epoch % recipe.val_every == 0 or epoch == recipe.epochs:
-        val = evaluate(feed.net, feed.val, run.device, len(run.classes), run.numerics)
-        run.lr_scheduler.epoch_end(val.stats.loss)
-    return EpochResult(train, val)
+    run.step += steps
+    if not len(run.loaders.val) or not (epoch % recipe.val_every == 0 or epoch == recipe.epochs):
+        return EpochResult(train, None)
+    val = validate(run, feed)
+    run.lr_scheduler.epoch_end(val.stats.loss)
+    if run.ema is None:
+        return EpochResult(train, val)
+    with run.ema.swapped_in(run.model):
+        return EpochResult(train, val, validate(run, feed))
+
+
+def converge(run: Run, feed: Feed, steps: int) -> EpochStats:
+    """Fit the stage's linear head to convergence in its first epoch; later epochs of the
+    stage have nothing left to train. The LR schedule moves on as epochs of ``steps``
+    optimizer steps would move it, so the stages after see the learning rates they would."""
+    run.lr_scheduler.skip(steps)
+    if feed.converged:
+        return EpochStats(*feed.converged, images=0, seconds=0.0)
+    loss = run.loss
+    fit = fit_probe(
+        linear_layer(run.model.head), feed.features, seed=run.recipe.seed,
+        label_smoothing=loss.label_smoothing, class_weights=loss.class_weights,
+    )  # fmt: skip
+    if run.ema is not None:
+        run.ema.follow(run.model, start=True)  # the fit head is its own average
+    feed.converged, feed.starting["probe"] = (fit.loss, fit.acc), fit.to_json()
+    return EpochStats(fit.loss, fit.acc, fit.images * feed.features.views, fit.seconds)
+
+
+def validate(run: Run, feed: Feed) -> Evaluation:
+    """Loss, accuracy and confusion of the model as it is, on the validation images."""
+    progress = functools.partial(run.console.progress, label=f"epoch {run.epoch} val")
+    return evaluate(feed.net, feed.val, run.device, len(run.classes), run.numerics, progress)
 
 
 def epoch_record(
@@ -82,6 +129,11 @@ def epoch_record(
         "train_acc": train.acc,
         "val_loss": val.stats.loss if val else None,
         "val_acc": val.stats.acc if val else None,
+        **(
+            {"ema_val_loss": result.ema.stats.loss, "ema_val_acc": result.ema.stats.acc}
+            if result.ema
+            else {}
+        ),
         "lr": group_lrs(run.optimizer),
         "seconds": round(train.seconds + (val.stats.seconds if val else 0.0) + fill_seconds, 3),
         "images_per_s": round(train.images / max(train.seconds, 1e-9), 1),

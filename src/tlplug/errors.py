@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 from collections.abc import Iterable
+from typing import Any
+
+#: True while the command line runs: messages then name flags, else Python arguments.
+COMMAND_LINE = contextvars.ContextVar("tlplug_command_line", default=False)
 
 
 class TlplugError(Exception):
@@ -71,3 +76,23 @@ def close_matches(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
 def _quoted_or(names: list[str]) -> str:
     quoted = [f"'{n}'" for n in names]
     return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
+def flag(name: str, value: Any = None) -> str:
+    """How a user sets recipe setting ``name`` where the error will be read: on the command
+    line ``--img-size 64`` (``--no-pretrained`` for False), in Python ``img_size=64``
+    (``pretrained=False``); without ``value``, just the name (``--img-size``, ``img_size``)."""
+    dashed = name.replace("_", "-")
+    if not COMMAND_LINE.get():
+        return (
+            name
+            if value is None
+            else f"{name}={value!r}"
+            if isinstance(value, bool)
+            else f"{name}={value}"
+        )
+    if value is False:
+        return f"--no-{dashed}"
+    if value is None or value is True:
+        return f"--{dashed}"
+    return f"--{dashed} {value}"

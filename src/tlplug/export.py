@@ -61,6 +61,8 @@ def export_run(
     choice = choose(plugins, "exporters", name, dict(options or {}))
     suffix = getattr(choice.strategy.factory, "suffix", "")
     out = Path(out) if out is not None else run_dir / f"model{suffix}"
+    if out.resolve() == (run_dir / rundir.WEIGHTS).resolve():
+        raise TlplugError(f"--out {out} is the run's own weights file; choose another name")
     sidecar = out.with_name(out.name + ".json")
     for path in (out, sidecar):
         if path.exists() and not overwrite:
@@ -100,7 +102,7 @@ def describe(classifier: Classifier, format_name: str, file: str, diff: float) -
         "input": {
             "shape": [None, 3, resolved["img_size"], resolved["img_size"]],
             "layout": "NCHW float32, RGB, resized and center-cropped, then normalized",
-            **resolved["data_config"],
+            **{k: v for k, v in resolved["data_config"].items() if k != "input_size"},
         },
         "output": "logits, one per class; softmax gives probabilities",
         "classes": list(classifier.classes),

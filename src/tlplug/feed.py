@@ -12,6 +12,7 @@ data; :func:`feeding` provides what the stage's epochs iterate and call.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -19,11 +20,15 @@ from typing import Any
 import attrs
 import torch
 
-from tlplug.feature_cache import extract
+from tlplug.data.loaders import ViewSampler, view_loader
+from tlplug.feature_cache import Features, extract
 from tlplug.model import HEAD_GROUP
 from tlplug.prefix_cache import PrefixCut, Replay, find_cut, prefix_output
+from tlplug.probe import fits, linear_layer
 from tlplug.run import Run, Source
 from tlplug.schedule import Stage
+
+DEFAULT_VIEWS = 4  # augmented views cached at most, unless --cache-views says otherwise
 
 
 @attrs.define
@@ -46,6 +51,8 @@ class Feed:
     replay: bool = False
     filled: tuple[float, int] | None = None
     starting: dict[str, Any] = attrs.field(factory=dict)
+    features: Features | None = None  # set when the stage's linear head is fit to convergence
+    converged: tuple[float, float] | None = None  # the fit's (loss, accuracy), once fit
 
 
 def choose_source(run: Run, stage: Stage) -> tuple[Source, PrefixCut | None]:
@@ -59,22 +66,33 @@ def choose_source(run: Run, stage: Stage) -> tuple[Source, PrefixCut | None]:
         for choice, penalty in zip(run.parts["regularizers"], run.loss.penalties, strict=True)
         if getattr(penalty, "needs_images", False)
     )
-    varying = run.pipeline.varying
+    batch = run.pipeline.names["batch"]
+    drawn = tuple(n for n in run.pipeline.varying if n not in batch)  # random image augs
+    # Head-only stages cache augmented views of the images; a prefix replay caches the
+    # images only as they are (its outputs are far larger than features).
+    needs_images = batch if cache == "features" else run.pipeline.varying
     for reason, applies, names in (
         ("off", recipe.cache_features == "off", ()),
         ("bn-train", recipe.bn_policy == "train", ()),
         ("regularizer", bool(needing), needing),
-        ("augmentation", bool(varying) and recipe.cache_features == "auto", varying),
+        ("augmentation", bool(needs_images) and recipe.cache_features == "auto", needs_images),
     ):
         if applies:
             return Source(cache, False, reason, names), None
     if cache == "features":
-        return Source(cache, True, names=varying), None
+        views = min(_epochs_left(run, stage), recipe.cache_views or DEFAULT_VIEWS) if drawn else 0
+        return Source(cache, True, names=batch, views=views, drawn=drawn), None
     size = run.config["resolved"]["img_size"]
     cut = find_cut(model, stage, size, run.device, run.numerics)
     if cut is None:
         return Source(cache, False, "no-cut"), None
-    return Source(cache, True, names=varying, cut=cut.name), cut
+    return Source(cache, True, names=run.pipeline.varying, cut=cut.name), cut
+
+
+def _epochs_left(run: Run, stage: Stage) -> int:
+    """The epochs of ``stage`` from the current one on."""
+    later = [s.start for s in run.plan if s.start > stage.start]
+    return (min(later) if later else run.recipe.epochs) - (run.epoch - 1)
 
 
 @contextlib.contextmanager
@@ -90,16 +108,28 @@ def feeding(run: Run, source: Source, cut: PrefixCut | None) -> Iterator[Feed]:
     forward = (lambda images: prefix_output(run.model, cut, images)) if cut else None
     cache = []
     try:
-        for name, loader in (("train", loaders.plain), ("val", loaders.val)):
+        for name, loader, views in _passes(run, source):
             spill = run.run_dir / ".{}.features"
-            cache.append(
-                extract(run.model.backbone, loader, run.device, spill, run.numerics, name, forward)
-            )
+            label = f"caching {name} {'features' if cut is None else 'prefix outputs'}"
+            progress = functools.partial(run.console.progress, label=label)
+            made = extract(
+                run.model.backbone, loader, run.device, spill, run.numerics, name, forward,
+                progress, views=max(1, views), choose_view=_chooser(loader, run.epoch),
+            )  # fmt: skip
+            made.first_epoch = run.epoch
+            cache.append(made)
         filled = (time.perf_counter() - started, sum(len(f.labels) for f in cache))
         train = cache[0].batches(loaders.train.batch_sampler)
-        val = cache[1].batches(loaders.val.batch_sampler)
+        val = cache[1].batches(loaders.val.batch_sampler) if len(cache) > 1 else loaders.val
         if cut is None:
-            yield Feed(run.model.head, run.model, train, val, cached=True, filled=filled)
+            converge = (
+                run.recipe.probe == "converge"
+                and linear_layer(run.model.head) is not None
+                and not run.loss.penalties
+                and fits(cache[0])
+            )
+            yield Feed(run.model.head, run.model, train, val, cached=True, filled=filled,
+                       features=cache[0] if converge else None)  # fmt: skip
             return
         replay = Replay(run.model, cut, torch.zeros(1, 3, 1, 1, device=run.device))
         with cut.replaying():
@@ -107,3 +137,25 @@ def feeding(run: Run, source: Source, cut: PrefixCut | None) -> Iterator[Feed]:
     finally:
         for features in cache:
             features.release()
+
+
+def _passes(run: Run, source: Source) -> list[tuple[str, Any, int]]:
+    """What to cache: (name, loader, augmented views) for the training and validation
+    images (none without a validation split); training images are augmented views when
+    random augmentations are chosen."""
+    loaders = run.loaders
+    train = view_loader(loaders.train) if source.views else loaders.plain
+    val = [("val", loaders.val, 0)] if len(loaders.val) else []
+    return [("train", train, source.views), *val]
+
+
+def _chooser(loader: Any, first: int):
+    """Sets which epoch's draws a view loader gives for view ``k``; None for other loaders."""
+    sampler = getattr(loader, "sampler", None)
+    if not isinstance(sampler, ViewSampler):
+        return None
+
+    def choose(view: int) -> None:
+        sampler.epoch = first + view
+
+    return choose

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +55,19 @@ def train(run: Run, tally: Tally) -> FitResult:
             feed = sitting.enter_stage(epoch)
             result = sitting.run_epoch(feed)
             record = epoch_record(run, feed, result, sitting.trainable, sitting.nonfinite)
-            sitting.end_epoch(record, result)
+            if not sitting.end_epoch(record, result):
+                break
     summary = summarize(run, tally, run.run_dir / DECODE_FAILURES)
-    run.hook.tlplug_run_end(run=run, summary=summary)
-    rundir.write_json(run.run_dir / rundir.SUMMARY, summary)
+    try:
+        run.hook.tlplug_run_end(run=run, summary=summary)
+    finally:  # the run is over: a plugin failing at its end must not lose the summary
+        rundir.write_json(run.run_dir / rundir.SUMMARY, summary)
+    if not run.recipe.keep_state:  # finished: what predict, eval and export need stays
+        checkpoint.remove_state(run.run_dir)
     return FitResult(
-        tally.best_acc, tally.best_epoch, summary["final_val_acc"], run.run_dir, run.history
-    )
+        summary["best_val_acc"], tally.best_epoch, summary["final_val_acc"], run.run_dir,
+        run.history,
+    )  # fmt: skip
 
 
 class Sitting:
@@ -121,6 +128,8 @@ class Sitting:
         # Checkpoints share one copy of what the stage keeps frozen: no step writes it.
         self.writer.hold_still(p for p in run.model.parameters() if not p.requires_grad)
         run.lr_scheduler.set_scale(stage.lr_scale)
+        if run.ema is not None:
+            run.ema.follow(run.model)
         lrs = stage_lrs(run.optimizer, run.model.group_names(), stage)
         run.source, cut = choose_source(run, stage)
         run.hook.tlplug_stage_start(run=run, stage=stage)
@@ -138,34 +147,49 @@ class Sitting:
         except Diverged as exc:
             raise Diverged(f"{exc}. {self.kept()}") from None
         if not result.train.complete:
+            again = (
+                f"continue with: tlplug run --resume {run.run_dir}"
+                if self.tally.best_epoch or run.epoch > 1
+                else "run the same command again to start over"
+            )
             raise Interrupted(
                 f"stopped by {self.stop.requested} during epoch {run.epoch}. {self.kept()}; "
-                f"continue with: tlplug run --resume {run.run_dir}",
+                f"{again}",
                 128 + self.stop.signum,
             )
         return result
 
-    def end_epoch(self, record: dict[str, Any], result: EpochResult) -> None:
+    def end_epoch(self, record: dict[str, Any], result: EpochResult) -> bool:
         """Take the epoch's result into the tally, let the plugins see its record, then
-        queue the best weights and the resume state."""
-        run, tally, val = self.run, self.tally, result.val
-        best = val is not None and tally.offer(run.epoch, val)
-        record["is_best"] = best
+        queue the best weights and the resume state; return whether to go on (False once
+        ``--patience`` validations went by without a better one)."""
+        run, tally, recipe = self.run, self.tally, self.run.recipe
+        val, source = result.best_of_epoch()
+        if val is not None:
+            best = tally.offer(run.epoch, val, source)
+        else:  # without validation, the last epoch's weights are the ones kept
+            best = not len(run.loaders.val)
+            tally.best_epoch = run.epoch if best else tally.best_epoch
+        tally.stopped_early = bool(recipe.patience) and tally.stale >= recipe.patience
+        record["is_best"], record["best_source"] = best, source if best else None
+        record["stopped_early"] = tally.stopped_early
         run.hook.tlplug_epoch_end(run=run, record=record)
         run.history.append(record)
         tally.seconds = time.perf_counter() - self.started
         tally.skipped_nonfinite = self.nonfinite.skipped
         with self.writer.together():
             if best:
-                save_weights(run.model, run.run_dir / rundir.WEIGHTS, run.config, self.writer,
-                             run.adapter)  # fmt: skip
+                with run.ema.swapped_in(run.model) if source == "ema" else nullcontext():
+                    save_weights(run.model, run.run_dir / rundir.WEIGHTS, run.config,
+                                 self.writer, run.adapter)  # fmt: skip
             checkpoint.save_resume(run.run_dir / checkpoint.RESUME, run, tally, self.writer)
+        return not tally.stopped_early
 
     def kept(self) -> str:
         """What of the run is safe on disk, for the message of an error that ends it."""
         run, tally = self.run, self.tally
         if not tally.best_epoch:
-            return "No epoch finished, so nothing was saved"
+            return "No epoch finished, so nothing was kept"
         return (
             f"The best weights so far (epoch {tally.best_epoch}) are kept in "
             f"{run.run_dir / rundir.WEIGHTS}, the state after epoch {run.epoch - 1} in "

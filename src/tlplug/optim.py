@@ -13,6 +13,7 @@ is two torch param groups that share its ``name``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -121,6 +122,14 @@ class StageScaledScheduler:
         """Advance after one optimizer step (a no-op for per-epoch schedulers)."""
         if not self.per_epoch:
             self._unscaled(self.scheduler.step)
+
+    def skip(self, steps: int) -> None:
+        """Advance ``steps`` steps with no optimizer step between (a stage whose head was
+        fit outright, a run continued past its end)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()"
+            for _ in range(steps):
+                self.step()
 
     def epoch_end(self, val_loss: float) -> None:
         """Advance a per-epoch scheduler with the epoch's validation loss."""

@@ -47,19 +47,35 @@ def options_of(factory: Callable[..., Any]) -> dict[str, Option]:
         target = factory.__call__ if not inspect.isclass(factory) else factory.__init__
     try:
         signature = inspect.signature(target)
-        hints = typing.get_type_hints(target)
-    except (TypeError, ValueError, NameError):
+    except (TypeError, ValueError):
         return {}
+    names = getattr(inspect.unwrap(target), "__globals__", {})
     found = {}
     for param in signature.parameters.values():
         if param.kind is not inspect.Parameter.KEYWORD_ONLY:
             continue
         default = None if param.default is inspect.Parameter.empty else param.default
-        declared = hints.get(param.name, type(default) if default is not None else str)
+        declared = _annotation(param.annotation, names)
+        if declared is None:
+            declared = type(default) if default is not None else str
         found[param.name] = Option(
             param.name, declared, default, param.default is inspect.Parameter.empty
         )
     return found
+
+
+def _annotation(annotation: Any, names: dict[str, Any]) -> Any:
+    """A parameter's declared type, its annotation evaluated where the factory was written
+    (only the parameter's own: the factory's other annotations may name what its module
+    imports only when it runs); None when there is none to use."""
+    if annotation is inspect.Parameter.empty:
+        return None
+    if not isinstance(annotation, str):
+        return annotation
+    try:
+        return eval(annotation, {**vars(typing), **names})  # as typing.get_type_hints does
+    except Exception:
+        return None
 
 
 def parse_assignments(items: Iterable[str], flag: str) -> dict[str, str]:

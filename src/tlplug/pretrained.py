@@ -13,16 +13,14 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-import torch
-
-from tlplug.errors import WeightsError
+from tlplug.errors import WeightsError, flag
 
 
 def offline_message(what: str, reason: str) -> str:
     """The one-line message for pretrained weights that cannot be had."""
     return (
-        f"cannot get pretrained weights for {what} ({reason}); "
-        "pass --weights FILE to load a local file, or --no-pretrained to start from random weights"
+        f"cannot get pretrained weights for {what} ({reason}); pass {flag('weights', 'FILE')} "
+        f"to load a local file, or {flag('pretrained', False)} to start from random weights"
     )
 
 
@@ -58,6 +56,8 @@ def torch_hub_file(url: str, what: str) -> Path:
     The file is then checked to load with ``weights_only=True``, so a tampered cache file
     is refused before any library unpickles it.
     """
+    import torch
+
     path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
     if not path.is_file():
         host = urlparse(url).hostname or ""
@@ -78,6 +78,8 @@ def torch_hub_file(url: str, what: str) -> Path:
 
 def check_safe_pickle(path: str | os.PathLike) -> None:
     """Raise :class:`WeightsError` unless ``path`` loads with ``torch.load(weights_only=True)``."""
+    import torch
+
     try:
         torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:

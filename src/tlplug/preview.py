@@ -16,8 +16,8 @@ from pathlib import Path
 
 import attrs
 import torch
+from PIL import Image, ImageDraw, ImageFont
 from torch.nn import functional
-from torchvision.utils import make_grid, save_image
 
 from tlplug.backbone import DataConfig
 from tlplug.build import build_backbone
@@ -29,6 +29,12 @@ from tlplug.errors import OptionError, TlplugError
 from tlplug.seeding import epoch_seed, seed_everything
 
 PADDING = 2  # pixels between tiles and around the grid
+MIN_TILE = 128  # small images are shown larger (pixels repeated) so their labels fit
+LABEL_HEIGHT = 26  # the strip under each row of tiles: two lines of the default font
+SHARED = {  # what a batch-level mix shares across the batch it mixes
+    "mixup": "one mixing ratio for the whole batch",
+    "cutmix": "one box and ratio for the whole batch",
+}
 
 
 @attrs.frozen(eq=False)
@@ -43,6 +49,7 @@ class Preview:
     columns: int
     augmentations: dict[str, tuple[str, ...]]  # phase -> names, in the order they run
     size: tuple[int, int]  # (width, height) of the PNG
+    mixed: str | None = None  # the batch augmentation applied to the grid, if any
 
     def labels(self, top: int = 2) -> list[str]:
         """Each tile's classes: ``name`` when one-hot, else ``name 0.70+other 0.30``."""
@@ -67,11 +74,16 @@ class Preview:
             f"{phase} {', '.join(names)}" for phase, names in self.augmentations.items() if names
         ]
         width, height = self.size
+        mixed = ""
+        if self.mixed:
+            shared = SHARED.get(self.mixed, "one draw for the whole batch")
+            mixed = f"; the grid is one batch: {self.mixed} applied with {shared}, as in training"
         return (
             f"wrote {self.path} ({width}x{height}): {len(self.images)} training "
             f"image{'s' if len(self.images) != 1 else ''} at "
-            f"{self.img_size}px, {self.columns} per row; augmentations: "
+            f"{self.img_size}px, {self.columns} per row, labelled; augmentations: "
             + ("; ".join(runs) if runs else "none")
+            + mixed
         )
 
 
@@ -112,23 +124,16 @@ def write_preview(
     images = pipeline.normalize(torch.stack([image for image, _ in samples]))  # as on the device
     labels = torch.tensor([label for _, label in samples])
     targets = functional.one_hot(labels, len(splits.classes)).float()
+    mixed = None
     if pipeline.batch is not None:
         seed_everything(epoch_seed(recipe.seed, 1))
         images, targets = pipeline.batch(images, targets)
+        if pipeline.batch.last is not None:
+            mixed = [n for n in pipeline.names["batch"]][pipeline.batch.last]
 
     shown = unnormalize(images, config)
     columns = math.ceil(math.sqrt(count))
-    grid = make_grid(shown, nrow=columns, padding=PADDING, pad_value=1.0)
-    if count == 1:  # make_grid leaves a single image unpadded
-        grid = functional.pad(shown[0], (PADDING,) * 4, value=1.0)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial")
-    try:
-        save_image(grid, partial, format="PNG")
-        os.replace(partial, out)
-    finally:
-        partial.unlink(missing_ok=True)
-    return Preview(
+    preview = Preview(
         path=out,
         images=shown,
         targets=targets,
@@ -136,8 +141,52 @@ def write_preview(
         img_size=img_size,
         columns=columns,
         augmentations=pipeline.names,
-        size=(grid.shape[-1], grid.shape[-2]),
+        size=(0, 0),
+        mixed=mixed,
     )
+    picture = labelled_grid(shown, preview.labels(), columns)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")
+    try:
+        picture.save(partial, format="PNG")
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    return attrs.evolve(preview, size=picture.size)
+
+
+def labelled_grid(images: torch.Tensor, labels: list[str], columns: int) -> Image.Image:
+    """The images as tiles, ``columns`` a row, each with its label underneath; tiles under
+    :data:`MIN_TILE` pixels are enlarged by a whole factor (pixels repeated, not smoothed)."""
+    size = images.shape[-1]
+    scale = -(-MIN_TILE // size)
+    if scale > 1:
+        images = functional.interpolate(images, scale_factor=scale, mode="nearest")
+    tile = size * scale
+    rows = -(-len(images) // columns)
+    step_x, step_y = tile + PADDING, tile + PADDING + LABEL_HEIGHT
+    canvas = Image.new("RGB", (columns * step_x + PADDING, rows * step_y + PADDING), "white")
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
+    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    for index, (array, label) in enumerate(zip(pixels, labels, strict=True)):
+        left = PADDING + (index % columns) * step_x
+        top = PADDING + (index // columns) * step_y
+        canvas.paste(Image.fromarray(array), (left, top))
+        for line_no, line in enumerate(_lines(label, draw, font, tile)):
+            draw.text((left, top + tile + 2 + 12 * line_no), line, fill="black", font=font)
+    return canvas
+
+
+def _lines(label: str, draw: ImageDraw.ImageDraw, font, width: int) -> list[str]:
+    """``label`` in at most two lines that fit ``width`` pixels (a mix breaks at its ``+``)."""
+    parts = label.split("+")
+    lines = [parts[0], "+".join(parts[1:])] if len(parts) > 1 else [label]
+    fitted = []
+    for line in lines[:2]:
+        while line and draw.textlength(line, font=font) > width:
+            line = line[:-2] + "…"
+        fitted.append(line)
+    return fitted
 
 
 def first_keys(

@@ -19,12 +19,14 @@ import attrs
 from tlplug.errors import OptionError, close_matches
 from tlplug.kinds import BUILTIN_KINDS, Kind
 from tlplug.options import coerce
+from tlplug.recipe_checks import check_settings
 
 Optimizer = Literal["sgd", "adam", "adamw"]
 BnPolicy = Literal["frozen", "eval", "train"]
 CacheMode = Literal["auto", "on", "off"]
 Balance = Literal["off", "sampler", "loss"]
 Precision = Literal["fp32", "bf16", "fp16", "auto"]
+Probe = Literal["converge", "epochs"]
 
 # Weight decay per optimizer when none is given: decoupled decay needs a larger value.
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adam": 0.0, "adamw": 0.01}
@@ -90,15 +92,29 @@ class Settings:
         shown="GPU cores - 1 up to 8; CPU 0 up to 4 cores, then a quarter of them up to 4",
     )  # fmt: skip
     val_split: float | None = setting(
-        None, "Fraction held out for validation when DATA has no val/ folder.", shown="0.2"
+        None,
+        "Fraction held out for validation when DATA has no val/ folder; 0 trains "
+        "without validation (the last epoch's weights are kept).",
+        shown="0.2",
     )
     skip_nonfinite: int = setting(
         0, "Batches with a NaN or infinite loss to step over before stopping."
     )
     cache_features: CacheMode = setting(
         "auto",
-        "Train the head on backbone features computed once while only the head trains: "
-        "auto without random augmentation, on with it (un-augmented features).",
+        "Train the head on backbone features computed once while only the head trains "
+        "(augmented views of them with random augmentation): auto unless a batch "
+        "augmentation (mixup, cutmix) needs the images; on: even then, without it.",
+    )
+    cache_views: int | None = setting(
+        None, "Augmented views of each image the feature cache holds.",
+        shown="one per epoch of the stage, at most 4", metavar="K",
+    )  # fmt: skip
+    probe: Probe = setting(
+        "converge",
+        "How a stage that trains only a linear head on cached features trains it: converge "
+        "(L-BFGS to the optimum, L2 strength chosen on held-out training images) or epochs "
+        "(the optimizer, epoch by epoch).",
     )
     precision: Precision = setting(
         "fp32", "Autocast precision; auto is bf16 where the CPU or GPU computes it natively."
@@ -154,39 +170,7 @@ class Settings:
 
     def check(self) -> None:
         """Raise :class:`OptionError` for values no run can use."""
-        positive = {
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "lr": self.lr,
-            "val_every": self.val_every,
-        }
-        for name, value in positive.items():
-            if value <= 0:
-                raise OptionError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        if self.img_size is not None and self.img_size < 16:
-            raise OptionError(f"--img-size must be at least 16, got {self.img_size}")
-        if self.val_split is not None and not 0 < self.val_split < 1:
-            raise OptionError(f"--val-split must be between 0 and 1, got {self.val_split}")
-        if self.lr_decay is not None and not 0 < self.lr_decay <= 1:
-            raise OptionError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
-        if self.lr_decay is not None and self.lr_mult:
-            raise OptionError("give --lr-decay or --lr-mult, not both")
-        if any(not m >= 0 for m in self.lr_mult):
-            raise OptionError(f"--lr-mult multipliers must be >= 0, got {list(self.lr_mult)}")
-        if self.max_groups is not None and self.max_groups < 1:
-            raise OptionError(f"--max-groups must be at least 1, got {self.max_groups}")
-        if self.weight_decay is not None and self.weight_decay < 0:
-            raise OptionError(f"--weight-decay must be >= 0, got {self.weight_decay}")
-        if self.skip_nonfinite < 0:
-            raise OptionError(f"--skip-nonfinite must be >= 0, got {self.skip_nonfinite}")
-        if self.workers is not None and self.workers < 0:
-            raise OptionError(f"--workers must be >= 0, got {self.workers}")
-        if self.weights is not None and "\x00" in self.weights:
-            raise OptionError("--weights contains a NUL byte; give the path of a weights file")
-        if not 0 <= self.label_smoothing < 1:
-            raise OptionError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise OptionError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        check_settings(self)
 
     @property
     def resolved_weight_decay(self) -> float:

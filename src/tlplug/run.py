@@ -10,6 +10,7 @@ import torch
 
 from tlplug.adapters import Adapter
 from tlplug.console import Console
+from tlplug.ema import WeightAverage
 from tlplug.errors import TlplugError
 from tlplug.loss import TrainingLoss
 from tlplug.model import TransferModel
@@ -36,7 +37,9 @@ class Source:
     says whether it does; ``reason`` why not, as a word the console turns into a line:
     ``off`` (``--cache-features off``), ``bn-train``, ``regularizer`` or ``augmentation``
     (with the ``names`` that need images), ``no-cut`` (no cut replays exactly). When used,
-    ``names`` are the augmentations the cache leaves out (``--cache-features on``).
+    ``names`` are the augmentations the cache leaves out (``--cache-features on``), and a
+    feature cache holds ``views`` augmented draws of every training image, drawn with the
+    random augmentations ``drawn``.
     """
 
     cache: Literal["features", "prefix"] | None = None
@@ -44,6 +47,8 @@ class Source:
     reason: str = ""
     names: tuple[str, ...] = ()
     cut: str | None = None
+    views: int = 0  # augmented views of each training image cached (0: the images as they are)
+    drawn: tuple[str, ...] = ()  # the random augmentations the views are drawn with
 
 
 @attrs.frozen
@@ -81,6 +86,7 @@ class Run:
     adapter: Adapter | None = None
     loss: TrainingLoss | None = None  # cross-entropy and the regularizers' penalties
     compiled: Compiled | None = None  # --compile: the model as training steps call it
+    ema: WeightAverage | None = None  # --ema: the moving average of the weights
     parts: Parts | None = None  # the resolved strategies, by kind
     data: Splits | None = None  # the classes and images, with the files left out
     loaders: Loaders | None = None

@@ -22,6 +22,7 @@ from tlplug.build import record_choices
 from tlplug.errors import TlplugError
 from tlplug.model import BACKBONE_PREFIX, HEAD_PREFIX, count_params
 from tlplug.recipe import Recipe
+from tlplug.recipe_file import read_recipe_file
 
 
 def describe_run(run: Any, backbone: Any, report: Any, extra: dict[str, Any]) -> dict[str, Any]:
@@ -106,10 +107,7 @@ class SavedRun:
     @property
     def data_spec(self) -> str | None:
         """The ``--data`` value that reads the run's data again."""
-        data = self.resolved["data"]
-        if "source" not in data:  # runs made before data sources were plugins
-            return data.get("root") if data.get("kind") == "folder" else None
-        return f"{data['source']}:{data['location']}"
+        return read_recipe_file(self.path / rundir.CONFIG)[1]
 
     @property
     def batch_size(self) -> int:
@@ -140,9 +138,13 @@ def read_saved_run(
     return saved
 
 
-def check_same_run(now: dict[str, Any], then: dict[str, Any], run_dir: Path) -> None:
-    """Refuse to resume when the data or the model would differ from the run's own."""
-    for key, what in (("classes", "classes"), ("groups", "layer groups"), ("plan", "plan")):
+def check_same_run(
+    now: dict[str, Any], then: dict[str, Any], run_dir: Path, plan: bool = True
+) -> None:
+    """Refuse to resume when the data or the model (or, with ``plan``, the freeze plan)
+    would differ from the run's own."""
+    checked = (("classes", "classes"), ("groups", "layer groups"), ("plan", "plan"))
+    for key, what in checked[: 3 if plan else 2]:
         if now[key] != then[key]:
             raise TlplugError(f"cannot resume {run_dir}: its {what} differ from what it had")
     for key in ("num_train", "num_val"):

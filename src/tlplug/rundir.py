@@ -5,7 +5,9 @@
 - ``summary.json``: the outcome (best and final accuracy, classes, sizes, time).
 - ``model.safetensors``: the best weights, keys ``backbone.*`` (provider names) and ``head.*``.
 - ``resume.safetensors``: the state after the last finished epoch (:mod:`tlplug.checkpoint`),
-  with the weights its stage keeps frozen in a hidden part file beside it.
+  with the weights its stage keeps frozen in a hidden part file beside it; removed when the
+  run finishes unless it is kept (``--keep-state``).
+- ``val_images.csv``: the images held out for validation (``path,class``).
 
 Files are written whole through a temporary file and a rename, so a reader never sees half
 of one. A directory is only claimed once the run is certain to start.
@@ -18,8 +20,9 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from tlplug.errors import TlplugError
 
@@ -28,8 +31,10 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 WEIGHTS = "model.safetensors"
 RESUME = "resume.safetensors"
+VAL_LIST = "val_images.csv"
 FROZEN_PART = ".resume-frozen-{}.safetensors"  # the resume state's frozen weights, per stage
-RUN_FILES = (CONFIG, METRICS, SUMMARY, WEIGHTS, RESUME)
+PLOTS = ("curves.png", "confusion.png", "schedule.png")  # written by the plots plugin
+RUN_FILES = (CONFIG, METRICS, SUMMARY, WEIGHTS, RESUME, VAL_LIST, *PLOTS)
 
 
 def default_run_dir(backbone: str, root: Path = Path("runs")) -> Path:
@@ -43,11 +48,14 @@ def default_run_dir(backbone: str, root: Path = Path("runs")) -> Path:
 
 
 def check_run_dir(path: Path, overwrite: bool) -> None:
-    """Refuse a directory that holds anything unless ``overwrite`` and it is a tlplug run."""
+    """Refuse a directory that holds anything unless ``overwrite`` and it is a tlplug run,
+    or it is a tlplug run that kept nothing (stopped before its first epoch ended)."""
     if path.exists() and not path.is_dir():
         raise TlplugError(f"--out {path} is a file; choose a directory")
     if not path.exists() or not any(path.iterdir()):
         return
+    if (path / CONFIG).is_file() and not any((path / f).exists() for f in (WEIGHTS, RESUME)):
+        return  # a run that ended before its first epoch: nothing in it to keep
     if not overwrite:
         raise TlplugError(
             f"run directory {path} is not empty; pass --resume {path} to continue the run in "
@@ -60,7 +68,8 @@ def check_run_dir(path: Path, overwrite: bool) -> None:
 
 
 def claim_run_dir(path: Path, overwrite: bool) -> None:
-    """Create ``path`` or, with ``overwrite``, remove the previous run's files from it."""
+    """Create ``path`` or remove the previous run's files from it (with ``overwrite``, or
+    when that run kept nothing)."""
     check_run_dir(path, overwrite)
     path.mkdir(parents=True, exist_ok=True)
     for name in RUN_FILES:
@@ -76,10 +85,16 @@ def write_json(path: Path, data: Any) -> None:
 
 def write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file, fsync and rename."""
+    write_atomic(path, lambda out: out.write(text))
+
+
+def write_atomic(path: Path, write: Callable[[IO], Any], mode: str = "w") -> None:
+    """Call ``write`` with a temporary file beside ``path`` (opened in ``mode``), then fsync
+    it and rename it to ``path``: a reader sees the old file or the whole new one."""
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
+        with os.fdopen(handle, mode, **({} if "b" in mode else {"newline": ""})) as out:
+            write(out)
             out.flush()
             os.fsync(out.fileno())
         publish(temp, path)

@@ -20,17 +20,20 @@ def summarize(run: Run, tally: Tally, failures: Path) -> dict[str, Any]:
     train_paths = {str(p) for p in getattr(run.data.train, "paths", ())}
     replaced = sum(1 for s in skipped[len(run.skipped) :] if s.path in train_paths)
     summary = {
-        "best_val_acc": tally.best_acc,
+        "best_val_acc": tally.best_acc if tally.validated else None,
         "best_epoch": tally.best_epoch,
+        "best_source": tally.best_source,
         "final_val_acc": run.history[-1]["val_acc"],
         "epochs": run.recipe.epochs,
+        "epochs_trained": run.history[-1]["epoch"],
+        "stopped_early": tally.stopped_early,
         "seconds": round(tally.seconds, 2),
         "skipped_nonfinite": tally.skipped_nonfinite,
         "classes": list(run.classes),
         "num_train": data["num_train"] - replaced,
         "num_val": data["num_val"],
         "per_class_val_acc": tally.per_class(run.classes),
-        "per_class_val_count": dict(zip(run.classes, tally.per_class_count, strict=True)),
+        "per_class_val_count": dict(zip(run.classes, tally.per_class_count, strict=False)),
         "confusion_matrix": tally.confusion,
     }
     if run.loaders.test is not None:

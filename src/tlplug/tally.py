@@ -19,27 +19,55 @@ class Tally:
     per_class_correct: list[int] = attrs.field(factory=list)  # of the best epoch
     per_class_count: list[int] = attrs.field(factory=list)
     confusion: list[list[int]] = attrs.field(factory=list)  # of the best epoch
+    best_source: str = "model"  # or "ema": whose weights scored best
+    stale: int = 0  # validations since the best one
+    stopped_early: bool = False  # --patience ended the run
     seconds: float = 0.0  # training time, across resumes
     skipped_nonfinite: int = 0
 
-    def offer(self, epoch: int, val: Any) -> bool:
-        """Take epoch ``epoch``'s validation (an :class:`~tlplug.training.Evaluation`) if
-        it beats the best (higher accuracy, then lower loss); return whether it did."""
+    def offer(self, epoch: int, val: Any, source: str = "model") -> bool:
+        """Take epoch ``epoch``'s validation (an :class:`~tlplug.training.Evaluation` of
+        ``source``'s weights) if it beats the best (higher accuracy, then lower loss);
+        return whether it did."""
         acc, loss = val.stats.acc, val.stats.loss
         if (acc, -loss) <= (self.best_acc, -self.best_loss):
+            self.stale += 1
             return False
         self.best_acc, self.best_loss, self.best_epoch = acc, loss, epoch
         self.per_class_correct, self.per_class_count = val.correct, val.count
-        self.confusion = val.confusion.tolist()
+        self.confusion, self.best_source, self.stale = val.confusion.tolist(), source, 0
         return True
+
+    @property
+    def validated(self) -> bool:
+        """Whether any epoch was validated (a run with ``--val-split 0`` never is)."""
+        return self.best_acc >= 0
 
     def per_class(self, classes) -> dict[str, float | None]:
         """The best epoch's accuracy per class name; None for a class with no images."""
+        if not self.validated:
+            return {}
         return per_class(classes, self.per_class_correct, self.per_class_count)
 
     def to_json(self) -> dict[str, Any]:
         """Return the tally as a JSON-ready dict."""
         return attrs.asdict(self)
+
+    @classmethod
+    def from_summary(cls, summary: dict[str, Any]) -> Tally:
+        """The tally of a finished run, as its summary.json tells it."""
+        confusion = summary.get("confusion_matrix") or []
+        best = summary.get("best_val_acc")
+        return cls(
+            best_acc=-1.0 if best is None else best,
+            best_epoch=summary["best_epoch"],
+            per_class_correct=[row[i] for i, row in enumerate(confusion)],
+            per_class_count=[sum(row) for row in confusion],
+            confusion=confusion,
+            best_source=summary.get("best_source", "model"),
+            seconds=summary.get("seconds", 0.0),
+            skipped_nonfinite=summary.get("skipped_nonfinite", 0),
+        )
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Tally:

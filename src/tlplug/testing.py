@@ -38,6 +38,8 @@ FAST_RECIPE: dict[str, Any] = {
     "batch_size": 8,
     "workers": 0,
     "epochs": 1,
+    "plots": False,  # drawing takes longer than such a run
+    "probe": "epochs",  # head stages take optimizer steps, so a plugin's strategy is exercised
 }
 
 #: The classes of :func:`write_images`, drawn with :func:`tlplug.data.synthetic.draw`.

@@ -66,21 +66,25 @@ def train_epoch(
     replay: bool = False,
     on_step: Callable[[Step], None] | None = None,
     first_step: int = 1,
+    accumulate: int = 1,
+    after_step: Callable[[], None] | None = None,
 ) -> EpochStats:
-    """Train for one pass over ``loader``, stepping the LR schedule after every batch.
+    """Train for one pass over ``loader``, stepping the optimizer and the LR schedule after
+    every ``accumulate`` batches (and after the last).
 
     ``model`` has a ``backbone`` and a ``head``; with ``cached`` the batches are backbone
     features and only the head runs; with ``replay`` they are a frozen prefix's outputs
     (``model`` is a :class:`~tlplug.prefix_cache.Replay`). ``batch_augment`` mixes
     ``(images, targets)`` batches (mixup, cutmix). A batch whose loss is NaN or infinite
-    takes no optimizer step; it is skipped while ``nonfinite`` allows, else the run stops
-    with :class:`Diverged`. ``stop`` (a :class:`~tlplug.interrupt.StopRequest`) ends the
-    pass after the step in progress. ``on_step`` gets a :class:`~tlplug.run.Step` after
-    every step; ``first_step`` numbers the first one in the run.
+    adds no gradient; it is skipped while ``nonfinite`` allows, else the run stops with
+    :class:`Diverged`. ``stop`` (a :class:`~tlplug.interrupt.StopRequest`) ends the pass
+    after the batch in progress. ``on_step`` gets a :class:`~tlplug.run.Step` after every
+    batch; ``first_step`` numbers the first one in the run. ``after_step`` runs after every
+    optimizer step (the weight average's update).
     """
     nonfinite = nonfinite if nonfinite is not None else NonFinite()
     scaler = torch.amp.GradScaler(device.type, enabled=numerics.dtype == torch.float16)
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss, correct, seen, pending = 0.0, 0, 0, 0
     start = time.perf_counter()
     batches = console.progress(loader, len(loader), f"epoch {epoch} train")
     for step, (images, labels) in enumerate(batches, start=1):
@@ -96,17 +100,23 @@ def train_epoch(
             shown = None if cached or replay else images
             value_t = loss(Batch(shown, features, logits, targets))
             value = value_t.item()
-            optimizer.zero_grad(set_to_none=True)
-            if math.isfinite(value):
-                scaler.scale(value_t).backward()
-                scaler.step(optimizer)
-                scaler.update()
+            finite = math.isfinite(value)
+            if finite:
+                scaler.scale(value_t / accumulate if accumulate > 1 else value_t).backward()
+                pending += 1
+            if step % accumulate == 0 or step == len(loader):
+                if pending:
+                    scaler.step(optimizer)
+                    scaler.update()
+                    if after_step is not None:
+                        after_step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                pending = 0
         except (*_OOM_ERRORS, RuntimeError) as exc:
             if not _is_oom(exc):
                 raise
             raise OutOfMemory(_oom_message(len(labels), epoch, step)) from None
-        scheduler.step()
-        finite = math.isfinite(value)
         if not finite:
             _skip_or_stop(value, epoch, step, nonfinite)
         else:
@@ -220,14 +230,17 @@ def evaluate(
     device: torch.device,
     num_classes: int,
     numerics: Numerics = FP32,
+    progress: Callable | None = None,
 ) -> Evaluation:
-    """Loss, accuracy and confusion matrix on ``loader``, in eval mode."""
+    """Loss, accuracy and confusion matrix on ``loader``, in eval mode; ``progress`` wraps
+    the batches (a progress bar: ``progress(batches, total)``)."""
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     model.eval()
     total_loss, seen = 0.0, 0
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long)
     start = time.perf_counter()
-    for images, labels in loader:
+    batches = progress(loader, len(loader)) if progress else loader
+    for images, labels in batches:
         images = numerics.inputs(images, device)
         labels = labels.to(device, non_blocking=True)
         with numerics.autocast(device):

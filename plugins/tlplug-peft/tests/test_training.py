@@ -136,7 +136,7 @@ class CrashAt:
 
 
 def test_resumed_lora_run_ends_like_an_uninterrupted_one(image_folder, resnet_weights, tmp_path):
-    recipe = dict(FAST, backbone=RESNET, weights=resnet_weights, epochs=2)
+    recipe = dict(FAST, backbone=RESNET, weights=resnet_weights, epochs=2, keep_state=True)
     recipe |= {"adapter": "lora", "schedule": "lora"}  # LoRA trains before the crash
     Engine.from_plugins(**recipe).fit(image_folder, out=tmp_path / "whole", quiet=True)
     with pytest.raises(RuntimeError, match="simulated crash"):

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
-
-import torch
-from torchvision.transforms import v2
+from typing import TYPE_CHECKING, Literal
 
 from tlplug import hookimpl
-from tlplug.data.transforms import augmentation
 from tlplug.errors import OptionError
+from tlplug.marks import augmentation
+
+if TYPE_CHECKING:
+    import torch
 
 AUTOAUGMENT_POLICIES = ("imagenet", "cifar10", "svhn")
 
@@ -43,6 +43,8 @@ def tlplug_register_augmentations(register):
 def flip(img_size: int, *, p: float = 0.5):
     """Horizontal flip with probability ``p``."""
     _check(0 <= p <= 1, "flip", "p", f"must be in [0, 1], got {p}")
+    from torchvision.transforms import v2
+
     return v2.RandomHorizontalFlip(p)
 
 
@@ -56,6 +58,8 @@ def crop(
     """Random resized crop: a random area (``scale``) and aspect (``ratio``), resized back."""
     scale = _range("crop", "scale", scale, fraction=True)
     ratio = _range("crop", "ratio", ratio, fraction=False)
+    from torchvision.transforms import v2
+
     return v2.RandomResizedCrop(img_size, scale=scale, ratio=ratio, antialias=True)
 
 
@@ -64,12 +68,16 @@ def randaugment(img_size: int, *, num_ops: int = 2, magnitude: int = 9):
     """RandAugment: ``num_ops`` random operations at strength ``magnitude`` (0-30)."""
     _check(num_ops >= 0, "randaugment", "num_ops", f"must be at least 0, got {num_ops}")
     _check(0 <= magnitude <= 30, "randaugment", "magnitude", f"must be in 0..30, got {magnitude}")
+    from torchvision.transforms import v2
+
     return v2.RandAugment(num_ops=num_ops, magnitude=magnitude)
 
 
 @augmentation(phase="pixels", order=30)
 def trivialaugment(img_size: int):
     """TrivialAugment Wide: one random operation at a random strength."""
+    from torchvision.transforms import v2
+
     return v2.TrivialAugmentWide()
 
 
@@ -82,6 +90,8 @@ def autoaugment(img_size: int, *, policy: Literal["imagenet", "cifar10", "svhn"]
         "policy",
         f"must be one of {', '.join(AUTOAUGMENT_POLICIES)}, got {policy!r}",
     )
+    from torchvision.transforms import v2
+
     return v2.AutoAugment(v2.AutoAugmentPolicy(policy))
 
 
@@ -102,6 +112,8 @@ def color_jitter(
     ):
         _check(value >= 0, "color-jitter", name, f"must be at least 0, got {value}")
     _check(0 <= hue <= 0.5, "color-jitter", "hue", f"must be in [0, 0.5], got {hue}")
+    from torchvision.transforms import v2
+
     return v2.ColorJitter(brightness, contrast, saturation, hue)
 
 
@@ -135,6 +147,8 @@ def random_erasing(
         )
     else:
         value = float(value)
+    from torchvision.transforms import v2
+
     return v2.RandomErasing(p=p, scale=scale, ratio=ratio, value=value)
 
 
@@ -157,6 +171,8 @@ def cutmix(img_size: int, *, alpha: float = 1.0):
 
 def sample_lam(alpha: float) -> float:
     """Draw ``lam ~ Beta(alpha, alpha)`` with torch's global CPU generator, in float64."""
+    import torch
+
     concentration = torch.tensor(float(alpha), dtype=torch.float64)
     return float(torch.distributions.Beta(concentration, concentration).sample())
 
@@ -201,6 +217,8 @@ class CutMix:
     def box(height: int, width: int, lam: float) -> tuple[int, int, int, int]:
         """``(top, bottom, left, right)`` of a box of area ratio about ``1 - lam`` centred at a
         random point of the image, clipped to it."""
+        import torch
+
         cut = math.sqrt(1.0 - lam)
         cut_h, cut_w = int(height * cut), int(width * cut)
         cy, cx = int(torch.randint(height, ())), int(torch.randint(width, ()))

@@ -29,8 +29,16 @@ def tlplug_run_start(run) -> None:
     say(f"schedule {recipe.schedule}: " + "; ".join(
         f"epoch {s.start + 1}: {s.name}" for s in run.plan))  # fmt: skip
     say(f"run directory: {run.run_dir}")
+    for line in resolved.get("warnings", []):
+        say(f"warning: {line}")
     if run.epoch:
         say(f"resuming after epoch {run.epoch} of {recipe.epochs}")
+    extended = run.config.get("extended", [])
+    if run.epoch and extended and extended[-1]["after_epoch"] == run.epoch:
+        last = extended[-1]
+        say(f"extending the run from {last['from_epochs']} to {last['to_epochs']} epochs: the "
+            f"schedule and the LR schedule now span {last['to_epochs']} epochs; continuing "
+            f"from {last['from']}")  # fmt: skip
     decoded = resolved["decoded_images"]
     if decoded["kept"]:
         say(f"images are decoded once and kept ({decoded['bytes'] / 2**20:.0f} MiB)")
@@ -82,12 +90,12 @@ def tlplug_stage_start(run, stage) -> None:
     start = "continuing stage" if run.epoch - 1 > stage.start else "stage"
     run.console.say(
         f"{start} {run.stage + 1}/{len(run.plan)} '{stage.name}' from epoch {run.epoch}: "
-        f"training {' and '.join(parts)} ({params:,} parameters); lr {rates}{scale}; "
-        f"frozen BatchNorm policy '{run.recipe.bn_policy}'"
+        f"training {' and '.join(parts)} ({params:,} parameters); starting lr {rates}{scale}; "
+        f"BatchNorm of frozen groups: {run.recipe.bn_policy} (--bn-policy)"
     )
     line = source_line(run.source)
     if line:
-        run.console.say_once(line) if run.source.reason == "no-cut" else run.console.say(line)
+        run.console.say_once(line)
 
 
 def source_line(source) -> str:
@@ -98,8 +106,12 @@ def source_line(source) -> str:
     names = ", ".join(source.names)
     if source.used and source.cache == "features":
         without = f" (without {names})" if names else ""
+        over = "the data"
+        if source.views:
+            drawn = ", ".join(source.drawn)
+            over = f"{source.views} augmented view{'s' * (source.views > 1)} ({drawn}) of the data"
         return (
-            f"feature cache on{without}: the backbone runs once over the data and the head "
+            f"feature cache on{without}: the backbone runs once over {over} and the head "
             "trains on its features"
         )
     if source.used:
@@ -128,23 +140,41 @@ def tlplug_epoch_end(run, record) -> None:
             f"{record['epoch']} with a non-finite loss ({record['skipped_nonfinite']} of "
             f"{run.recipe.skip_nonfinite} allowed by --skip-nonfinite)"
         )
+    if "probe" in record:
+        fit = record["probe"]
+        run.console.say(
+            f"linear head fit to convergence ({fit['iterations']} L-BFGS iterations, "
+            f"{fit['seconds']:.1f}s): L2 strength {fit['l2']:g}, chosen by accuracy "
+            f"{fit['held_out_acc']:.4f} on a fifth of the training images held out"
+        )
     run.console.say(epoch_line(record, run.recipe.epochs))
+    if record.get("stopped_early"):
+        run.console.say(
+            f"stopping early: no better validation for {run.recipe.patience} validations "
+            f"(--patience {run.recipe.patience})"
+        )
 
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
     """One epoch's line: stage, losses, accuracy (``*`` marks a new best), LR, speed."""
     lrs = sorted(set(record["lr"].values()))
     lr = f"{lrs[0]:.2e}" if len(lrs) == 1 else f"{lrs[0]:.2e}..{lrs[-1]:.2e}"
-    val = "(no validation) "
-    if record["val_acc"] is not None:
-        best = " *" if record.get("is_best") else ""
-        val = f"val_loss {record['val_loss']:.4f} val_acc {record['val_acc']:.4f}{best} "
-    peak = f" peak {record['peak_memory_mb']:.0f} MiB" if record["peak_memory_mb"] else ""
-    return (
-        f"epoch {record['epoch']}/{epochs} [{record['stage_name']}] "
-        f"train_loss {record['train_loss']:.4f} {val}lr {lr} "
-        f"{record['seconds']:.1f}s {record['images_per_s']:.0f} img/s{peak}"
-    )
+    parts = [f"epoch {record['epoch']}/{epochs} [{record['stage_name']}]",
+             f"train_loss {record['train_loss']:.4f}"]  # fmt: skip
+    if record["val_acc"] is None:
+        parts.append("(no validation)")
+    else:
+        best = record.get("best_source") if record.get("is_best") else None
+        parts.append(f"val_loss {record['val_loss']:.4f} val_acc {record['val_acc']:.4f}"
+                     + (" *" if best == "model" else ""))  # fmt: skip
+        if "ema_val_acc" in record:
+            parts.append(
+                f"ema_val_acc {record['ema_val_acc']:.4f}" + (" *" if best == "ema" else "")
+            )
+    parts.append(f"lr now {lr} {record['seconds']:.1f}s {record['images_per_s']:.0f} img/s")
+    if record["peak_memory_mb"]:
+        parts.append(f"peak {record['peak_memory_mb']:.0f} MiB")
+    return " ".join(parts)
 
 
 @hookimpl(trylast=True)
@@ -159,8 +189,13 @@ def tlplug_run_end(run, summary) -> None:
             f"{more} more image(s) failed to decode while training and were replaced by "
             "another image of their class; see skipped_files in summary.json"
         )
-    say(
-        f"best val_acc {summary['best_val_acc']:.4f} at epoch {summary['best_epoch']}; "
-        f"run saved in {run.run_dir}\n"
-        f"predict with: tlplug predict {run.run_dir} IMAGE..."
-    )
+    if summary["best_val_acc"] is None:
+        best = f"no validation; the weights of epoch {summary['best_epoch']} are kept"
+    else:
+        source = " (weight average)" if summary.get("best_source") == "ema" else ""
+        best = (
+            f"best val_acc {summary['best_val_acc']:.4f} at epoch {summary['best_epoch']}{source}"
+        )
+    say(f"{best}; run saved in {run.run_dir}")
+    say(f"predict with: tlplug predict {run.run_dir} IMAGE...; evaluate with: tlplug eval "
+        f"{run.run_dir}")  # fmt: skip

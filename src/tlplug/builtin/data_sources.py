@@ -5,9 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from tlplug import hookimpl
-from tlplug.data.folders import read_folder
-from tlplug.data.manifest import read_manifest
-from tlplug.data.synthetic import synthetic_splits
 
 
 @hookimpl
@@ -19,14 +16,20 @@ def tlplug_register_data_sources(register):
 
 def folder(location: str, seed: int, val_split: float | None):
     """Class folders: DIR/train/<class>/ + DIR/val/<class>/ [+ DIR/test/], or DIR/<class>/."""
+    from tlplug.data.folders import read_folder
+
     return read_folder(Path(location), val_split, seed)
 
 
 def manifest(location: str, seed: int, val_split: float | None):
     """A CSV manifest of path,label[,split] rows, paths relative to the CSV."""
+    from tlplug.data.manifest import read_manifest
+
     return read_manifest(Path(location), val_split, seed)
 
 
 def synthetic(location: str, seed: int, val_split: float | None):
     """Drawn patterns in four classes, made on the fly (the default when --data is not given)."""
+    from tlplug.data.synthetic import synthetic_splits
+
     return synthetic_splits(seed=seed)

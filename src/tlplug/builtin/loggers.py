@@ -9,7 +9,6 @@ when the run ends, however it ends.
 from __future__ import annotations
 
 import csv
-import os
 from typing import Any
 
 from tlplug import hookimpl, rundir
@@ -29,7 +28,11 @@ def tlplug_run_start(run) -> None:
         return
     relay = (StepRelay if any(hasattr(x, "step_end") for x in loggers) else Relay)(run, loggers)
     run.plugins.pm.register(relay, name=relay.name)
-    relay.call("run_start", run)
+    try:
+        relay.call("run_start", run)
+    except BaseException:
+        run.plugins.pm.unregister(relay)
+        raise
 
 
 class Relay:
@@ -39,9 +42,17 @@ class Relay:
         self.loggers, self.name = loggers, f"loggers-of-{id(run)}"
 
     def call(self, method: str, *args: Any) -> None:
+        """Call ``method`` of every logger that has it; a logger's error does not keep the
+        others from their call, and the first error is raised after them."""
+        errors = []
         for logger in self.loggers:
             if hasattr(logger, method):
-                getattr(logger, method)(*args)
+                try:
+                    getattr(logger, method)(*args)
+                except Exception as exc:
+                    errors.append(exc)
+        if errors:
+            raise errors[0]
 
     @hookimpl(trylast=True)
     def tlplug_epoch_end(self, run, record) -> None:
@@ -99,7 +110,4 @@ class CsvLog:
         return ["" if values.get(c) is None else values.get(c, "") for c in self.columns]
 
     def _write(self, rows: list[list[Any]]) -> None:
-        temp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(temp, "w", newline="") as out:
-            csv.writer(out).writerows([self.columns, *rows])
-        rundir.publish(os.fspath(temp), self.path)
+        rundir.write_atomic(self.path, lambda out: csv.writer(out).writerows([self.columns, *rows]))

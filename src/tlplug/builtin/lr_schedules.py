@@ -7,8 +7,7 @@ each is built once for the whole run, across every freeze stage.
 from __future__ import annotations
 
 import math
-
-from torch.optim import lr_scheduler
+from types import ModuleType
 
 from tlplug import hookimpl
 
@@ -25,7 +24,7 @@ def tlplug_register_lr_schedules(register):
 def constant(optimizer, total_steps: int, steps_per_epoch: int, *, warmup_epochs: float = 0.0):
     """The base LR throughout, after an optional linear warmup."""
     warmup = round(warmup_epochs * steps_per_epoch)
-    return lr_scheduler.LambdaLR(optimizer, lambda s: _warmup(s, warmup))
+    return _schedulers().LambdaLR(optimizer, lambda s: _warmup(s, warmup))
 
 
 def cosine(
@@ -47,7 +46,7 @@ def cosine(
             1 + math.cos(math.pi * min(1.0, progress))
         )
 
-    return lr_scheduler.LambdaLR(optimizer, factor)
+    return _schedulers().LambdaLR(optimizer, factor)
 
 
 def onecycle(
@@ -60,7 +59,7 @@ def onecycle(
     final_div_factor: float = 1e4,
 ):
     """The one-cycle policy: up to each group's LR, then down, cycling momentum inversely."""
-    return lr_scheduler.OneCycleLR(
+    return _schedulers().OneCycleLR(
         optimizer,
         max_lr=[group["lr"] for group in optimizer.param_groups],
         total_steps=max(2, total_steps),
@@ -75,7 +74,7 @@ def step(
 ):
     """Multiply the LR by ``gamma`` every ``step_epochs`` epochs."""
     every = max(1, step_epochs * steps_per_epoch)
-    return lr_scheduler.LambdaLR(optimizer, lambda s: gamma ** (s // every))
+    return _schedulers().LambdaLR(optimizer, lambda s: gamma ** (s // every))
 
 
 def plateau(
@@ -89,10 +88,16 @@ def plateau(
 ):
     """Multiply the LR by ``factor`` when the validation loss stops improving for
     ``patience`` epochs (stepped once per epoch)."""
-    return lr_scheduler.ReduceLROnPlateau(
+    return _schedulers().ReduceLROnPlateau(
         optimizer, factor=factor, patience=patience, min_lr=min_lr
     )
 
 
 def _warmup(step_index: int, warmup: int) -> float:
     return 1.0 if step_index >= warmup else (step_index + 1) / (warmup + 1)
+
+
+def _schedulers() -> ModuleType:
+    from torch.optim import lr_scheduler  # on first use: plugins load before torch is needed
+
+    return lr_scheduler

@@ -6,7 +6,7 @@ import fnmatch
 
 from tlplug import hookimpl
 from tlplug.backbone import Backbone, DataConfig, groups_from_children, groups_from_lists
-from tlplug.errors import UnknownNameError, WeightsError
+from tlplug.errors import UnknownNameError, WeightsError, flag
 from tlplug.pretrained import hf_cached_file, host_reachable, hub_offline, offline_message
 
 _HUB_FILES = ["model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin"]
@@ -123,8 +123,8 @@ def _cached_weights(model: str, cfg) -> dict:
     what = f"timm:{model}"
     if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
         raise WeightsError(
-            f"timm has no pretrained weights for {what}; "
-            "pass --weights FILE to load a local file, or --no-pretrained"
+            f"timm has no pretrained weights for {what}; pass {flag('weights', 'FILE')} to "
+            f"load a local file, or {flag('pretrained', False)}"
         )
     if cfg.file:
         return {}

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import fnmatch
 import warnings
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from tlplug import hookimpl
 from tlplug.backbone import Backbone, DataConfig, groups_by_prefix, has_params
 from tlplug.errors import TlplugError, UnknownNameError
 from tlplug.pretrained import torch_hub_file
+
+if TYPE_CHECKING:
+    from torch import nn
 
 _SIZE_ARG = {"VisionTransformer": "image_size", "MaxVit": "input_size"}
 
@@ -125,6 +127,8 @@ def _resize(net: nn.Module, arch: str, img_size: int | None, kwargs: dict) -> nn
 
 def _drop_classifier(net: nn.Module, num_classes: int, keep_pre_logits: bool):
     """Replace the final classifier layer with Identity; return (num_features, removed keys)."""
+    from torch import nn
+
     final = None
     for path, module in net.named_modules():
         if (isinstance(module, nn.Linear) and module.out_features == num_classes) or (
@@ -162,6 +166,8 @@ def _replace(net: nn.Module, path: str, new: nn.Module) -> None:
 
 def _group_spec(net: nn.Module) -> list[tuple[str, list[str]]]:
     """Stages of a torchvision classifier, stem to top, as (group name, module prefixes)."""
+    from torch import nn
+
     family = type(net).__name__
     children = [n for n, c in net.named_children() if has_params(c)]
     pre_logits = [("pre_logits", ["classifier"])] if "classifier" in children else []
@@ -208,6 +214,8 @@ def _group_spec(net: nn.Module) -> list[tuple[str, list[str]]]:
 
 
 def _split_at_pools(features: nn.Sequential, prefix: str) -> list[tuple[str, list[str]]]:
+    from torch import nn
+
     spec, current = [], []
     for i, module in enumerate(features):
         current.append(f"{prefix}.{i}")

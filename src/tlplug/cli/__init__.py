@@ -1,5 +1,5 @@
-"""The ``tlplug`` command: run, predict, plugins, list, groups, augment-preview, and the
-commands plugins add.
+"""The ``tlplug`` command: run, predict, eval, export, plugins, list, groups, augment-preview,
+and the commands plugins add.
 
 Every error a user can cause ends as one line on stderr and a non-zero exit status;
 ``TLPLUG_DEBUG=1`` shows the traceback of an unexpected one. Plugins are loaded the first
@@ -19,15 +19,24 @@ from tlplug.cli import (  # noqa: F401  (they add the commands)
     ship_commands,
 )
 from tlplug.cli.group import cli
-from tlplug.errors import TlplugError, one_line
+from tlplug.errors import COMMAND_LINE, TlplugError, one_line
 
 __all__ = ["cli", "main"]
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning every error into one line and an exit status."""
+    token = COMMAND_LINE.set(True)  # messages name flags (--weights), not Python arguments
     try:
-        cli.main(args=argv, prog_name="tlplug", standalone_mode=False)
+        _main(sys.argv[1:] if argv is None else list(argv))
+    finally:
+        COMMAND_LINE.reset(token)
+
+
+def _main(args: list[str]) -> None:
+    try:
+        cli.main(args=args, prog_name="tlplug", standalone_mode=False,
+                 obj={"command": ["tlplug", *args]})  # fmt: skip
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)

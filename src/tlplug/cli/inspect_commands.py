@@ -90,7 +90,7 @@ def list_(kind, pattern) -> None:
     if kind != "backbones":
         for strategy in registry.strategies(pattern):
             options = ", ".join(o.describe() for o in strategy.options.values())
-            click.echo(f"{strategy.name:<16} {strategy.description}")
+            click.echo(f"{strategy.name:<16} {strategy.description.replace('``', '')}")
             if options:
                 click.echo(f"{'':<16}   options: {options}")
         return

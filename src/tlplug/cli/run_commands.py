@@ -12,6 +12,7 @@ from tlplug.cli.options import recipe_from_cli, recipe_options
 from tlplug.errors import OptionError
 from tlplug.kinds import KINDS
 from tlplug.recipe import Settings
+from tlplug.recipe_file import merged, read_recipe_file
 
 DATA_HELP = (
     "Image folder (train/ + val/ [+ test/], or class folders), a CSV manifest "
@@ -23,6 +24,13 @@ RUN_KINDS = [kind for kind in KINDS.values() if kind.command == "run"]
 
 @cli.command()
 @click.option("--data", help=DATA_HELP)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    help="Recipe file (TOML, YAML or JSON; a run's config.json repeats that run, data "
+    "included); options given here override it.",
+)
 @recipe_options(RUN_KINDS, [f.name for f in attrs.fields(Settings)])
 @click.option(
     "--out",
@@ -34,10 +42,11 @@ RUN_KINDS = [kind for kind in KINDS.values() if kind.command == "run"]
     "--resume",
     type=click.Path(path_type=Path),
     metavar="RUN_DIR",
-    help="Continue the interrupted run in RUN_DIR with its own recipe and data.",
+    help="Continue the run in RUN_DIR with its own recipe and data: after the epoch an "
+    "interruption ended, or with --epochs N past its last epoch to epoch N.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing while training.")
-def run(data, out, overwrite, resume, quiet, **options) -> None:
+def run(data, config_file, out, overwrite, resume, quiet, **options) -> None:
     """Fine-tune a backbone on DATA and write a run directory.
 
     Every option also has a recipe key of the same name in Python
@@ -46,20 +55,27 @@ def run(data, out, overwrite, resume, quiet, **options) -> None:
 
     host = current_host()
     recipe = recipe_from_cli(options, host.kinds.values())
+    if config_file is not None:
+        if resume is not None:
+            raise OptionError("--resume uses the run's own config.json; drop --config")
+        from_file, file_data = read_recipe_file(config_file)
+        recipe, data = merged(from_file, recipe), data or file_data
     if resume is not None:
+        epochs = recipe.pop("epochs", None)
         given = [f"--{k.replace('_', '-')}" for k in recipe] + [
             flag for flag, value in (("--data", data), ("--out", out), ("--overwrite", overwrite))
             if value
         ]  # fmt: skip
         if given:
             raise OptionError(
-                f"--resume continues {resume} with the recipe and data in its config.json; "
-                f"drop {', '.join(given)}"
+                f"--resume continues {resume} with the recipe and data in its config.json "
+                f"(--epochs N to go on to epoch N); drop {', '.join(given)}"
             )
-        Engine.resume(resume, quiet=quiet, host=host)
+        Engine.resume(resume, quiet=quiet, host=host, epochs=epochs)
         return
     engine = Engine(host, host.recipe_type.from_kwargs(**recipe))
-    engine.fit(data, out=out, overwrite=overwrite, quiet=quiet)
+    command = click.get_current_context().find_root().obj["command"]
+    engine.fit(data, out=out, overwrite=overwrite, quiet=quiet, command=command)
 
 
 @cli.command(name="augment-preview")

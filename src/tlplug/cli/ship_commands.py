@@ -1,7 +1,9 @@
-"""Commands that use a finished run: ``predict``, ``export``."""
+"""Commands that use a finished run: ``predict``, ``eval``, ``export``."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -13,6 +15,8 @@ from tlplug.kinds import KINDS
 from tlplug.options import parse_assignments
 
 EXPORTERS = KINDS["exporters"]
+SKIPS_SHOWN = 10  # unreadable files named on stderr one by one; more are counted
+TTA_HELP = "Average the softmax over flipped and cropped views of each image (7 passes)."
 
 
 @cli.command()
@@ -26,33 +30,128 @@ EXPORTERS = KINDS["exporters"]
     help="Classes to show per image.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option(
+    "--csv",
+    "as_csv",
+    is_flag=True,
+    help="Print CSV: source,class1,prob1,... a row per classified image.",
+)
+@click.option("--tta", is_flag=True, help=TTA_HELP)
 @click.option("--device", default="cpu", show_default=True, help="auto, cpu or cuda.")
-def predict(run_dir, images, topk, as_json, device) -> None:
+def predict(run_dir, images, topk, as_json, as_csv, tta, device) -> None:
     """Classify images with the best model of a run.
 
-    IMAGES are files or folders; RUN_DIR is a run directory."""
-    from tlplug.data.folders import list_images
-    from tlplug.predict import load_classifier
+    IMAGES are files or folders; RUN_DIR is a run directory. A file that cannot be read is
+    skipped: named on stderr, and in --json listed with its "error" and no classes. The
+    exit status is 0 when at least one image was classified."""
+    from tlplug.device import pick_device
+    from tlplug.predict import CHECK, expand_images, load_classifier
 
-    files: list[Path] = []
+    if as_json and as_csv:
+        raise click.UsageError("give --json or --csv, not both")
     for path in images:
-        if path.is_dir():
-            found = list_images(path)
-            if not found:
-                raise TlplugError(f"folder {path} holds no images")
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
+        if not path.exists():
             raise TlplugError(f"image {path} does not exist")
+    files = expand_images(images)
+    pick_device(device)  # an unavailable device, said in the command's words
     classifier = load_classifier(run_dir, current_host(), device)
-    predictions = classifier.predict(files, topk=topk)
+    predictions = classifier.predict(files, topk=topk, tta=tta, skip_unreadable=True)
+    failed = [p.error for p in predictions if not p.ok]
+    if len(failed) == 1 == len(predictions):
+        raise TlplugError(f"{failed[0]}{CHECK}")
+    if len(failed) == len(predictions):
+        raise TlplugError(
+            f"none of the {len(failed)} images could be read: {failed[0]}, and "
+            f"{len(failed) - 1} more; check the files"
+        )
+    for error in failed[:SKIPS_SHOWN]:
+        click.echo(f"skipped: {error}", err=True)
+    if len(failed) > SKIPS_SHOWN:
+        click.echo(f"skipped {len(failed) - SKIPS_SHOWN} more unreadable file(s)", err=True)
     if as_json:
         click.echo(json.dumps([p.to_json() for p in predictions], indent=2))
         return
+    if as_csv:
+        k = min(topk, len(classifier.classes))
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(
+            ["source", *(f"{x}{i}" for i in range(1, k + 1) for x in ("class", "prob"))]
+        )
+        for p in predictions:
+            if p.ok:
+                writer.writerow([p.source, *(v for c, prob in p.top for v in (c, f"{prob:.6f}"))])
+        click.echo(text.getvalue(), nl=False)
+        return
     for p in predictions:
-        top = "  ".join(f"{name} {prob:.3f}" for name, prob in p.top)
-        click.echo(f"{p.source}: {top}")
+        if p.ok:
+            top = "  ".join(f"{name} {prob:.3f}" for name, prob in p.top)
+            click.echo(f"{p.source}: {top}")
+
+
+@cli.command(name="eval")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("data", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of a table.")
+@click.option("--tta", is_flag=True, help=TTA_HELP)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), help="Images per batch. [default: the run's]"
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Folder for eval.json and the figures. [default: RUN_DIR/eval]",
+)
+@click.option("--device", help="auto, cpu or cuda. [default: the run's, if here, else cpu]")
+def eval_command(run_dir, data, as_json, tta, batch_size, out, device) -> None:
+    """Measure the best model of a run on its validation split or on DATA.
+
+    Reports accuracy, per-class precision/recall/F1, top-k accuracy, calibration (ECE,
+    15 bins), the confusion matrix and the most confident mistakes.
+
+    Without DATA, on the run's own validation split, exactly as training validated (so the
+    accuracy is the run's best_val_acc). DATA is anything --data takes with the run's
+    classes: its validation split where it has one of its own (DIR/train/ + DIR/val/, a
+    manifest with val rows), else all its images. eval.json, confusion_matrix.png and
+    worst_images.png go to --out; eval replaces only those files, and only its own."""
+    from tlplug.device import pick_device
+    from tlplug.evaluation import evaluate_run
+
+    if device is not None:
+        pick_device(device)
+    report = evaluate_run(
+        run_dir, data, tta=tta, batch_size=batch_size, out=out, device=device,
+        plugins=current_host(),
+    )  # fmt: skip
+    click.echo(json.dumps(report.to_json(), indent=2) if as_json else eval_table(report))
+
+
+def eval_table(report) -> str:
+    """The console summary of an :class:`~tlplug.evaluation.EvalReport`: the headline
+    figures, then precision, recall, F1 and support per class."""
+    s = report.settings
+    how = f"{s['precision']}{', channels-last' if s['channels_last'] else ''}"
+    lines = [
+        f"{report.run_dir} on {report.data} [{report.split}]: {report.num_images} images, "
+        f"{how}, batch size {s['batch_size']}{', TTA' if s['tta'] else ''}"
+    ]
+    head = f"accuracy {report.accuracy:.4f}"
+    if report.best_val_acc is not None:
+        head += f" (the run's best_val_acc {report.best_val_acc:.4f})"
+    tops = "".join(f"  top-{k} {v:.4f}" for k, v in report.top_k.items() if k > 1)
+    lines.append(f"{head}{tops}  ECE {report.ece:.4f}  loss {report.loss:.4f}")
+    width = max(5, *map(len, report.classes))
+    lines.append(f"{'class':<{width}}  precision  recall  f1     support")
+    for name, m in report.per_class.items():
+        lines.append(
+            f"{name:<{width}}  {m['precision']:<9.3f}  {m['recall']:<6.3f}  "
+            f"{m['f1']:<5.3f}  {m['support']}"
+        )
+    if report.skipped:
+        lines.append(f"{len(report.skipped)} unreadable file(s) left out (listed in eval.json)")
+    if report.files:
+        lines.append("wrote " + ", ".join(report.files.values()))
+    return "\n".join(lines)
 
 
 @cli.command()

@@ -134,7 +134,7 @@ def read_folder(root: Path, val_split: float | None, seed: int) -> Splits:
         info["layout"] = "train/val"
         train_images, val_images = _images(train_files), extra["val"]
     else:
-        fraction = val_split or DEFAULT_VAL_SPLIT
+        fraction = DEFAULT_VAL_SPLIT if val_split is None else val_split
         kept, held = stratified_split(train.by_class, classes, fraction, seed)
         if not held:
             raise DataError(
@@ -163,6 +163,7 @@ def stratified_split(
         paths = list(by_class[name])
         rng.shuffle(paths)
         count = min(len(paths) - 1, max(1, round(len(paths) * fraction))) if len(paths) > 1 else 0
+        count = count if fraction > 0 else 0
         val += [(p, label) for p in sorted(paths[:count])]
         train += [(p, label) for p in sorted(paths[count:])]
     return train, val

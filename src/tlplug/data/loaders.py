@@ -119,6 +119,19 @@ class EpochSampler(Sampler):
         """The epoch's image indices in the order :meth:`__iter__` yields them."""
         return self._order(self._generator())
 
+    def seeds_by_index(self) -> torch.Tensor:
+        """Each image's item seed in the epoch (an image drawn twice: its first draw's; one
+        not drawn: a seed of its own, from the same epoch)."""
+        generator = self._generator()
+        order = self._order(generator)
+        seeds = torch.randint(0, 2**62, (self.size,), generator=generator)
+        by_index = torch.randint(0, 2**62, (self.size,), generator=generator)
+        first = torch.full((self.size,), self.size, dtype=torch.long)
+        first.scatter_reduce_(0, order, torch.arange(self.size), reduce="amin")
+        drawn = first < self.size
+        by_index[drawn] = seeds[first[drawn]]
+        return by_index
+
     def _generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
 
@@ -127,6 +140,39 @@ class EpochSampler(Sampler):
         if self.weights is not None:
             order = torch.multinomial(self.weights, self.size, True, generator=generator)
         return order if order is not None else torch.arange(self.size)
+
+
+class ViewSampler(Sampler):
+    """Yields every index once, in order, with the item seed ``sampler`` gives it in epoch
+    :attr:`epoch`: one augmented view of the whole dataset as that epoch draws it."""
+
+    def __init__(self, sampler: EpochSampler):
+        self.sampler, self.epoch = sampler, 0
+
+    def __len__(self) -> int:
+        return self.sampler.size
+
+    def __iter__(self):
+        kept = self.sampler.epoch
+        self.sampler.set_epoch(self.epoch)
+        try:
+            seeds = self.sampler.seeds_by_index().tolist()
+        finally:
+            self.sampler.set_epoch(kept)
+        yield from enumerate(seeds)
+
+
+def view_loader(train: DataLoader) -> DataLoader:
+    """A loader over ``train``'s augmented images, every image once in index order, with the
+    item seeds of the epoch its sampler's ``epoch`` names (a :class:`ViewSampler`)."""
+    return DataLoader(
+        train.dataset,
+        batch_size=train.batch_size,
+        sampler=ViewSampler(train.sampler),
+        num_workers=train.num_workers,
+        pin_memory=train.pin_memory,
+        worker_init_fn=_seed_worker,
+    )
 
 
 def default_workers(device_type: str = "cuda") -> int:

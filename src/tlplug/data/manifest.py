@@ -68,7 +68,7 @@ def read_manifest(csv_path: Path, val_split: float | None, seed: int) -> Splits:
         info["layout"] = "manifest splits"
         train_pairs, val_pairs = pairs["train"], pairs["val"]
     else:
-        fraction = val_split or DEFAULT_VAL_SPLIT
+        fraction = DEFAULT_VAL_SPLIT if val_split is None else val_split
         train_pairs, val_pairs = stratified_split(train, classes, fraction, seed)
         info.update(
             layout="split", val_split=fraction, val_files_sha256=files_digest(val_pairs, root)

@@ -7,6 +7,7 @@ name, and a plain path picks ``folder`` or ``csv`` by what it is.
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ import attrs
 from PIL import Image
 
 from tlplug.errors import DataError, TlplugError
+from tlplug.rundir import write_atomic
 
 if TYPE_CHECKING:
     from tlplug.plugins import PluginHost
@@ -39,6 +41,20 @@ class ImageList(Protocol):
 
     def load(self, index: int) -> Image.Image:
         """Return image ``index`` as an RGB PIL image; raise DecodeError if it cannot."""
+
+
+@attrs.frozen
+class NoImages:
+    """No images: the validation split of a run that trains without validation."""
+
+    labels: tuple[int, ...] = ()
+
+    def __len__(self) -> int:
+        return 0
+
+    def load(self, index: int) -> Image.Image:
+        """There is no image ``index``."""
+        raise IndexError(index)
 
 
 @attrs.frozen
@@ -100,20 +116,36 @@ def load_data(plugins: PluginHost, data: str | os.PathLike | None, recipe: Recip
             f"data source '{name}' (plugin '{choice.strategy.plugin}') returned "
             f"{type(splits).__name__}, not tlplug.Splits"
         )
-    check_splits(splits, name)
+    if recipe.val_split == 0:  # no validation: whatever the source holds out stays out
+        if len(splits.val):
+            note = f"{len(splits.val)} validation images left out: --val-split 0"
+            splits = attrs.evolve(splits, warnings=(*splits.warnings, note))
+        splits = attrs.evolve(splits, val=NoImages())
+    check_splits(splits, name, validate=recipe.val_split != 0)
     if name in ("folder", "csv"):  # a path that reads the same from any working directory
         location = str(Path(location).resolve())
     info = {**splits.info, "source": name, "location": location}
     return attrs.evolve(splits, info=info)
 
 
-def check_splits(splits: Splits, name: str) -> None:
-    """Raise DataError when ``splits`` cannot train a classifier."""
+def check_splits(splits: Splits, name: str, validate: bool = True) -> None:
+    """Raise DataError when ``splits`` cannot train a classifier (or validate it)."""
     if len(splits.classes) < 2:
         raise DataError(
             f"data source '{name}' found {len(splits.classes)} class(es) with images; "
             "a classifier needs at least 2"
         )
     for split, images in (("train", splits.train), ("val", splits.val)):
-        if len(images) == 0:
+        if len(images) == 0 and (split == "train" or validate):
             raise DataError(f"data source '{name}' has no {split} images")
+
+
+def write_val_list(path: Path, images: ImageList, classes: Sequence[str]) -> None:
+    """Write which images validation uses, one ``path,class`` row each (``#INDEX`` for an
+    image a source made rather than read)."""
+    paths = getattr(images, "paths", None)
+    rows = [["path", "class"]] + [
+        [paths[index] if paths is not None else f"#{index}", classes[label]]
+        for index, label in enumerate(images.labels)
+    ]
+    write_atomic(path, lambda out: csv.writer(out).writerows(rows))

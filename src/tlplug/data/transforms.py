@@ -117,10 +117,11 @@ class OneOf:
 
     def __init__(self, choices: Sequence[Callable], always: Sequence[Callable] = ()):
         self.choices, self.always = list(choices), list(always)
+        self.last: int | None = None  # the index of the choice the last batch got
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor):
         if self.choices:
-            pick = int(torch.randint(len(self.choices), ()))
+            self.last = pick = int(torch.randint(len(self.choices), ()))
             images, targets = self.choices[pick](images, targets)
         for augment in self.always:
             images, targets = augment(images, targets)

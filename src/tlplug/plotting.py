@@ -1,0 +1,264 @@
+"""Pictures of a run: training curves, the confusion matrix, the freeze schedule as a chart.
+
+The drawing functions take plain data (metrics records as metrics.jsonl holds them, the
+summary's confusion matrix) and return a matplotlib ``Figure`` on the Agg canvas: they work
+headless and leave pyplot's global state alone. matplotlib is imported inside the functions
+that draw, so importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+Record = dict[str, Any]
+
+STAGE_LINE = {"color": "0.35", "linestyle": "--", "linewidth": 1.0}
+FROZEN = "#e6e6e6"
+MAX_ANNOTATED = 20  # classes; a bigger confusion matrix is drawn without counts
+
+
+@attrs.frozen
+class ScheduleGrid:
+    """The schedule as cells, one row per layer group (stem first), one column per epoch.
+
+    ``lr[g][e]`` is the LR of ``groups[g]`` at the end of epoch ``epochs[e]`` when the
+    group trains in that epoch, else None (frozen); ``biases[g][e]`` is True when only the
+    group's biases train.
+    """
+
+    groups: tuple[str, ...]
+    epochs: tuple[int, ...]
+    lr: tuple[tuple[float | None, ...], ...]
+    biases: tuple[tuple[bool, ...], ...]
+
+
+def schedule_grid(history: Sequence[Record], groups: Sequence[str] | None = None) -> ScheduleGrid:
+    """The :class:`ScheduleGrid` of ``history``; ``groups`` default to the keys of the first
+    record's ``lr`` (the optimizer's order, stem to head)."""
+    if groups is None:
+        groups = list(history[0]["lr"]) if history else []
+    lr, biases = [], []
+    for group in groups:
+        trains = [group in r["trainable_groups"] or group in r["bias_groups"] for r in history]
+        lr.append(tuple(r["lr"].get(group) if trains[i] else None for i, r in enumerate(history)))
+        biases.append(tuple(group in r["bias_groups"] for r in history))
+    epochs = tuple(r["epoch"] for r in history)
+    return ScheduleGrid(tuple(groups), epochs, tuple(lr), tuple(biases))
+
+
+def stage_starts(history: Sequence[Record]) -> list[tuple[int, str]]:
+    """``(epoch, stage name)`` for the first epoch of each stage in ``history``."""
+    starts, previous = [], None
+    for record in history:
+        if record["stage"] != previous:
+            starts.append((record["epoch"], record["stage_name"]))
+            previous = record["stage"]
+    return starts
+
+
+def best_point(history: Sequence[Record]) -> tuple[int, float] | None:
+    """``(epoch, val_acc)`` of the last record marked ``is_best`` (the weight average's
+    ``ema_val_acc`` when it was the better one), or None when no best epoch was validated."""
+    for record in reversed(history):
+        acc = record.get("ema_val_acc" if record.get("best_source") == "ema" else "val_acc")
+        if record.get("is_best") and acc is not None:
+            return record["epoch"], acc
+    return None
+
+
+def draw_curves(history: Sequence[Record], title: str = "Training curves") -> Figure:
+    """Loss, accuracy (the best epoch starred) and LR per layer group (log scale) over
+    epochs, with the freeze stages marked."""
+    if not history:
+        raise ValueError("no epochs to draw")
+    fig = _figure(12, 8, 100)
+    loss, acc, lr = fig.subplots(3, 1, sharex=True, height_ratios=(1, 1, 0.9))
+    for ax, key, label in ((loss, "loss", "loss"), (acc, "acc", "accuracy")):
+        for name, style, what in (("train", "o-", "train {}"), ("val", "s-", "val {}"),
+                                  ("ema_val", "d--", "val {} (weight average)")):  # fmt: skip
+            epochs, values = _series(history, f"{name}_{key}")
+            if values:
+                ax.plot(epochs, values, style, ms=4, label=what.format(label))
+        ax.set_ylabel(label)
+    best = best_point(history)
+    if best:
+        acc.plot(*best, "*", ms=16, color="gold", markeredgecolor="black", zorder=5,
+                 label=f"best val {best[1]:.4f} (epoch {best[0]})")  # fmt: skip
+    _draw_lrs(lr, history)
+    for ax in (loss, acc, lr):
+        ax.grid(alpha=0.3)
+        _mark_stages(ax, history, label=ax is loss)
+        entries = len(ax.get_legend_handles_labels()[1])
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0,
+                  fontsize=9 if entries <= 8 else 8, ncol=1 + (entries - 1) // 12)  # fmt: skip
+    lr.set_xlabel("epoch")
+    _epoch_axis(lr, history)
+    fig.suptitle(title)
+    return fig
+
+
+def draw_confusion(
+    matrix: Sequence[Sequence[int]], classes: Sequence[str], title: str = "Confusion matrix"
+) -> Figure:
+    """The confusion matrix (rows the true class, columns the predicted one), cells coloured
+    by the fraction of the true class's images and annotated with counts (up to
+    :data:`MAX_ANNOTATED` classes)."""
+    import numpy as np
+
+    counts = np.asarray(matrix, dtype=np.int64)
+    n = len(classes)
+    if counts.shape != (n, n) or n == 0:
+        raise ValueError(f"confusion matrix of shape {counts.shape} for {n} classes")
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig = _figure(11, 8, 110)
+    ax = fig.subplots()
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="fraction of the true class's images")
+    if n <= MAX_ANNOTATED:
+        size = max(6.0, min(12.0, 180 / n))
+        for (row, col), count in np.ndenumerate(counts):
+            colour = "white" if rates[row, col] > 0.55 else "black" if count else "0.6"
+            ax.text(col, row, str(count), ha="center", va="center", color=colour, fontsize=size)
+    ticks = list(range(0, n, max(1, math.ceil(n / 40))))  # at most 40 labelled classes
+    names = [classes[i] for i in ticks]
+    size = max(5.0, min(10.0, 240 / len(ticks)))
+    long = n > 8 or max(len(c) for c in classes) > 8
+    ax.set_xticks(ticks, names, fontsize=size, rotation=45 if long else 0,
+                  ha="right" if long else "center", rotation_mode="anchor")  # fmt: skip
+    ax.set_yticks(ticks, names, fontsize=size)
+    ax.set(xlabel="predicted class", ylabel="true class", title=title)
+    return fig
+
+
+def draw_schedule(
+    history: Sequence[Record], groups: Sequence[str] | None = None, title: str = "Freeze schedule"
+) -> Figure:
+    """Layer groups (stem at the bottom) by epoch: a cell is coloured by the group's LR when
+    the group trains that epoch (and on small grids labelled with it), hatched when only its
+    biases train, grey when frozen; lines mark the stages."""
+    import numpy as np
+    from matplotlib.colors import LogNorm
+    from matplotlib.patches import Patch, Rectangle
+
+    grid = schedule_grid(history, groups)
+    if not grid.epochs or not grid.groups:
+        raise ValueError("no epochs or no layer groups to draw")
+    values = np.array([[np.nan if v is None else v for v in row] for row in grid.lr], float)
+    positive = values[values > 0]
+    hi = float(positive.max()) if positive.size else 1.0
+    lo = max(float(positive.min()) if positive.size else hi, hi * 1e-4)
+    clipped = bool(np.any(values < lo))
+    norm = LogNorm(lo, hi) if lo < hi else LogNorm(lo / 2, hi * 2)
+    rows, cols = values.shape
+    fig = _figure(12, min(10.0, max(7.0, 2.5 + 0.45 * rows)), 100)
+    ax = fig.subplots()
+    ax.set_facecolor(FROZEN)
+    x = np.arange(cols + 1) + grid.epochs[0] - 0.5
+    edges = {"edgecolors": "white", "linewidth": 0.8} if cols <= 60 else {}
+    cells = np.ma.masked_invalid(np.clip(values, lo, None))
+    mesh = ax.pcolormesh(x, np.arange(rows + 1) - 0.5, cells, cmap="viridis", norm=norm, **edges)
+    fig.colorbar(mesh, ax=ax, extend="min" if clipped else "neither",
+                 label="learning rate (end of epoch)")  # fmt: skip
+    small = cols <= 12 and rows <= 16
+    for (g, e), value in np.ndenumerate(values):
+        if grid.biases[g][e]:
+            ax.add_patch(Rectangle((x[e], g - 0.5), 1, 1, fill=False, hatch="//",
+                                   edgecolor="white", linewidth=0))  # fmt: skip
+        if np.isfinite(value) and (small or value <= 0):
+            shade = norm(max(value, lo))
+            box = {"facecolor": mesh.cmap(shade), "edgecolor": "none", "pad": 1.5}
+            ax.text(x[e] + 0.5, g, f"{value:.1e}" if value > 0 else "0", ha="center",
+                    va="center", fontsize=8, color="white" if shade < 0.6 else "black",
+                    bbox=box if grid.biases[g][e] else None)  # fmt: skip
+    ax.set_yticks(range(rows), grid.groups, fontsize=max(6.0, min(10.0, 300 / rows)))
+    ax.set_ylim(-0.5, rows - 0.5)
+    ax.set(xlabel="epoch", ylabel="layer group", title=title)
+    _epoch_axis(ax, history)
+    _mark_stages(ax, history, label=True, line={**STAGE_LINE, "color": "black", "linestyle": "-"})
+    legend = [Patch(facecolor=FROZEN, edgecolor="0.6", label="frozen"),
+              Patch(facecolor="#21918c", label="trains (colour: LR)")]  # fmt: skip
+    if np.any(grid.biases):
+        legend.append(Patch(facecolor="#21918c", hatch="//", edgecolor="white",
+                            label="only the biases train"))  # fmt: skip
+    ax.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, -0.08),
+              ncol=len(legend), frameon=False)  # fmt: skip
+    return fig
+
+
+def _figure(width: float, height: float, dpi: int) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _series(history: Sequence[Record], key: str) -> tuple[list[int], list[float]]:
+    """The epochs where ``key`` has a value, and the values."""
+    points = [(r["epoch"], r[key]) for r in history if r.get(key) is not None]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def _draw_lrs(ax: Axes, history: Sequence[Record]) -> None:
+    """One line per distinct LR series (groups with the same LR in every epoch share one);
+    an LR of 0, off the log scale, is a triangle on the bottom edge."""
+    from matplotlib import colormaps
+
+    epochs, groups = [r["epoch"] for r in history], list(history[0]["lr"])
+    series: dict[tuple, list[str]] = {}
+    for group in groups:
+        series.setdefault(tuple(r["lr"].get(group, math.nan) for r in history), []).append(group)
+    tab10, viridis = colormaps["tab10"], colormaps["viridis"]
+    cmap = tab10 if len(series) <= 10 else lambda i: viridis(0.9 * i / (len(series) - 1))
+    for index, (values, names) in enumerate(series.items()):
+        ys = [v if v > 0 else math.nan for v in values]
+        ax.plot(epochs, ys, "o-", ms=3, color=cmap(index), label=_group_label(names))
+    zeros = sorted({r["epoch"] for r in history if 0 in r["lr"].values()})
+    if zeros:
+        ax.plot(zeros, [0] * len(zeros), "v", ms=8, color="0.2", clip_on=False,
+                transform=ax.get_xaxis_transform(), label="LR 0 (off the log scale)")  # fmt: skip
+    if any(v > 0 for values in series for v in values):
+        ax.set_yscale("log")
+    ax.set_ylabel("learning rate\n(end of epoch)")
+
+
+def _group_label(names: list[str]) -> str:
+    if len(names) <= 3:
+        return ", ".join(names)
+    return f"{names[0]} … {names[-1]} ({len(names)} groups)"
+
+
+def _mark_stages(ax: Axes, history: Sequence[Record], label: bool, line: dict | None = None):
+    """Lines between the stages; with ``label``, each stage's name above its epochs."""
+    starts = stage_starts(history)
+    for epoch, _ in starts[1:]:
+        ax.axvline(epoch - 0.5, **(line or STAGE_LINE))
+    if not label:
+        return
+    ends = [epoch for epoch, _ in starts[1:]] + [history[-1]["epoch"] + 1]
+    spans = [(start, end - start, name) for (start, name), end in zip(starts, ends, strict=True)]
+    # At 8 pt a character is about 5 px; an axes is about 70% of the figure's width.
+    px = 0.7 * ax.figure.get_figwidth() * ax.figure.dpi / len(history)
+    tilt = any(width * px < 6 * len(name) + 8 for _, width, name in spans)
+    top = ax.secondary_xaxis("top")
+    top.set_xticks([start + (width - 1) / 2 for start, width, _ in spans],
+                   [name for _, _, name in spans], fontsize=8, rotation=30 if tilt else 0,
+                   ha="left" if tilt else "center", rotation_mode="anchor")  # fmt: skip
+    top.tick_params(length=0)
+    top.set_xlabel("stage", fontsize=9)
+
+
+def _epoch_axis(ax: Axes, history: Sequence[Record]) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlim(history[0]["epoch"] - 0.5, history[-1]["epoch"] + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -1,0 +1,148 @@
+"""A linear probe fit to convergence on cached features: the standard linear-evaluation
+protocol (logistic regression on frozen features, its L2 strength chosen on held-out data).
+
+While a stage trains only a linear head on cached features, the problem is convex and
+small: full-batch L-BFGS solves it in seconds, where epochs of the optimizer at the run's
+learning rate stop wherever the epochs run out. The L2 strength is picked from
+:data:`L2_GRID` by accuracy on a fifth of the training images held out (stratified,
+seeded; every augmented view of an image on the same side), then the head is fit on all of
+them. The loss is the run's: cross-entropy with its label smoothing and class weights.
+"""
+
+from __future__ import annotations
+
+import time
+
+import attrs
+import torch
+from torch import nn
+from torch.nn import functional
+
+from tlplug.feature_cache import Features
+
+L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # on the mean loss, standardized features: l2/2 ||W||^2
+HELD_OUT = 0.2
+MAX_ITER = 100
+MAX_ELEMENTS = 2**28  # larger caches train epoch by epoch instead
+
+
+@attrs.frozen
+class ProbeFit:
+    """What fitting the probe found: the L2 strength, its held-out accuracy, and the loss
+    and accuracy of the fit head on every cached training view."""
+
+    l2: float
+    held_out_acc: float
+    loss: float
+    acc: float
+    images: int
+    iterations: int
+    seconds: float
+
+    def to_json(self) -> dict:
+        """JSON-ready record for metrics.jsonl."""
+        return attrs.asdict(self)
+
+
+def linear_layer(head: nn.Module) -> nn.Linear | None:
+    """The head's one linear layer when the head is that layer (after dropout, if any)."""
+    if isinstance(head, nn.Linear):
+        return head
+    if isinstance(head, nn.Sequential):
+        linears = [m for m in head if isinstance(m, nn.Linear)]
+        rest = [m for m in head if not isinstance(m, (nn.Linear, nn.Dropout))]
+        if len(linears) == 1 and not rest and head[-1] is linears[0]:
+            return linears[0]
+    return None
+
+
+def fits(features: Features) -> bool:
+    """Whether the cached training features are small enough to solve full-batch."""
+    return features.values.numel() <= MAX_ELEMENTS
+
+
+def fit_probe(
+    layer: nn.Linear,
+    features: Features,
+    *,
+    seed: int,
+    label_smoothing: float = 0.0,
+    class_weights: torch.Tensor | None = None,
+    device: torch.device | None = None,
+) -> ProbeFit:
+    """Fit ``layer`` to the cached ``features`` (every view) and return what was found."""
+    started = time.perf_counter()
+    device = device or layer.weight.device
+    values = features.values.to(device, torch.float32)
+    views = features.views
+    raw = values.reshape(-1, values.shape[-1])
+    mean, std = raw.mean(0), raw.std(0).clamp_min(1e-6)
+    x = (raw - mean) / std  # a well-conditioned problem, and one scale for the L2 grid
+    y = features.labels.to(device).repeat(views)
+    images = torch.arange(len(features.labels), device=device).repeat(views)
+    held = _held_out(features.labels, seed).to(device)[images]
+    solve = _Solver(layer.out_features, label_smoothing, class_weights, device)
+    start = (layer.weight.detach().float(), layer.bias.detach().float())
+    start = (start[0] * std, start[1] + start[0] @ mean)  # the layer, on standardized features
+    scores = []
+    for l2 in L2_GRID:
+        weight, bias, _ = solve(x[~held], y[~held], l2, start)
+        with torch.no_grad():
+            acc = ((x[held] @ weight.T + bias).argmax(1) == y[held]).float().mean().item()
+        scores.append((l2, acc, weight, bias))
+    # The strongest L2 within one held-out image of the best: smaller logits, which the
+    # stages that fine-tune from this head start with.
+    top = max(acc for _, acc, _, _ in scores)
+    slack = 1 / max(1, int(held.sum()))
+    l2, held_acc, *start = max((s for s in scores if s[1] >= top - slack), key=lambda s: s[0])
+    weight, bias, iterations = solve(x, y, l2, start)
+    with torch.no_grad():
+        logits = x @ weight.T + bias
+        loss = functional.cross_entropy(logits, y).item()
+        acc = (logits.argmax(1) == y).float().mean().item()
+        layer.weight.copy_(weight / std)  # back to the features as they are
+        layer.bias.copy_(bias - (weight / std) @ mean)
+    seconds = time.perf_counter() - started
+    return ProbeFit(l2, held_acc, loss, acc, len(features.labels), iterations, seconds)
+
+
+class _Solver:
+    """Full-batch L-BFGS on cross-entropy plus an L2 term on the weights (not the bias)."""
+
+    def __init__(self, classes: int, smoothing: float, weights, device) -> None:
+        self.classes, self.smoothing = classes, smoothing
+        self.weights = weights.to(device) if weights is not None else None
+
+    def __call__(self, x, y, l2: float, start):
+        weight = start[0].clone().requires_grad_(True)
+        bias = start[1].clone().requires_grad_(True)
+        optimizer = torch.optim.LBFGS(
+            [weight, bias], lr=1.0, max_iter=MAX_ITER, history_size=20,
+            line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9,
+        )  # fmt: skip
+
+        def closure():
+            optimizer.zero_grad()
+            loss = functional.cross_entropy(
+                x @ weight.T + bias, y, weight=self.weights, label_smoothing=self.smoothing
+            )
+            loss = loss + l2 / 2 * weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            optimizer.step(closure)
+        iterations = optimizer.state[optimizer._params[0]].get("n_iter", 0)
+        return weight.detach(), bias.detach(), iterations
+
+
+def _held_out(labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """A seeded, stratified fifth of the images (a class of one image keeps it)."""
+    generator = torch.Generator().manual_seed(seed)
+    held = torch.zeros(len(labels), dtype=torch.bool)
+    for label in labels.unique():
+        members = (labels == label).nonzero().flatten()
+        count = round(len(members) * HELD_OUT) if len(members) > 1 else 0
+        chosen = members[torch.randperm(len(members), generator=generator)[:count]]
+        held[chosen] = True
+    return held
