@@ -63,7 +63,7 @@ def test_run_directory_contract(timm_run, image_folder):
         "layer4",
         "head",
     ]
-    common = {"biases": [], "lr_scale": 1.0}
+    common = {"biases": [], "lr_scale": 1.0, "warmup": 0.0}
     assert resolved["plan"] == [
         {"start": 0, "name": "head", "trainable": ["head"], **common},
         {"start": 1, "name": "layer4..head", "trainable": ["layer4", "head"], **common},

@@ -181,8 +181,22 @@ def test_schedule_example(image_folder, tmp_path):
         module, image_folder, tmp_path, schedule="chain-thaw", epochs=2, augment=[]
     )
     assert config["resolved"]["plan"] == [
-        {"start": 0, "name": "head", "trainable": ["head"], "biases": [], "lr_scale": 1.0},
-        {"start": 1, "name": "layer4", "trainable": ["layer4"], "biases": [], "lr_scale": 1.0},
+        {
+            "start": 0,
+            "name": "head",
+            "trainable": ["head"],
+            "biases": [],
+            "lr_scale": 1.0,
+            "warmup": 0.0,
+        },
+        {
+            "start": 1,
+            "name": "layer4",
+            "trainable": ["layer4"],
+            "biases": [],
+            "lr_scale": 1.0,
+            "warmup": 0.0,
+        },
     ]
     assert [h["trainable_groups"] for h in result.history] == [["head"], ["layer4"]]
 

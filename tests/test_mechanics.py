@@ -158,8 +158,9 @@ def test_lr_schedules_run_on_across_stage_changes(
 def test_lp_ft_fine_tunes_at_the_scaled_lr(image_folder, tmp_path, tiny):
     spy = Spy()
     result = fit(
-        tmp_path, image_folder, tiny, spy, schedule="lp-ft", schedule_opts={"probe_epochs": 1},
-        lr_schedule="constant", lr=0.01, epochs=2,
+        tmp_path, image_folder, tiny, spy, schedule="lp-ft",
+        schedule_opts={"probe_epochs": 1, "ft_lr_scale": 0.1}, lr_schedule="constant", lr=0.01,
+        epochs=2,
     )  # fmt: skip
     probe, tune = result.history
     assert probe["lr"]["head"] == 0.01 and probe["lr_scale"] == 1.0
@@ -167,6 +168,31 @@ def test_lp_ft_fine_tunes_at_the_scaled_lr(image_folder, tmp_path, tiny):
     assert tune["stage_lr"] == pytest.approx(dict.fromkeys(GROUPS, 0.001))
     assert tune["lr"] == pytest.approx(dict.fromkeys(GROUPS, 0.001))
     assert set(spy.run.lr_scheduler.scheduler.get_last_lr()) == {0.01}
+
+
+def test_newly_trainable_groups_warm_up_linearly_to_the_stage_scale():
+    def fresh():
+        groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "name": n} for n in "ab"]
+        opt = torch.optim.SGD(groups, lr=1.0)
+        return opt, StageScaledScheduler(torch.optim.lr_scheduler.ExponentialLR(opt, 0.5), opt)
+
+    opt, scheduler = fresh()
+    scheduler.set_scale(0.5, warm=("b",), warmup_steps=3)
+    seen = [[g["lr"] for g in opt.param_groups]]
+    for _ in range(4):
+        opt.step()
+        scheduler.step()
+        seen.append([g["lr"] for g in opt.param_groups])
+        if len(seen) == 3:  # a resumed run continues the ramp where it stopped
+            state = scheduler.state_dict()
+            opt, scheduler = fresh()
+            scheduler.load_state_dict(state)
+            for group, lr in zip(opt.param_groups, seen[-1], strict=True):
+                group["lr"] = lr  # the optimizer's own state carries its LRs
+    base = [0.5**k for k in range(5)]
+    ramp = [1 / 4, 2 / 4, 3 / 4, 1, 1]
+    expected = [lr for b, r in zip(base, ramp, strict=True) for lr in (0.5 * b, 0.5 * b * r)]
+    assert [lr for pair in seen for lr in pair] == pytest.approx(expected, rel=1e-12)
 
 
 def test_stage_scale_never_compounds_with_a_chainable_scheduler():

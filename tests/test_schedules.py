@@ -55,14 +55,17 @@ def test_milestones():
         schedules.milestones(GROUPS, 20, at=(15, 10))
 
 
-def test_lp_ft_probes_then_fine_tunes_everything_at_a_lower_lr():
+def test_lp_ft_probes_for_half_the_run_then_fine_tunes_everything():
     plan = check_plan(schedules.lp_ft(GROUPS, 6), GROUPS, "lp-ft")
     assert trainable(plan) == [(0, ("head",)), (3, tuple(GROUPS))]
-    assert [s.lr_scale for s in plan] == [1.0, 0.1]
+    assert [s.lr_scale for s in plan] == [1.0, 1.0]
+    assert [s.warmup for s in plan] == [0.0, 0.0]
     assert [s.name for s in plan] == ["probe", "fine-tune"]
     assert schedules.lp_ft(GROUPS, 6, probe_epochs=2, ft_lr_scale=0.5)[1].lr_scale == 0.5
     with pytest.raises(OptionError, match="probe_epochs"):
         schedules.lp_ft(GROUPS, 6, probe_epochs=0)
+    with pytest.raises(OptionError, match="warmup"):
+        schedules.lp_ft(GROUPS, 6, warmup=-1.0)
 
 
 def test_bitfit_trains_the_head_and_every_other_groups_biases():

@@ -80,13 +80,26 @@ def choose_source(run: Run, stage: Stage) -> tuple[Source, PrefixCut | None]:
         if applies:
             return Source(cache, False, reason, names), None
     if cache == "features":
-        views = min(_epochs_left(run, stage), recipe.cache_views or DEFAULT_VIEWS) if drawn else 0
+        # A head fit by L-BFGS sees every view at once, so it gets the most views whatever
+        # the stage's length; a head trained by epochs sees one view per epoch.
+        most = recipe.cache_views or DEFAULT_VIEWS
+        views = (most if _converges(run) else min(_epochs_left(run, stage), most)) if drawn else 0
         return Source(cache, True, names=batch, views=views, drawn=drawn), None
     size = run.config["resolved"]["img_size"]
     cut = find_cut(model, stage, size, run.device, run.numerics)
     if cut is None:
         return Source(cache, False, "no-cut"), None
     return Source(cache, True, names=run.pipeline.varying, cut=cut.name), cut
+
+
+def _converges(run: Run) -> bool:
+    """True when a head-only stage of ``run`` is fit to convergence rather than by epochs
+    (if its features fit in memory)."""
+    return (
+        run.recipe.probe == "converge"
+        and linear_layer(run.model.head) is not None
+        and not run.loss.penalties
+    )
 
 
 def _epochs_left(run: Run, stage: Stage) -> int:
@@ -122,12 +135,7 @@ def feeding(run: Run, source: Source, cut: PrefixCut | None) -> Iterator[Feed]:
         train = cache[0].batches(loaders.train.batch_sampler)
         val = cache[1].batches(loaders.val.batch_sampler) if len(cache) > 1 else loaders.val
         if cut is None:
-            converge = (
-                run.recipe.probe == "converge"
-                and linear_layer(run.model.head) is not None
-                and not run.loss.penalties
-                and fits(cache[0])
-            )
+            converge = _converges(run) and fits(cache[0])
             yield Feed(run.model.head, run.model, train, val, cached=True, filled=filled,
                        features=cache[0] if converge else None)  # fmt: skip
             return

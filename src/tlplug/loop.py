@@ -127,7 +127,11 @@ class Sitting:
         self.trainable = apply_stage(run.model, stage)
         # Checkpoints share one copy of what the stage keeps frozen: no step writes it.
         self.writer.hold_still(p for p in run.model.parameters() if not p.requires_grad)
-        run.lr_scheduler.set_scale(stage.lr_scale)
+        if fresh or run.lr_scheduler.scale != stage.lr_scale:  # a resumed stage has its own
+            earlier = run.plan[index - 1].training if index else ()
+            warm = [g for g in stage.training if g not in earlier]
+            steps = round(stage.warmup * run.config["resolved"]["steps_per_epoch"])
+            run.lr_scheduler.set_scale(stage.lr_scale, warm, steps)
         if run.ema is not None:
             run.ema.follow(run.model)
         lrs = stage_lrs(run.optimizer, run.model.group_names(), stage)

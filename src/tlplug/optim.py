@@ -98,29 +98,38 @@ def _exempt(name: str, param: torch.nn.Parameter, names: tuple[str, ...] | None)
 
 
 class StageScaledScheduler:
-    """A run's LR scheduler, with the LR scale of the freeze stage in force applied on top.
+    """A run's LR scheduler, with the freeze stage's LR scale and warmup applied on top.
 
-    The wrapped scheduler always sees its own, unscaled learning rates (the scale is taken
-    off before it steps and put back after), so chainable schedulers and
+    The wrapped scheduler always sees its own, unscaled learning rates (the factors are
+    taken off before it steps and put back after), so chainable schedulers and
     ``ReduceLROnPlateau`` work unchanged. ``ReduceLROnPlateau`` steps once per epoch with
-    the validation loss; every other scheduler steps after every optimizer step.
+    the validation loss; every other scheduler steps after every optimizer step. Groups
+    that a stage newly unfreezes can warm up: their factor ramps linearly to the stage's
+    scale over the stage's first ``warmup_steps`` steps.
     """
 
     def __init__(self, scheduler: Any, optimizer: torch.optim.Optimizer):
         self.scheduler = scheduler
         self.optimizer = optimizer
         self.scale = 1.0
+        self.warm: tuple[str, ...] = ()  # groups warming up
+        self.warmup_steps = 0
+        self.warmed = 0  # steps taken since the warmup began
+        self.factors = [1.0] * len(optimizer.param_groups)  # applied on top, per torch group
         self.per_epoch = isinstance(scheduler, ReduceLROnPlateau)
 
-    def set_scale(self, scale: float) -> None:
-        """Apply ``scale`` to every group's LR from now on."""
-        if scale != self.scale:
-            self._rescale(scale / self.scale)
-            self.scale = scale
+    def set_scale(self, scale: float, warm: Sequence[str] = (), warmup_steps: int = 0) -> None:
+        """From now on scale every group's LR by ``scale``, ramping the ``warm`` groups' up
+        to it over ``warmup_steps`` steps."""
+        self.scale, self.warm, self.warmup_steps, self.warmed = scale, tuple(warm), warmup_steps, 0
+        self._apply()
 
     def step(self) -> None:
-        """Advance after one optimizer step (a no-op for per-epoch schedulers)."""
-        if not self.per_epoch:
+        """Advance after one optimizer step (per-epoch schedulers only move the warmup)."""
+        self.warmed += 1
+        if self.per_epoch:
+            self._apply()
+        else:
             self._unscaled(self.scheduler.step)
 
     def skip(self, steps: int) -> None:
@@ -137,25 +146,47 @@ class StageScaledScheduler:
             self._unscaled(lambda: self.scheduler.step(val_loss))
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-ready state: the wrapped scheduler's and the stage scale."""
-        return {"scheduler": self.scheduler.state_dict(), "scale": self.scale}
+        """JSON-ready state: the wrapped scheduler's, the stage scale and the warmup."""
+        return {
+            "scheduler": self.scheduler.state_dict(),
+            "scale": self.scale,
+            "warm": list(self.warm),
+            "warmup_steps": self.warmup_steps,
+            "warmed": self.warmed,
+            "factors": self.factors,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output (the optimizer's LRs are restored with it)."""
         self.scheduler.load_state_dict(state["scheduler"])
         self.scale = state["scale"]
+        self.warm = tuple(state.get("warm", ()))
+        self.warmup_steps, self.warmed = state.get("warmup_steps", 0), state.get("warmed", 0)
+        self.factors = state.get("factors", [self.scale] * len(self.optimizer.param_groups))
+
+    def _wanted(self) -> list[float]:
+        ramp = 1.0
+        if self.warmed < self.warmup_steps:
+            ramp = (self.warmed + 1) / (self.warmup_steps + 1)  # never 0: factors divide
+        return [
+            self.scale * (ramp if group.get("name") in self.warm else 1.0)
+            for group in self.optimizer.param_groups
+        ]
+
+    def _apply(self, wanted: list[float] | None = None) -> None:
+        wanted = self._wanted() if wanted is None else wanted
+        for group, old, new in zip(self.optimizer.param_groups, self.factors, wanted, strict=True):
+            if new != old:
+                group["lr"] *= new / old
+        self.factors = wanted
 
     def _unscaled(self, advance) -> None:
-        if self.scale == 1.0:
+        if all(f == 1.0 for f in self.factors) and not self.warm:
             advance()
             return
-        self._rescale(1 / self.scale)
+        self._apply([1.0] * len(self.factors))
         advance()
-        self._rescale(self.scale)
-
-    def _rescale(self, factor: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] *= factor
+        self._apply()
 
 
 def build_scheduler(

@@ -20,7 +20,7 @@ from torch.nn import functional
 
 from tlplug.feature_cache import Features
 
-L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # on the mean loss, standardized features: l2/2 ||W||^2
+L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # on the mean loss, scaled features: l2/2 ||W||^2
 HELD_OUT = 0.2
 MAX_ITER = 100
 MAX_ELEMENTS = 2**28  # larger caches train epoch by epoch instead
@@ -76,14 +76,18 @@ def fit_probe(
     values = features.values.to(device, torch.float32)
     views = features.views
     raw = values.reshape(-1, values.shape[-1])
-    mean, std = raw.mean(0), raw.std(0).clamp_min(1e-6)
-    x = (raw - mean) / std  # a well-conditioned problem, and one scale for the L2 grid
+    # Centred and scaled by one number, so the L2 grid means the same for every backbone.
+    # Not per feature: that would give a near-constant feature a large weight, which the
+    # fine-tuning stages after a probe would see blow up once that feature starts to move.
+    mean = raw.mean(0)
+    std = (raw - mean).pow(2).mean().sqrt().clamp_min(1e-6)
+    x = (raw - mean) / std
     y = features.labels.to(device).repeat(views)
     images = torch.arange(len(features.labels), device=device).repeat(views)
     held = _held_out(features.labels, seed).to(device)[images]
     solve = _Solver(layer.out_features, label_smoothing, class_weights, device)
     start = (layer.weight.detach().float(), layer.bias.detach().float())
-    start = (start[0] * std, start[1] + start[0] @ mean)  # the layer, on standardized features
+    start = (start[0] * std, start[1] + start[0] @ mean)  # the layer, on scaled features
     scores = []
     for l2 in L2_GRID:
         weight, bias, _ = solve(x[~held], y[~held], l2, start)

@@ -20,7 +20,9 @@ class Stage:
 
     Of the groups in ``biases`` only the bias parameters train (BitFit); every other group
     is frozen. ``lr_scale`` multiplies every group's learning rate while the stage lasts
-    (LP-FT fine-tunes at a lower rate than it probes).
+    (LP-FT fine-tunes at a lower rate than it probes). The groups the stage newly trains
+    warm up: their learning rate ramps linearly from near 0 over its first ``warmup``
+    epochs (fractions allowed), so a fitted head does not meet large steps at once.
     """
 
     start: int
@@ -28,6 +30,7 @@ class Stage:
     name: str = ""
     biases: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     lr_scale: float = 1.0
+    warmup: float = 0.0
 
     def to_json(self) -> dict:
         """Return the stage as a JSON-ready dict."""
@@ -37,6 +40,7 @@ class Stage:
             "trainable": list(self.trainable),
             "biases": list(self.biases),
             "lr_scale": self.lr_scale,
+            "warmup": self.warmup,
         }
 
     @classmethod
@@ -48,6 +52,7 @@ class Stage:
             data.get("name", ""),
             data.get("biases", ()),
             data.get("lr_scale", 1.0),
+            data.get("warmup", 0.0),
         )
 
     @property
@@ -88,6 +93,8 @@ def check_plan(plan: Sequence[Stage], groups: Sequence[str], what: str) -> list[
             raise TlplugError(f"{what}: stage {index + 1} lists a group as trainable and biases")
         if not stage.lr_scale > 0:
             raise TlplugError(f"{what}: stage {index + 1} has lr_scale {stage.lr_scale}; use > 0")
+        if not stage.warmup >= 0:
+            raise TlplugError(f"{what}: stage {index + 1} has warmup {stage.warmup}; use >= 0")
         unknown = [g for g in stage.training if g not in groups]
         if unknown:
             raise TlplugError(
@@ -101,7 +108,9 @@ def check_plan(plan: Sequence[Stage], groups: Sequence[str], what: str) -> list[
         ordered = tuple(g for g in groups if g in stage.trainable)
         biases = tuple(g for g in groups if g in stage.biases)
         name = stage.name or stage_name(groups, ordered, biases)
-        checked.append(Stage(stage.start, ordered, name, biases, float(stage.lr_scale)))
+        checked.append(
+            Stage(stage.start, ordered, name, biases, float(stage.lr_scale), float(stage.warmup))
+        )
     return checked
 
 

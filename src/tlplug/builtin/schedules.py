@@ -68,21 +68,31 @@ def milestones(
 
 
 def lp_ft(
-    groups: list[str], epochs: int, *, probe_epochs: int | None = None, ft_lr_scale: float = 0.1
+    groups: list[str],
+    epochs: int,
+    *,
+    probe_epochs: int | None = None,
+    ft_lr_scale: float = 1.0,
+    warmup: float = 0.0,
 ) -> list[Stage]:
     """Linear probe, then fine-tune everything at ``ft_lr_scale`` times the LR (LP-FT).
 
     Kumar et al. 2022: a head fitted first keeps fine-tuning from distorting the
-    pretrained features. ``probe_epochs`` defaults to half the run.
+    pretrained features. The probe is the one ``linear-probe`` fits; ``probe_epochs``
+    defaults to half the run, so fine-tuning runs on the LR schedule's second half, at
+    half the LR and less. The backbone's groups warm up over the fine-tuning stage's first
+    ``warmup`` epochs. docs/getting-started.md has the measurements behind the defaults.
     """
     probe = max(1, epochs // 2) if probe_epochs is None else probe_epochs
     if probe < 1:
         raise OptionError("lp-ft option probe_epochs must be >= 1")
     if not ft_lr_scale > 0:
         raise OptionError("lp-ft option ft_lr_scale must be > 0")
+    if not warmup >= 0:
+        raise OptionError("lp-ft option warmup must be >= 0")
     return [
         Stage(0, top_groups(groups, 1), "probe"),
-        Stage(probe, groups, "fine-tune", lr_scale=ft_lr_scale),
+        Stage(probe, groups, "fine-tune", lr_scale=ft_lr_scale, warmup=warmup),
     ]
 
 
