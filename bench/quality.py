@@ -11,7 +11,9 @@ Rows per task:
 - ``default``: tlplug with no schedule and no flag given (backbone, weights, image size
   and epochs only), then every registered schedule that needs no option, each with
   otherwise default flags (AdamW, cosine LR, flip augmentation, ...);
-- ``search``: ``tlplug search`` when this tlplug has it;
+- ``search``: ``tlplug search`` when this tlplug has it: the winner's final run on the
+  same validation split as the other rows, its time (search and final run) also as a
+  multiple of one full run (the median of the tlplug rows' seconds);
 - the seed articles' loops in plain PyTorch (bench/common.py), with the articles' own
   optimizers and learning rates, adapted to resnet18 (see :func:`article_rows`).
 
@@ -33,6 +35,7 @@ import csv
 import functools
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -181,7 +184,9 @@ def task_rows(weights: Path, data: Path, size: int, epochs: int, search_budget: 
         for name in usable:
             rows.append(done(tlplug_row(name, weights, data, out, size, epochs, schedule=name)))
         if search_available():
-            rows.append(done(search_row(data, weights, size, search_budget, Path(tmp) / "search")))
+            search = search_row(data, weights, size, epochs, search_budget, Path(tmp) / "search")
+            one_run = statistics.median(row.seconds for row in rows)  # robust to a slow row
+            rows.append(done(with_run_multiple(search, one_run)))
         else:
             print("search: not available in this tlplug")
     if skipped:
@@ -206,14 +211,16 @@ def search_available() -> bool:
     return subprocess.run(probe, capture_output=True).returncode == 0
 
 
-def search_row(data: Path, weights: Path, size: int, budget: str, out: Path) -> Row:
-    """``tlplug search`` in the form assumed until it exists (``--data DIR --budget N
-    --out DIR``, plus the run options that fix the start), timed; its row's best is the top
-    val acc of the leaderboard it writes (OUT/leaderboard.json or .csv)."""
+def search_row(data: Path, weights: Path, size: int, epochs: int, budget: str, out: Path) -> Row:
+    """``tlplug search --data DIR --budget B --out DIR`` with the run options that fix the
+    start, timed from start to end (search and the winner's final run). Its best and final
+    accuracies are the winner's final run's on the real validation split (OUT/summary.json),
+    comparable with the other rows; the note names the winner and the best held-out
+    accuracy of the leaderboard (OUT/leaderboard.json or .csv)."""
     command = [
         sys.executable, "-m", "tlplug", "search", "--data", str(data), "--budget", budget,
         "--out", str(out), "--backbone", BACKBONE, "--weights", str(weights),
-        "--img-size", str(size),
+        "--img-size", str(size), "--epochs", str(epochs),
     ]  # fmt: skip
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
@@ -221,7 +228,22 @@ def search_row(data: Path, weights: Path, size: int, budget: str, out: Path) -> 
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no message"])[-1]
         return Row("search", None, None, seconds, f"failed ({done.returncode}): {last}")
-    return Row("search", leaderboard_best(out), None, seconds, f"budget {budget}")
+    summary = json.loads((out / "summary.json").read_text())
+    winner = json.loads((out / "config.json").read_text()).get("search", {}).get("winner", {})
+    held_out = leaderboard_best(out)
+    note = (
+        f"budget {budget}; winner {winner.get('schedule')} lr {winner.get('lr')}"
+        f"{' lr-decay ' + str(winner['lr_decay']) if winner.get('lr_decay') else ''}; "
+        f"held-out {'-' if held_out is None else f'{held_out:.4f}'}"
+    )
+    return Row("search", summary["best_val_acc"], summary["final_val_acc"], seconds, note)
+
+
+def with_run_multiple(row: Row, run_seconds: float) -> Row:
+    """``row`` with its time as a multiple of one full run (the median tlplug row's seconds)."""
+    if run_seconds > 0:
+        row.note = f"{row.note}; {row.seconds / run_seconds:.1f}x the time of one full run"
+    return row
 
 
 def leaderboard_best(out: Path) -> float | None:
@@ -233,7 +255,7 @@ def leaderboard_best(out: Path) -> float | None:
             entries = loaded if isinstance(loaded, list) else loaded.get("entries", [])
         elif file.suffix == ".csv":
             entries = list(csv.DictReader(file.open()))
-    accs = [float(e.get("best_val_acc", e.get("val_acc", "nan"))) for e in entries]
+    accs = [float(e.get("best_val_acc") or e.get("val_acc") or "nan") for e in entries]
     return max((a for a in accs if a == a), default=None)
 
 
@@ -250,13 +272,14 @@ def parse_args() -> argparse.Namespace:
         "--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "tlplug-bench-quality"
     )
     parser.add_argument("--json-out", type=Path, default=None)
-    parser.add_argument("--search-budget", default=None, help="tlplug search --budget; epochs")
+    parser.add_argument(
+        "--search-budget", default="3x", help="tlplug search --budget (full runs: 3x; or 10m)"
+    )
     args = parser.parse_args()
     args.tasks = (args.tasks or (QUICK_TASKS if args.quick else ",".join(names))).split(",")
     if unknown := sorted(set(args.tasks) - set(names)):
         parser.error(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(names)}")
     args.epochs = args.epochs or (2 if args.quick else 10)
-    args.search_budget = args.search_budget or str(args.epochs)
     return args
 
 

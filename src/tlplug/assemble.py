@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import attrs
+
 from tlplug.adapters import Adapter, attach_adapter
 from tlplug.advice import random_features, unreached_groups, upscaled
 from tlplug.build import Parts, build_backbone, build_model, make_plan, probe
@@ -61,7 +63,8 @@ def assemble(
         )
     loaders = make_loaders(splits, pipeline, recipe, device, batch_size)
     multipliers = lr_multipliers(model.group_names(), recipe)
-    optimizer = build_optimizer(model, recipe, multipliers)
+    # --lr auto: built again once the range test has chosen (tlplug.lr_find.tune_lr)
+    optimizer = build_optimizer(model, _settled(recipe), multipliers)
     steps = -(-len(loaders.train) // recipe.accumulate)  # optimizer steps per epoch
     run = Run(
         recipe, {}, model, optimizer,
@@ -96,6 +99,13 @@ def assemble(
         },
     )
     return run
+
+
+def _settled(recipe: Recipe) -> Recipe:
+    """``recipe`` with a number for the LR: with ``lr="auto"`` the default, for now."""
+    if recipe.lr != "auto":
+        return recipe
+    return attrs.evolve(recipe, lr=attrs.fields(type(recipe)).lr.default)
 
 
 def _adapter(parts: Parts, model: TransferModel) -> Adapter | None:

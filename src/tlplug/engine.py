@@ -17,15 +17,20 @@ from tlplug import rundir
 from tlplug.assemble import assemble
 from tlplug.backbone import DataConfig
 from tlplug.build import resolve, resolved_recipe
+from tlplug.candidates import AUTO
 from tlplug.console import Console
 from tlplug.data.pipeline import build_pipeline
 from tlplug.data.sources import write_val_list
+from tlplug.errors import OptionError, TlplugError
 from tlplug.loop import FitResult, train
+from tlplug.lr_curve import END_LR, START_LR, STEPS, RangeTest, save_range_test
+from tlplug.lr_find import check_sweep, range_test, tune_lr
 from tlplug.plugins import PluginHost
 from tlplug.predict import load_classifier
 from tlplug.recipe import Recipe
 from tlplug.resume import resumed_run
 from tlplug.runconfig import read_saved_run
+from tlplug.search import search_and_fit
 from tlplug.tally import Tally
 
 __all__ = ["Engine", "FitResult"]
@@ -36,7 +41,10 @@ class Engine:
 
     def __init__(self, plugins: PluginHost, recipe: Recipe):
         self.plugins = plugins
-        self.parts = resolve(plugins, recipe)
+        auto = recipe.schedule == AUTO  # searched when the engine fits (tlplug.search)
+        if auto and recipe.schedule_opts:
+            raise OptionError("--schedule auto searches the schedules; drop --schedule-opt")
+        self.parts = resolve(plugins, attrs.evolve(recipe, schedule=None) if auto else recipe)
         # Options typed as the strategies declare them, defaults included: config.json is
         # exact, and a run reloads the same way after a plugin changes a default.
         self.recipe = resolved_recipe(recipe, self.parts, plugins.kinds)
@@ -64,16 +72,52 @@ class Engine:
         ``command``, the command line that started the run, is recorded in config.json."""
         recipe = attrs.evolve(self.recipe, epochs=epochs) if epochs is not None else self.recipe
         recipe.check()
+        if recipe.schedule == AUTO:  # search with the default budget, then train the winner
+            return search_and_fit(type(self), self.plugins, recipe, data, out=out,
+                                  overwrite=overwrite, quiet=quiet, command=command)  # fmt: skip
         out_dir = Path(out) if out is not None else rundir.default_run_dir(recipe.backbone)
         rundir.check_run_dir(out_dir, overwrite)
         run = assemble(self.plugins, self.parts, recipe, data, out_dir, Console(quiet))
         rundir.claim_run_dir(out_dir, overwrite)
+        tested = tune_lr(run) if recipe.lr == "auto" else None  # the range test chooses
         if command:
             run.config["command"] = shlex.join(command)
         run.hook.tlplug_run_start(run=run)
         rundir.write_json(out_dir / rundir.CONFIG, run.config)
+        for problem in save_range_test(tested, out_dir) if tested else ():
+            run.console.say(f"warning: {problem}")
         write_val_list(out_dir / rundir.VAL_LIST, run.data.val, run.classes)
         return train(run, Tally())
+
+    def lr_find(
+        self,
+        data: str | os.PathLike | None = None,
+        *,
+        out: str | os.PathLike | None = None,
+        stage: int | None = None,
+        start_lr: float = START_LR,
+        end_lr: float = END_LR,
+        steps: int = STEPS,
+        quiet: bool = False,
+    ) -> RangeTest:
+        """Run the LR range test (:mod:`tlplug.lr_find`) of this recipe on ``data``: stage
+        ``stage`` (from 1; None: the first whose LR matters), the base LR from ``start_lr``
+        to ``end_lr`` over ``steps`` steps; write lr_find.png and lr_find.json into ``out``
+        (default ``runs/<time>-lr-find-<backbone>``). Nothing is trained."""
+        self.recipe.check()
+        check_sweep(start_lr, end_lr, steps)
+        if self.recipe.schedule == "auto":
+            raise OptionError("--schedule auto searches the schedules; lr-find tests one")
+        backbone = self.recipe.backbone
+        out_dir = Path(out) if out is not None else rundir.default_run_dir(f"lr-find-{backbone}")
+        if out_dir.exists() and not out_dir.is_dir():
+            raise TlplugError(f"--out {out_dir} is a file; choose a directory")
+        run = assemble(self.plugins, self.parts, self.recipe, data, out_dir, Console(quiet))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tested = range_test(run, stage=stage, start_lr=start_lr, end_lr=end_lr, steps=steps)
+        for problem in save_range_test(tested, out_dir):
+            run.console.say(f"warning: {problem}")
+        return attrs.evolve(tested, folder=str(out_dir))
 
     @classmethod
     def resume(

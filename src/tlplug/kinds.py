@@ -92,7 +92,9 @@ BUILTIN_KINDS: tuple[Kind, ...] = (
     Kind("heads", "tlplug_register_heads", "head", "--head", default="linear",
          help="Classification head."),
     Kind("schedules", "tlplug_register_schedules", "schedule", "--schedule",
-         default="freeze-unfreeze", help="Freeze schedule: which layer groups train when."),
+         default="freeze-unfreeze",
+         help="Freeze schedule: which layer groups train when; auto searches them "
+         "(see 'tlplug search')."),
     Kind("lr-schedules", "tlplug_register_lr_schedules", "LR schedule", "--lr-schedule",
          default="cosine", help="Learning-rate schedule."),
     Kind(

@@ -138,13 +138,15 @@ def coerce(value: Any, expected: Any, what: str) -> Any:
         if is_none and type(None) in args:
             return None
         errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        alternatives = [arg for arg in args if arg is not type(None)]
+        for arg in alternatives:
             try:
                 return coerce(value, arg, what)
             except OptionError as exc:
                 errors.append(str(exc))
+        if len(alternatives) > 1:  # a number or a word: "--lr must be a number or auto"
+            wanted = " or ".join(_wanted(arg) for arg in alternatives)
+            raise OptionError(f"{what} must be {wanted}, got {value!r}")
         raise OptionError(errors[0] if errors else f"{what}: cannot use {value!r}")
     if origin is typing.Literal:
         text = str(value)
@@ -199,6 +201,14 @@ def _json_ready(value: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+def _wanted(expected: Any) -> str:
+    """What a value of ``expected`` is, for "must be ..." messages."""
+    if typing.get_origin(expected) is typing.Literal:
+        return " or ".join(map(str, typing.get_args(expected)))
+    names = {int: "an integer", float: "a finite number", bool: "true or false", str: "text"}
+    return names.get(expected, _type_name(expected))
 
 
 def _type_name(expected: Any) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import attrs
 
-from tlplug.errors import OptionError, close_matches
+from tlplug.errors import OptionError, close_matches, flag
 from tlplug.kinds import BUILTIN_KINDS, Kind
 from tlplug.options import coerce
 from tlplug.recipe_checks import check_settings
@@ -55,7 +55,11 @@ class Settings:
         "inverse class frequency (loss).",
     )
     optimizer: Optimizer = setting("adamw", "Optimizer.")
-    lr: float = setting(1e-3, "Base learning rate.")
+    lr: float | Literal["auto"] = setting(
+        1e-3,
+        "Base learning rate; auto: the valley of an LR range test run first on the run's own "
+        "recipe (see 'tlplug lr-find').",
+    )
     lr_decay: float | None = setting(
         None, "Layer-wise LR decay G: group i below the head trains at lr x G^i.", shown=""
     )
@@ -108,7 +112,7 @@ class Settings:
     )
     cache_views: int | None = setting(
         None, "Augmented views of each image the feature cache holds.",
-        shown="one per epoch of the stage, at most 4", metavar="K",
+        shown="4 for a converged probe, else one per epoch of the stage, at most 4", metavar="K",
     )  # fmt: skip
     probe: Probe = setting(
         "converge",
@@ -240,7 +244,7 @@ def _convert(key: str, value: Any, expected: Any, kind: Kind | None) -> Any:
         if type(None) not in typing.get_args(expected):
             raise OptionError(f"setting '{key}' needs a value")
         return None
-    value = coerce(value, expected, f"setting '{key}'")
+    value = coerce(value, expected, flag(key))
     if kind is not None and kind.many and "none" in value:
         if len(value) > 1:
             others = ", ".join(v for v in value if v != "none")

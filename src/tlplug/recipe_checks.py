@@ -18,7 +18,7 @@ def check_settings(settings: Any) -> None:
         "val_every": settings.val_every,
     }
     for name, value in positive.items():
-        if value <= 0:
+        if value != "auto" and value <= 0:  # --lr auto: a range test chooses it
             raise OptionError(f"{flag(name)} must be positive, got {value}")
     if settings.img_size is not None and settings.img_size < 16:
         raise OptionError(f"{flag('img_size')} must be at least 16, got {settings.img_size}")

@@ -2,8 +2,9 @@
 
 A file holds recipe keys as ``tlplug run`` options name them (``backbone``, ``lr``,
 ``schedule_opts``...) and may name the data with ``data``. A run's config.json works as it
-is: its recipe, and its data unless the command line gives other data, so
-``tlplug run --config runs/a/config.json --out runs/b`` repeats run ``a``. In Python::
+is: its recipe (with the LR ``--lr auto`` chose), and its data unless the command line
+gives other data, so ``tlplug run --config runs/a/config.json --out runs/b`` repeats run
+``a``. In Python::
 
     recipe, data = read_recipe_file("runs/a/config.json")
     Engine.from_plugins(**recipe).fit(data, out="runs/b")
@@ -30,11 +31,19 @@ def read_recipe_file(path: str | os.PathLike) -> tuple[dict[str, Any], str | Non
     if not isinstance(data, dict):
         raise OptionError(f"--config {path} must hold a mapping of recipe keys")
     if isinstance(data.get("recipe"), dict) and isinstance(data.get("resolved"), dict):
-        recipe = dict(data["recipe"])
+        recipe = chosen_lr(dict(data["recipe"]), data["resolved"])
         return recipe, _run_data(data["resolved"].get("data", {}))
     recipe = dict(data)
     where = recipe.pop("data", None)
     return recipe, None if where is None else str(where)
+
+
+def chosen_lr(recipe: dict[str, Any], resolved: dict[str, Any]) -> dict[str, Any]:
+    """A run's recipe with the LR that ``--lr auto`` chose (config.json's ``resolved.lr``)
+    in place of ``auto``: the run repeats and resumes with it, testing nothing again."""
+    if recipe.get("lr") == "auto" and isinstance(resolved.get("lr"), (int, float)):
+        return {**recipe, "lr": resolved["lr"]}
+    return recipe
 
 
 def merged(from_file: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:

@@ -51,6 +51,8 @@ def resumed_run(engine_type: Any, host: Any, saved: SavedRun, epochs: int | None
         saved.recipe, epochs=epochs or saved.recipe.epochs, batch_size=saved.batch_size,
         auto_batch_size=False,
     )  # fmt: skip
+    if recipe.lr == "auto":  # config.json keeps the LR the range test chose
+        raise TlplugError(f"{run_dir / rundir.CONFIG} says lr auto but not the LR it chose")
     engine = engine_type(host, recipe)
     run = assemble(host, engine.parts, engine.recipe, saved.data_spec, run_dir, Console(quiet))
     check_same_run(run.config["resolved"], saved.resolved, run_dir, plan=epochs is None)

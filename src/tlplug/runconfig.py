@@ -22,7 +22,7 @@ from tlplug.build import record_choices
 from tlplug.errors import TlplugError
 from tlplug.model import BACKBONE_PREFIX, HEAD_PREFIX, count_params
 from tlplug.recipe import Recipe
-from tlplug.recipe_file import read_recipe_file
+from tlplug.recipe_file import chosen_lr, read_recipe_file
 
 
 def describe_run(run: Any, backbone: Any, report: Any, extra: dict[str, Any]) -> dict[str, Any]:
@@ -128,7 +128,9 @@ def read_saved_run(
     run_dir = Path(run_dir)
     config = rundir.read_json(run_dir / rundir.CONFIG)
     try:
-        recipe = recipe_type.from_json(config["recipe"], strict=strict)
+        recipe = recipe_type.from_json(
+            chosen_lr(config["recipe"], config["resolved"]), strict=strict
+        )
         saved = SavedRun(run_dir, config, recipe)
         for read in (SavedRun.data_config, SavedRun.img_size, SavedRun.classes):
             read.fget(saved)  # a config without them cannot rebuild the model

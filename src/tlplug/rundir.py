@@ -8,6 +8,7 @@
   with the weights its stage keeps frozen in a hidden part file beside it; removed when the
   run finishes unless it is kept (``--keep-state``).
 - ``val_images.csv``: the images held out for validation (``path,class``).
+- ``lr_find.png``, ``lr_find.json``: with ``--lr auto``, the range test that chose the LR.
 
 Files are written whole through a temporary file and a rename, so a reader never sees half
 of one. A directory is only claimed once the run is certain to start.
@@ -34,7 +35,8 @@ RESUME = "resume.safetensors"
 VAL_LIST = "val_images.csv"
 FROZEN_PART = ".resume-frozen-{}.safetensors"  # the resume state's frozen weights, per stage
 PLOTS = ("curves.png", "confusion.png", "schedule.png")  # written by the plots plugin
-RUN_FILES = (CONFIG, METRICS, SUMMARY, WEIGHTS, RESUME, VAL_LIST, *PLOTS)
+LR_FIND = ("lr_find.png", "lr_find.json")  # the range test of --lr auto
+RUN_FILES = (CONFIG, METRICS, SUMMARY, WEIGHTS, RESUME, VAL_LIST, *PLOTS, *LR_FIND)
 
 
 def default_run_dir(backbone: str, root: Path = Path("runs")) -> Path:

@@ -39,9 +39,11 @@ class TlplugGroup(click.Group):
 
         self.host = host = host or PluginHost()
         for key, kind in host.kinds.items():
-            command = self.commands.get(kind.command)
-            if key not in KINDS and command is not None:
-                command = self.commands[kind.command] = copy.copy(command)
+            for name, command in list(self.commands.items()):
+                # A command also takes the kinds of the command its ``kinds_of`` names.
+                if key in KINDS or kind.command not in (name, getattr(command, "kinds_of", "")):
+                    continue
+                command = self.commands[name] = copy.copy(command)
                 command.params = [*command.params, *kind_options(kind)]
         for impl in host.hook.tlplug_register_commands.get_hookimpls():
             before = dict(self.commands)

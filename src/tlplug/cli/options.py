@@ -21,6 +21,43 @@ from tlplug.errors import OptionError
 from tlplug.kinds import Kind
 from tlplug.options import parse_assignments
 from tlplug.recipe import Settings, field_types
+from tlplug.recipe_file import merged, read_recipe_file
+
+DATA_HELP = (
+    "Image folder (train/ + val/ [+ test/], or class folders), a CSV manifest "
+    "(path,label[,split]), or SOURCE:LOCATION for a data-source plugin. "
+    "[default: the built-in synthetic set]"
+)
+
+
+def data_and_config(config_help: str) -> Callable:
+    """The ``--data`` and ``--config`` options of a command that takes a recipe and data."""
+
+    def decorate(command: Callable) -> Callable:
+        config = click.option(
+            "--config", "config_file", type=click.Path(path_type=Path), help=config_help
+        )
+        return click.option("--data", help=DATA_HELP)(config(command))
+
+    return decorate
+
+
+def recipe_and_data(
+    options: dict[str, Any],
+    host: Any,
+    data: str | None,
+    config_file: Path | None,
+    ignore: Iterable[str] = (),
+) -> tuple[dict[str, Any], str | None]:
+    """The recipe the command line gives, over the ``--config`` file's (less its ``ignore``
+    keys), and the data: ``--data``, else the file's."""
+    recipe = recipe_from_cli(options, host.kinds.values())
+    if config_file is None:
+        return recipe, data
+    from_file, file_data = read_recipe_file(config_file)
+    for key in ignore:
+        from_file.pop(key, None)
+    return merged(from_file, recipe), data or file_data
 
 
 def setting_option(name: str) -> click.Option:
@@ -42,6 +79,9 @@ def setting_option(name: str) -> click.Option:
         extra = {"type": click.Path(path_type=Path)}
     elif typing.get_origin(expected) is tuple:
         extra = {"metavar": meta.get("metavar")}
+    elif any(typing.get_origin(a) is typing.Literal for a in args):
+        # A number or a word (--lr 3e-4, --lr auto): the recipe converts and checks it.
+        extra = {"metavar": "|".join(_metavar(a) for a in args if a is not type(None))}
     else:
         number = next((t for t in (int, float) if t in (expected, *args)), None)
         extra = {"type": number} if number else {}
@@ -113,6 +153,12 @@ def nested_assignments(given: Iterable[str], flag: str) -> dict[str, dict[str, s
             raise OptionError(f"{flag} expects NAME.KEY=VALUE, got {key + '=' + value!r}")
         nested.setdefault(name, {})[option] = value
     return nested
+
+
+def _metavar(expected: Any) -> str:
+    if typing.get_origin(expected) is typing.Literal:
+        return "|".join(map(str, typing.get_args(expected)))
+    return getattr(expected, "__name__", str(expected)).upper()
 
 
 def _shown(default: Any) -> str:

@@ -8,28 +8,18 @@ import attrs
 import click
 
 from tlplug.cli.group import cli, current_host
-from tlplug.cli.options import recipe_from_cli, recipe_options
+from tlplug.cli.options import data_and_config, recipe_and_data, recipe_from_cli, recipe_options
 from tlplug.errors import OptionError
 from tlplug.kinds import KINDS
 from tlplug.recipe import Settings
-from tlplug.recipe_file import merged, read_recipe_file
 
-DATA_HELP = (
-    "Image folder (train/ + val/ [+ test/], or class folders), a CSV manifest "
-    "(path,label[,split]), or SOURCE:LOCATION for a data-source plugin. "
-    "[default: the built-in synthetic set]"
-)
 RUN_KINDS = [kind for kind in KINDS.values() if kind.command == "run"]
 
 
 @cli.command()
-@click.option("--data", help=DATA_HELP)
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(path_type=Path),
-    help="Recipe file (TOML, YAML or JSON; a run's config.json repeats that run, data "
-    "included); options given here override it.",
+@data_and_config(
+    "Recipe file (TOML, YAML or JSON; a run's config.json repeats that run, data "
+    "included); options given here override it."
 )
 @recipe_options(RUN_KINDS, [f.name for f in attrs.fields(Settings)])
 @click.option(
@@ -54,12 +44,9 @@ def run(data, config_file, out, overwrite, resume, quiet, **options) -> None:
     from tlplug.engine import Engine
 
     host = current_host()
-    recipe = recipe_from_cli(options, host.kinds.values())
-    if config_file is not None:
-        if resume is not None:
-            raise OptionError("--resume uses the run's own config.json; drop --config")
-        from_file, file_data = read_recipe_file(config_file)
-        recipe, data = merged(from_file, recipe), data or file_data
+    if config_file is not None and resume is not None:
+        raise OptionError("--resume uses the run's own config.json; drop --config")
+    recipe, data = recipe_and_data(options, host, data, config_file)
     if resume is not None:
         epochs = recipe.pop("epochs", None)
         given = [f"--{k.replace('_', '-')}" for k in recipe] + [
