@@ -1,0 +1,73 @@
+"""The converged linear probe (tlplug.probe) reaches the optimum of its objective."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+from tlplug.feature_cache import Features
+from tlplug.probe import fit_probe
+
+
+def _problem(views: int = 2, images: int = 60, dim: int = 12, classes: int = 3):
+    """Overlapping Gaussian classes (not separable), features with an offset and uneven
+    scales as a backbone's are, ``views`` noisy draws of each image."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(images) % classes
+    centres = torch.randn(classes, dim, generator=generator)
+    base = centres[labels] + 1.5 * torch.randn(images, dim, generator=generator)
+    draws = base + 0.3 * torch.randn(views, images, dim, generator=generator)
+    scales = torch.linspace(0.1, 5.0, dim)
+    return Features(draws * scales + 3.0, labels, views=views), classes
+
+
+def _objective(x, y, weight, bias, l2, smoothing):
+    """What the probe minimises, on scaled features: mean cross-entropy + l2/2 ||W||^2."""
+    logits = x @ weight.T + bias
+    loss = functional.cross_entropy(logits, y, label_smoothing=smoothing)
+    return loss + l2 / 2 * weight.pow(2).sum()
+
+
+def _reference(x, y, classes, l2, smoothing, steps=20000):
+    """A slow, independent solver: full-batch gradient descent in float64 from zero."""
+    weight = torch.zeros(classes, x.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.SGD([weight, bias], lr=0.5)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        _objective(x, y, weight, bias, l2, smoothing).backward()
+        optimizer.step()
+    return _objective(x, y, weight, bias, l2, smoothing).item()
+
+
+def test_the_probe_reaches_the_optimum_of_a_reference_solver():
+    features, classes = _problem()
+    layer = nn.Linear(features.values.shape[-1], classes)
+    smoothing = 0.1
+    fit = fit_probe(layer, features, seed=0, label_smoothing=smoothing)
+
+    raw = features.values.reshape(-1, features.values.shape[-1]).double()
+    y = features.labels.repeat(features.views)
+    mean = raw.mean(0)
+    std = (raw - mean).pow(2).mean().sqrt()
+    x = (raw - mean) / std  # the probe's own scaling: one number for every feature
+    # The fit layer acts on raw features; on scaled ones its weight is W * std.
+    weight = layer.weight.detach().double() * std
+    bias = layer.bias.detach().double() + layer.weight.detach().double() @ mean
+    assert torch.allclose(raw @ layer.weight.double().T + layer.bias.double(), x @ weight.T + bias,
+                          atol=1e-4)  # fmt: skip
+    found = _objective(x, y, weight, bias, fit.l2, smoothing).item()
+    best = _reference(x, y, classes, fit.l2, smoothing)
+    assert found <= best + 1e-4, (found, best)
+    assert fit.acc > 0.6  # the classes overlap; a fit that learned nothing scores 1/3
+
+
+def test_the_same_seed_fits_the_same_head_bit_for_bit():
+    features, classes = _problem(views=1, images=90)
+    layers = [nn.Linear(features.values.shape[-1], classes) for _ in range(2)]
+    layers[1].load_state_dict(layers[0].state_dict())
+    fits = [fit_probe(layer, features, seed=3) for layer in layers]
+    assert fits[0].l2 == fits[1].l2 and fits[0].held_out_acc == fits[1].held_out_acc
+    assert torch.equal(layers[0].weight, layers[1].weight)
+    assert torch.equal(layers[0].bias, layers[1].bias)
