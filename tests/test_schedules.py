@@ -68,11 +68,19 @@ def test_lp_ft_probes_for_half_the_run_then_fine_tunes_everything():
         schedules.lp_ft(GROUPS, 6, warmup=-1.0)
 
 
-def test_bitfit_trains_the_head_and_every_other_groups_biases():
-    (stage,) = check_plan(schedules.bitfit(GROUPS, 3), GROUPS, "bitfit")
-    assert stage.trainable == ("head",) and stage.biases == tuple(GROUPS[:-1])
+def test_bitfit_fits_the_head_then_trains_it_with_every_other_groups_biases():
+    probe, stage = check_plan(schedules.bitfit(GROUPS, 3), GROUPS, "bitfit")
+    assert (probe.start, probe.trainable, probe.biases) == (0, ("head",), ())
+    assert stage.start == 1 and stage.trainable == ("head",)
+    assert stage.biases == tuple(GROUPS[:-1])
     assert stage.name == "biases+head"
     assert Stage.from_json(stage.to_json()) == stage
+    (alone,) = check_plan(schedules.bitfit(GROUPS, 1), GROUPS, "bitfit")
+    assert alone.start == 0 and alone.biases == tuple(GROUPS[:-1])
+    (alone,) = check_plan(schedules.bitfit(GROUPS, 3, probe_epochs=0), GROUPS, "bitfit")
+    assert alone.start == 0
+    with pytest.raises(OptionError, match="probe_epochs"):
+        schedules.bitfit(GROUPS, 3, probe_epochs=-1)
 
 
 def test_check_plan_names_stages_and_rejects_bad_plans():
@@ -134,6 +142,7 @@ SCHEDULES = [
     ("milestones", {"at": "2"}, 3),
     ("lp-ft", {"probe_epochs": 1}, 2),
     ("bitfit", {}, 2),
+    ("bitfit", {"probe_epochs": 0}, 1),
 ]
 
 

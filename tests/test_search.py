@@ -13,6 +13,7 @@ from conftest import TINY, tlplug
 from tlplug import Engine
 from tlplug.errors import OptionError
 from tlplug.halving import Plan, parse_budget, plan_rungs, successive_halving
+from tlplug.leaderboard import tie_warning
 from tlplug.search import search_and_fit
 
 # Candidate -> (score after many epochs, how much it lacks after one): score = final - lag/e.
@@ -78,6 +79,18 @@ def test_halving_meets_the_seeded_candidates_in_the_last_rung():
     assert [c for c, e in calls if e == 9] == ["sprinter", "stayer", "sleeper"]
     assert [e.candidate for e in board[:5]] == ["sleeper", "stayer", "sprinter", "steady", "meh"]
     assert [e.last.rung for e in board] == [2, 2, 2, 1, 1] + [0] * 4
+
+
+def test_a_tie_at_the_top_is_reported_with_the_held_out_size():
+    def entry(schedule, acc, epochs=10, error=None):
+        return {"schedule": schedule, "best_val_acc": acc, "epochs": epochs, "error": error}
+
+    tied = [entry("gradual", 1.0), entry("lp-ft", 1.0), entry("full", 1.0, epochs=3),
+            entry("bitfit", None, error="boom"), entry("full", 0.9)]  # fmt: skip
+    warning = tie_warning(tied, 12)
+    assert "2 candidates tie at held-out accuracy 1.0000 on 12 images (gradual, lp-ft)" in warning
+    assert "chose gradual" in warning
+    assert tie_warning([entry("gradual", 1.0), entry("lp-ft", 0.9)], 12) is None
 
 
 def test_plan_prefers_full_length_and_halving_runs_it():

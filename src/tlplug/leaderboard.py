@@ -75,3 +75,23 @@ def table(entries: list[dict]) -> list[str]:
 
 def _cell(value: Any) -> Any:
     return "" if value is None else value
+
+
+def tie_warning(entries: list[dict], held_out: int) -> str | None:
+    """A warning when the winner ties on held-out accuracy with other candidates of its
+    rung: the held-out loss decided, and on few images that says little."""
+    top = entries[0]
+    mark = (top["epochs"], top["best_val_acc"])
+    tied = [
+        e["schedule"]
+        for e in entries
+        if not e["error"] and (e["epochs"], e["best_val_acc"]) == mark
+    ]
+    if len(tied) < 2:
+        return None
+    return (
+        f"warning: {len(tied)} candidates tie at held-out accuracy {top['best_val_acc']:.4f} "
+        f"on {held_out} images ({', '.join(tied)}); the lowest held-out loss chose "
+        f"{top['schedule']}. With so few images the search cannot rank them: try the tied "
+        "schedules on your validation split"
+    )

@@ -40,7 +40,7 @@ from tlplug.halving import (
     plan_rungs,
     successive_halving,
 )
-from tlplug.leaderboard import leaderboard, table, write_leaderboard
+from tlplug.leaderboard import leaderboard, table, tie_warning, write_leaderboard
 from tlplug.plugins import PluginHost
 
 DEFAULT_BUDGET = "3x"
@@ -90,8 +90,9 @@ def search_and_fit(
         shutil.rmtree(work, ignore_errors=True)
         raise TlplugError(f"no candidate trained: {entries[0]['schedule']}: {entries[0]['error']}")
     rundir.write_json(work / "leaderboard.json", entries)
-    for line in table(entries):
-        console.say(line)
+    for line in [*table(entries), tie_warning(entries, trials.counts[1])]:
+        if line:
+            console.say(line)
     winner = board[0].candidate
     console.say(f"winner: {winner.label()}; training it on the whole data, {recipe.epochs} epochs")
     try:

@@ -96,6 +96,16 @@ def lp_ft(
     ]
 
 
-def bitfit(groups: list[str], epochs: int) -> list[Stage]:
-    """Train the head and the bias parameters of every backbone group (Ben Zaken et al. 2022)."""
-    return [Stage(0, top_groups(groups, 1), biases=groups[:-1])]
+def bitfit(groups: list[str], epochs: int, *, probe_epochs: int = 1) -> list[Stage]:
+    """Fit the head alone for ``probe_epochs``, then train it with the bias parameters of
+    every backbone group (Ben Zaken et al. 2022).
+
+    The probe first, as in LP-FT: biases trained beside a random head follow its noise,
+    and a few epochs of a small data set leave that head untrained (chance on 60 images).
+    """
+    if probe_epochs < 0:
+        raise OptionError("bitfit option probe_epochs must be >= 0")
+    head = top_groups(groups, 1)
+    start = min(probe_epochs, max(0, epochs - 1))  # a one-epoch run trains the biases
+    tune = Stage(start, head, biases=groups[:-1])
+    return [Stage(0, head), tune] if start > 0 else [tune]
