@@ -87,7 +87,9 @@ class TransformedImages(Dataset):
         if seed is None or not self.random:
             return self.transform(pixels), self.images.labels[index]
         with torch.random.fork_rng(devices=()):  # leave the training loop's RNG alone
-            torch.manual_seed(seed)
+            # The CPU generator alone: torch.manual_seed also queues a CUDA seeding with a
+            # captured stack trace on every call (1.3 ms an image, a third of a probe's time).
+            torch.random.default_generator.manual_seed(int(seed))
             return self.transform(pixels), self.images.labels[index]
 
 
