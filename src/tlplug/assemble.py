@@ -22,6 +22,7 @@ from tlplug.data.pipeline import build_pipeline, image_size
 from tlplug.device import pick_device
 from tlplug.ema import WeightAverage
 from tlplug.loss import TrainingLoss, class_weights
+from tlplug.lr_find import DEFAULT_LR
 from tlplug.model import TransferModel
 from tlplug.optim import build_optimizer, build_scheduler, lr_multipliers
 from tlplug.plugins import PluginHost
@@ -105,7 +106,7 @@ def _settled(recipe: Recipe) -> Recipe:
     """``recipe`` with a number for the LR: with ``lr="auto"`` the default, for now."""
     if recipe.lr != "auto":
         return recipe
-    return attrs.evolve(recipe, lr=attrs.fields(type(recipe)).lr.default)
+    return attrs.evolve(recipe, lr=DEFAULT_LR)
 
 
 def _adapter(parts: Parts, model: TransferModel) -> Adapter | None:

@@ -13,7 +13,7 @@ from tlplug.freezing import train_mode
 from tlplug.interrupt import StopRequest
 from tlplug.memory import peak_mb, reset_peak
 from tlplug.optim import group_lrs
-from tlplug.probe import fit_probe, linear_layer
+from tlplug.probe import fit_run_probe
 from tlplug.run import Run, Step
 from tlplug.seeding import epoch_seed, seed_everything
 from tlplug.training import EpochStats, Evaluation, NonFinite, evaluate, train_epoch
@@ -85,11 +85,7 @@ def converge(run: Run, feed: Feed, steps: int) -> EpochStats:
     run.lr_scheduler.skip(steps)
     if feed.converged:
         return EpochStats(*feed.converged, images=0, seconds=0.0)
-    loss = run.loss
-    fit = fit_probe(
-        linear_layer(run.model.head), feed.features, seed=run.recipe.seed,
-        label_smoothing=loss.label_smoothing, class_weights=loss.class_weights,
-    )  # fmt: skip
+    fit = fit_run_probe(run, feed.features)
     if run.ema is not None:
         run.ema.follow(run.model, start=True)  # the fit head is its own average
     feed.converged, feed.starting["probe"] = (fit.loss, fit.acc), fit.to_json()

@@ -14,7 +14,6 @@ first tenth of the steps and the last five left out, as fastai reads them:
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from tlplug.rundir import LR_FIND, write_atomic, write_text
+from tlplug.plotting import new_figure, save_png
+from tlplug.rundir import LR_FIND, write_json
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -162,12 +162,9 @@ def _finite(value: float) -> float | None:
 def draw_range_test(test: RangeTest) -> Figure:
     """Loss against base LR (log scale), raw and smoothed, with the suggestions marked."""
     import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 5), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
+    ax = new_figure(8, 5, 100).subplots()
+    fig = ax.figure
     lrs, raw, smoothed = (np.array(v, float) for v in (test.lrs, test.losses, test.smoothed))
     ax.plot(lrs, raw, ".", ms=3, color="0.7", label="loss of each step")
     ax.plot(lrs, smoothed, "-", color="C0", label=f"smoothed (β = {BETA})")
@@ -201,10 +198,9 @@ def draw_range_test(test: RangeTest) -> Figure:
 def save_range_test(test: RangeTest, folder: Path) -> list[str]:
     """Write lr_find.json and lr_find.png into ``folder``; return the problems of a plot
     that could not be drawn (the JSON is always written)."""
-    write_text(folder / RECORD, json.dumps(test.to_json(), indent=2) + "\n")
+    write_json(folder / RECORD, test.to_json())
     try:
-        fig = draw_range_test(test)
-        write_atomic(folder / PLOT, lambda out: fig.savefig(out, format="png"), mode="wb")
+        save_png(draw_range_test(test), folder / PLOT)
     except Exception as exc:  # a picture is never worth the result
         return [f"{PLOT} not written ({type(exc).__name__}: {exc})".replace("\n", " ")]
     return []

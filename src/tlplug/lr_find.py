@@ -38,7 +38,7 @@ from tlplug.freezing import apply_stage, train_mode
 from tlplug.lr_curve import DIVERGED, END_LR, START_LR, STEPS, RangeTest, smooth, suggest, sweep_lrs
 from tlplug.model import HEAD_GROUP
 from tlplug.optim import build_optimizer, build_scheduler
-from tlplug.probe import fit_probe, linear_layer
+from tlplug.probe import fit_run_probe
 from tlplug.recipe import Settings
 from tlplug.run import Run, Source, Step
 from tlplug.seeding import epoch_seed, seed_everything
@@ -166,11 +166,7 @@ def _reach(run: Run, wanted: int | None, stages: contextlib.ExitStack):
             if feed.features is None:  # the head takes optimizer steps
                 notes.append(skipped)
                 continue
-            loss = run.loss
-            fit_probe(
-                linear_layer(run.model.head), feed.features, seed=run.recipe.seed,
-                label_smoothing=loss.label_smoothing, class_weights=loss.class_weights,
-            )  # fmt: skip
+            fit_run_probe(run, feed.features)
     return None
 
 

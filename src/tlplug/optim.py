@@ -153,7 +153,6 @@ class StageScaledScheduler:
             "warm": list(self.warm),
             "warmup_steps": self.warmup_steps,
             "warmed": self.warmed,
-            "factors": self.factors,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -162,7 +161,7 @@ class StageScaledScheduler:
         self.scale = state["scale"]
         self.warm = tuple(state.get("warm", ()))
         self.warmup_steps, self.warmed = state.get("warmup_steps", 0), state.get("warmed", 0)
-        self.factors = state.get("factors", [self.scale] * len(self.optimizer.param_groups))
+        self.factors = self._wanted()  # what the restored LRs carry
 
     def _wanted(self) -> list[float]:
         ramp = 1.0

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
+
+from tlplug.rundir import write_atomic
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -79,7 +82,7 @@ def draw_curves(history: Sequence[Record], title: str = "Training curves") -> Fi
     epochs, with the freeze stages marked."""
     if not history:
         raise ValueError("no epochs to draw")
-    fig = _figure(12, 8, 100)
+    fig = new_figure(12, 8, 100)
     loss, acc, lr = fig.subplots(3, 1, sharex=True, height_ratios=(1, 1, 0.9))
     for ax, key, label in ((loss, "loss", "loss"), (acc, "acc", "accuracy")):
         for name, style, what in (("train", "o-", "train {}"), ("val", "s-", "val {}"),
@@ -118,7 +121,7 @@ def draw_confusion(
     if counts.shape != (n, n) or n == 0:
         raise ValueError(f"confusion matrix of shape {counts.shape} for {n} classes")
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    fig = _figure(11, 8, 110)
+    fig = new_figure(11, 8, 110)
     ax = fig.subplots()
     image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
     fig.colorbar(image, ax=ax, shrink=0.8, label="fraction of the true class's images")
@@ -158,7 +161,7 @@ def draw_schedule(
     clipped = bool(np.any(values < lo))
     norm = LogNorm(lo, hi) if lo < hi else LogNorm(lo / 2, hi * 2)
     rows, cols = values.shape
-    fig = _figure(12, min(10.0, max(7.0, 2.5 + 0.45 * rows)), 100)
+    fig = new_figure(12, min(10.0, max(7.0, 2.5 + 0.45 * rows)), 100)
     ax = fig.subplots()
     ax.set_facecolor(FROZEN)
     x = np.arange(cols + 1) + grid.epochs[0] - 0.5
@@ -193,13 +196,20 @@ def draw_schedule(
     return fig
 
 
-def _figure(width: float, height: float, dpi: int) -> Figure:
+def new_figure(width: float, height: float, dpi: int) -> Figure:
+    """A headless figure of ``width`` x ``height`` inches, outside pyplot's global state."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
+
+
+def save_png(fig: Figure, path: Path) -> None:
+    """Write the matplotlib figure ``fig`` to ``path`` as a PNG, through a temporary file
+    and a rename."""
+    write_atomic(path, lambda out: fig.savefig(out, format="png"), mode="wb")
 
 
 def _series(history: Sequence[Record], key: str) -> tuple[list[int], list[float]]:

@@ -12,6 +12,7 @@ them. The loss is the run's: cross-entropy with its label smoothing and class we
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import attrs
 import torch
@@ -59,6 +60,16 @@ def linear_layer(head: nn.Module) -> nn.Linear | None:
 def fits(features: Features) -> bool:
     """Whether the cached training features are small enough to solve full-batch."""
     return features.values.numel() <= MAX_ELEMENTS
+
+
+def fit_run_probe(run: Any, features: Features) -> ProbeFit:
+    """Fit ``run``'s linear head to ``features`` with the run's seed and loss (label
+    smoothing, class weights), as a converged head stage does."""
+    loss = run.loss
+    return fit_probe(
+        linear_layer(run.model.head), features, seed=run.recipe.seed,
+        label_smoothing=loss.label_smoothing, class_weights=loss.class_weights,
+    )  # fmt: skip
 
 
 def fit_probe(

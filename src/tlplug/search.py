@@ -40,7 +40,7 @@ from tlplug.halving import (
     plan_rungs,
     successive_halving,
 )
-from tlplug.leaderboard import leaderboard, table, tie_warning, write_leaderboard
+from tlplug.leaderboard import JSON, leaderboard, table, tie_warning, write_leaderboard
 from tlplug.plugins import PluginHost
 
 DEFAULT_BUDGET = "3x"
@@ -80,7 +80,9 @@ def search_and_fit(
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.search-", dir=out.parent))
     try:
         holdout = write_holdout(splits, work, recipe.seed)
-        trials = Trials(engine_type, plugins, recipe, work, recipe.img_size or splits.img_size)
+        counts = tuple(sum(row[2] == split for row in holdout[1:]) for split in ("train", "val"))
+        trials = Trials(engine_type, plugins, recipe, work, recipe.img_size or splits.img_size,
+                        counts)  # fmt: skip
         board, plan = _halve(trials, tried, names, limit, eta, console)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -89,7 +91,7 @@ def search_and_fit(
     if entries[0]["error"]:  # every candidate failed
         shutil.rmtree(work, ignore_errors=True)
         raise TlplugError(f"no candidate trained: {entries[0]['schedule']}: {entries[0]['error']}")
-    rundir.write_json(work / "leaderboard.json", entries)
+    rundir.write_json(work / JSON, entries)
     for line in [*table(entries), tie_warning(entries, trials.counts[1])]:
         if line:
             console.say(line)
@@ -103,7 +105,7 @@ def search_and_fit(
         raise
     note = {
         "searched": "schedule, lr, lr_decay", "winner": winner.to_json(), "budget": limit.text,
-        "eta": eta, "plan": plan.describe(), "leaderboard": "leaderboard.json",
+        "eta": eta, "plan": plan.describe(), "leaderboard": JSON,
         "held_out": f"{SEARCH_DIR}/{MANIFEST}", "seconds": round(trials.seconds, 2),
     }  # fmt: skip
     _finish(out, work, entries, holdout, note)
@@ -161,13 +163,13 @@ class Trials:
     """Scores candidates: one complete run each on the held-out split, once per length."""
 
     def __init__(self, engine_type: Any, plugins: PluginHost, recipe: Any, work: Path,
-                 img_size: int | None):  # fmt: skip
+                 img_size: int | None, counts: tuple[int, int]):  # fmt: skip
         self.engine_type, self.plugins, self.recipe, self.work = engine_type, plugins, recipe, work
         self.img_size = img_size
         self.manifest = work / MANIFEST
         self.results: dict[tuple[Candidate, int], dict[str, Any]] = {}
         self.seconds = 0.0
-        self.counts = _count_rows(self.manifest)  # (training, held-out) images
+        self.counts = counts  # (training, held-out) images in the manifest
 
     def score(self, candidate: Candidate, epochs: int) -> tuple[float, float]:
         """Held-out accuracy of ``candidate`` trained for ``epochs`` epochs, and minus its
@@ -235,12 +237,6 @@ def write_holdout(splits: Splits, folder: Path, seed: int) -> list[list[str]]:
     with open(folder / MANIFEST, "w", newline="", encoding="utf-8") as handle:
         csv.writer(handle).writerows([["path", "label", "split"], *rows])
     return [["path", "label", "split"], *record]
-
-
-def _count_rows(manifest: Path) -> tuple[int, int]:
-    with open(manifest, newline="", encoding="utf-8") as handle:
-        splits = [row[2] for row in list(csv.reader(handle))[1:]]
-    return splits.count("train"), splits.count("val")
 
 
 def _finish(out: Path, work: Path, entries: list[dict], holdout: list[list[str]],

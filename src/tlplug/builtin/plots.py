@@ -17,7 +17,8 @@ from functools import partial
 from typing import Any
 
 from tlplug import hookimpl
-from tlplug.rundir import PLOTS, write_atomic
+from tlplug.plotting import save_png
+from tlplug.rundir import PLOTS
 
 CURVES, CONFUSION, SCHEDULE = PLOTS
 
@@ -69,9 +70,3 @@ def _drawings(run, summary: dict[str, Any]) -> list[tuple[str, Callable[[], Any]
                             summary["confusion_matrix"], classes,
                             f"Confusion matrix on val ({where})")))  # fmt: skip
     return drawings
-
-
-def save_png(fig, path) -> None:
-    """Write the matplotlib figure ``fig`` to ``path`` as a PNG, through a temporary file
-    and a rename."""
-    write_atomic(path, lambda out: fig.savefig(out, format="png"), mode="wb")
