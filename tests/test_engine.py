@@ -157,7 +157,7 @@ def test_compiled_training_follows_the_eager_run(image_folder, tmp_path, tiny):
     losses follow the eager run's, and the saved weights load as a plain model."""
     from torch._dynamo.utils import counters
 
-    recipe = tiny | {"schedule": "freeze-unfreeze", "epochs": 2, "augment": ()}
+    recipe = tiny | {"schedule": "freeze-unfreeze", "epochs": 2, "augment": (), "precision": "fp32"}
     eager = Engine.from_plugins(entrypoints=False, **recipe).fit(
         image_folder, out=tmp_path / "eager", quiet=True
     )

@@ -127,3 +127,50 @@ def test_a_deterministic_augmentation_keeps_the_cache_and_reaches_the_cached_ima
         image_folder, out=tmp_path / "colour", quiet=True
     )
     assert colour.history[-1]["train_loss"] != runs["auto"].history[-1]["train_loss"]
+
+
+class Mirror:
+    """A deterministic augmentation: every image mirrored."""
+
+    name = "mirror-plugin"
+
+    @hookimpl
+    def tlplug_register_augmentations(self, register):
+        register("mirror", mirror)
+
+
+@augmentation(phase="pixels", order=20, random=False)
+def mirror(img_size: int):
+    """Mirror the image left to right (deterministic)."""
+    return v2.RandomHorizontalFlip(p=1.0)
+
+
+def test_a_converged_probe_caches_every_outcome_of_a_flip_once(image_folder, tmp_path, capsys):
+    """A flip has two outcomes; a converged probe caches both, each with its probability,
+    instead of drawing views. Its outcome pipelines give the very images a deterministic
+    mirror (or no augmentation) gives: the same head, bit for bit."""
+    probe = PROBE | {"probe": "converge", "epochs": 2}
+
+    def fit(name: str, *plugins, **changes):
+        engine = Engine.from_plugins(*plugins, entrypoints=False, **(probe | changes))
+        engine.fit(image_folder, out=tmp_path / name, quiet=True)
+        return head_of(tmp_path / name)
+
+    both = Engine.from_plugins(entrypoints=False, **(probe | {"augment": ("flip",)}))
+    result = both.fit(image_folder, out=tmp_path / "both")
+    assert "over 2 augmented views (every outcome of flip)" in capsys.readouterr().out
+    assert result.history[0]["probe"]["images"] == 36 and result.history[0]["feature_cache"]
+    pairs = [
+        (fit("always", augment=("flip",), augment_opts={"flip": {"p": 1.0}}),
+         fit("mirror", Mirror(), augment=("mirror",))),
+        (fit("never", augment=("flip",), augment_opts={"flip": {"p": 0.0}}),
+         fit("none", augment=())),
+    ]  # fmt: skip
+    for outcome, deterministic in pairs:
+        for key in outcome:
+            assert torch.equal(outcome[key], deterministic[key])
+    mirrored, plain = pairs[0][0], pairs[1][0]
+    assert not all(torch.equal(mirrored[key], plain[key]) for key in plain)
+    drawn = Engine.from_plugins(entrypoints=False, **(probe | {"augment": ("flip", "crop")}))
+    drawn.fit(image_folder, out=tmp_path / "drawn")  # a crop lists no outcomes: drawn views
+    assert "over 4 augmented views (crop, flip)" in capsys.readouterr().out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 from torch.nn import functional
@@ -71,3 +72,24 @@ def test_the_same_seed_fits_the_same_head_bit_for_bit():
     assert fits[0].l2 == fits[1].l2 and fits[0].held_out_acc == fits[1].held_out_acc
     assert torch.equal(layers[0].weight, layers[1].weight)
     assert torch.equal(layers[0].bias, layers[1].bias)
+
+
+def test_weighted_views_fit_as_the_views_repeated_in_proportion():
+    """Views with probabilities (every outcome of an augmentation, cached once) fit the
+    head that equally likely views, each repeated in proportion, fit."""
+    drawn, classes = _problem(views=2)
+    weighted = Features(drawn.values, drawn.labels, views=2)
+    weighted.weights = torch.tensor([0.25, 0.75])
+    first, second = drawn.values
+    repeated = Features(torch.stack([first, second, second, second]), drawn.labels, views=4)
+    layers = [nn.Linear(drawn.values.shape[-1], classes) for _ in range(3)]
+    for layer in layers[1:]:
+        layer.load_state_dict(layers[0].state_dict())
+    fits = [fit_probe(layers[0], weighted, seed=0), fit_probe(layers[1], repeated, seed=0)]
+    assert fits[0].l2 == fits[1].l2 and fits[0].held_out_acc == fits[1].held_out_acc
+    assert fits[0].acc == pytest.approx(fits[1].acc) and fits[0].loss == pytest.approx(
+        fits[1].loss, rel=1e-4
+    )
+    torch.testing.assert_close(layers[0].weight, layers[1].weight, rtol=1e-3, atol=1e-3)
+    fit_probe(layers[2], drawn, seed=0)  # the same views equally likely: another head
+    assert not torch.allclose(layers[0].weight, layers[2].weight, rtol=1e-3, atol=1e-3)

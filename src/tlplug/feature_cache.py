@@ -30,7 +30,8 @@ class Features:
     """Backbone features ``(N, D)`` (or a frozen prefix's outputs ``(N, ...)``) and labels
     ``(N,)`` of every image of a dataset; or ``views`` augmented draws of them,
     ``(views, N, D)``, the draw ``k`` made with the item seeds of epoch
-    ``first_epoch + k``."""
+    ``first_epoch + k``; or every outcome of the augmentations, view ``k`` with probability
+    ``weights[k]`` (None: the views are equally likely)."""
 
     def __init__(
         self,
@@ -42,6 +43,7 @@ class Features:
     ):
         self.values, self.labels, self.file = values, labels, file
         self.views, self.first_epoch = views, first_epoch
+        self.weights: torch.Tensor | None = None
 
     def view(self, epoch: int) -> torch.Tensor:
         """The features an epoch trains on: with several views ``(K, N, ...)``, the view

@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 import torch
 
-from tlplug.data.loaders import ViewSampler, view_loader
+from tlplug.data.loaders import OutcomeLoader, ViewSampler, outcome_loader, view_loader
 from tlplug.feature_cache import Features, extract
 from tlplug.model import HEAD_GROUP
 from tlplug.prefix_cache import PrefixCut, Replay, find_cut, prefix_output
@@ -81,8 +81,13 @@ def choose_source(run: Run, stage: Stage) -> tuple[Source, PrefixCut | None]:
             return Source(cache, False, reason, names), None
     if cache == "features":
         # A head fit by L-BFGS sees every view at once, so it gets the most views whatever
-        # the stage's length; a head trained by epochs sees one view per epoch.
+        # the stage's length, or every outcome of the augmentations when they are fewer
+        # (a flip: two); a head trained by epochs sees one view per epoch.
         most = recipe.cache_views or DEFAULT_VIEWS
+        outcomes = run.pipeline.outcomes
+        if drawn and _converges(run) and outcomes is not None and len(outcomes) <= most:
+            exact = Source(cache, True, names=batch, views=len(outcomes), drawn=drawn, exact=True)
+            return exact, None
         views = (most if _converges(run) else min(_epochs_left(run, stage), most)) if drawn else 0
         return Source(cache, True, names=batch, views=views, drawn=drawn), None
     size = run.config["resolved"]["img_size"]
@@ -121,7 +126,7 @@ def feeding(run: Run, source: Source, cut: PrefixCut | None) -> Iterator[Feed]:
     forward = (lambda images: prefix_output(run.model, cut, images)) if cut else None
     cache = []
     try:
-        for name, loader, views in _passes(run, source):
+        for name, loader, views, weights in _passes(run, source):
             spill = run.run_dir / ".{}.features"
             label = f"caching {name} {'features' if cut is None else 'prefix outputs'}"
             progress = functools.partial(run.console.progress, label=label)
@@ -129,7 +134,7 @@ def feeding(run: Run, source: Source, cut: PrefixCut | None) -> Iterator[Feed]:
                 run.model.backbone, loader, run.device, spill, run.numerics, name, forward,
                 progress, views=max(1, views), choose_view=_chooser(loader, run.epoch),
             )  # fmt: skip
-            made.first_epoch = run.epoch
+            made.first_epoch, made.weights = run.epoch, weights
             cache.append(made)
         filled = (time.perf_counter() - started, sum(len(f.labels) for f in cache))
         train = cache[0].batches(loaders.train.batch_sampler)
@@ -147,18 +152,26 @@ def feeding(run: Run, source: Source, cut: PrefixCut | None) -> Iterator[Feed]:
             features.release()
 
 
-def _passes(run: Run, source: Source) -> list[tuple[str, Any, int]]:
-    """What to cache: (name, loader, augmented views) for the training and validation
-    images (none without a validation split); training images are augmented views when
-    random augmentations are chosen."""
+def _passes(run: Run, source: Source) -> list[tuple[str, Any, int, torch.Tensor | None]]:
+    """What to cache: (name, loader, augmented views, each view's probability) for the
+    training and validation images (none without a validation split); training images are
+    augmented views when random augmentations are chosen: drawn (equally likely), or every
+    outcome of them."""
     loaders = run.loaders
+    val = [("val", loaders.val, 0, None)] if len(loaders.val) else []
+    if source.exact:
+        probabilities, transforms = zip(*run.pipeline.outcomes, strict=True)
+        train = outcome_loader(loaders.plain, list(transforms))
+        return [("train", train, source.views, torch.tensor(probabilities)), *val]
     train = view_loader(loaders.train) if source.views else loaders.plain
-    val = [("val", loaders.val, 0)] if len(loaders.val) else []
-    return [("train", train, source.views), *val]
+    return [("train", train, source.views, None), *val]
 
 
 def _chooser(loader: Any, first: int):
-    """Sets which epoch's draws a view loader gives for view ``k``; None for other loaders."""
+    """Sets which epoch's draws a view loader gives for view ``k`` (for an outcome loader,
+    which outcome); None for other loaders."""
+    if isinstance(loader, OutcomeLoader):
+        return loader.choose
     sampler = getattr(loader, "sampler", None)
     if not isinstance(sampler, ViewSampler):
         return None

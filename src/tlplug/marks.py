@@ -16,7 +16,12 @@ PHASES = ("pixels", "tensor", "batch")
 
 
 def augmentation(
-    *, phase: str = "pixels", order: float = 50, random: bool = True, always: bool = False
+    *,
+    phase: str = "pixels",
+    order: float = 50,
+    random: bool = True,
+    always: bool = False,
+    outcomes: Any = None,
 ):
     """Mark an augmentation factory with where it acts and how.
 
@@ -26,11 +31,17 @@ def augmentation(
     a deterministic transform, which is applied to cached features too and does not turn
     the feature cache off. ``always``: for a batch augmentation, run on every batch, after
     the one that mixup, cutmix and the other batch augmentations take turns at.
+    ``outcomes``: for a random image augmentation with a few possible results (a flip: the
+    image as it is or mirrored), a function taking the factory's arguments and returning
+    ``[(probability, transform), ...]``, each transform deterministic (None: the image
+    unchanged); a converged linear probe then caches every outcome once instead of drawing
+    views.
     """
 
     def mark(factory):
         factory.phase, factory.order = phase, order
         factory.random, factory.always = random, always
+        factory.outcomes = outcomes
         return factory
 
     return mark

@@ -85,36 +85,39 @@ def fit_probe(
     started = time.perf_counter()
     device = device or layer.weight.device
     values = features.values.to(device, torch.float32)
-    views = features.views
+    views, count = features.views, len(features.labels)
     raw = values.reshape(-1, values.shape[-1])
+    each = features.weights if features.weights is not None else torch.ones(views)
+    w = each.to(device, torch.float32).repeat_interleave(count)  # each row's view's weight
+    share = (w / w.sum())[:, None]
     # Centred and scaled by one number, so the L2 grid means the same for every backbone.
     # Not per feature: that would give a near-constant feature a large weight, which the
     # fine-tuning stages after a probe would see blow up once that feature starts to move.
-    mean = raw.mean(0)
-    std = (raw - mean).pow(2).mean().sqrt().clamp_min(1e-6)
+    mean = (raw * share).sum(0)
+    std = ((raw - mean).pow(2) * share).sum().div(raw.shape[1]).sqrt().clamp_min(1e-6)
     x = (raw - mean) / std
     y = features.labels.to(device).repeat(views)
-    images = torch.arange(len(features.labels), device=device).repeat(views)
+    images = torch.arange(count, device=device).repeat(views)
     held = _held_out(features.labels, seed).to(device)[images]
     solve = _Solver(layer.out_features, label_smoothing, class_weights, device)
     start = (layer.weight.detach().float(), layer.bias.detach().float())
     start = (start[0] * std, start[1] + start[0] @ mean)  # the layer, on scaled features
     scores = []
     for l2 in L2_GRID:
-        weight, bias, _ = solve(x[~held], y[~held], l2, start)
+        weight, bias, _ = solve(x[~held], y[~held], w[~held], l2, start)
         with torch.no_grad():
-            acc = ((x[held] @ weight.T + bias).argmax(1) == y[held]).float().mean().item()
+            acc = _accuracy(x[held] @ weight.T + bias, y[held], w[held])
         scores.append((l2, acc, weight, bias))
     # The strongest L2 within one held-out image of the best: smaller logits, which the
     # stages that fine-tune from this head start with.
     top = max(acc for _, acc, _, _ in scores)
     slack = 1 / max(1, int(held.sum()))
     l2, held_acc, *start = max((s for s in scores if s[1] >= top - slack), key=lambda s: s[0])
-    weight, bias, iterations = solve(x, y, l2, start)
+    weight, bias, iterations = solve(x, y, w, l2, start)
     with torch.no_grad():
         logits = x @ weight.T + bias
-        loss = functional.cross_entropy(logits, y).item()
-        acc = (logits.argmax(1) == y).float().mean().item()
+        loss = ((functional.cross_entropy(logits, y, reduction="none") * w).sum() / w.sum()).item()
+        acc = _accuracy(logits, y, w)
         layer.weight.copy_(weight / std)  # back to the features as they are
         layer.bias.copy_(bias - (weight / std) @ mean)
     seconds = time.perf_counter() - started
@@ -128,7 +131,10 @@ class _Solver:
         self.classes, self.smoothing = classes, smoothing
         self.weights = weights.to(device) if weights is not None else None
 
-    def __call__(self, x, y, l2: float, start):
+    def __call__(self, x, y, w, l2: float, start):
+        """Minimize the ``w``-weighted loss of ``(x, y)`` from ``start``: (weight, bias, steps)."""
+        # The mean reduction divides by the rows' class weights; each row counts ``w`` times.
+        scale = w / (w * (self.weights[y] if self.weights is not None else 1.0)).sum()
         weight = start[0].clone().requires_grad_(True)
         bias = start[1].clone().requires_grad_(True)
         optimizer = torch.optim.LBFGS(
@@ -138,9 +144,11 @@ class _Solver:
 
         def closure():
             optimizer.zero_grad()
-            loss = functional.cross_entropy(
-                x @ weight.T + bias, y, weight=self.weights, label_smoothing=self.smoothing
-            )
+            each = functional.cross_entropy(
+                x @ weight.T + bias, y, weight=self.weights, label_smoothing=self.smoothing,
+                reduction="none",
+            )  # fmt: skip
+            loss = (each * scale).sum()
             loss = loss + l2 / 2 * weight.pow(2).sum()
             loss.backward()
             return loss
@@ -149,6 +157,11 @@ class _Solver:
             optimizer.step(closure)
         iterations = optimizer.state[optimizer._params[0]].get("n_iter", 0)
         return weight.detach(), bias.detach(), iterations
+
+
+def _accuracy(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> float:
+    """The ``w``-weighted share of rows whose top logit is the label."""
+    return ((logits.argmax(1) == y).float() * w).sum().item() / w.sum().item()
 
 
 def _held_out(labels: torch.Tensor, seed: int) -> torch.Tensor:

@@ -121,7 +121,7 @@ class Settings:
         "(the optimizer, epoch by epoch).",
     )
     precision: Precision = setting(
-        "fp32", "Autocast precision; auto is bf16 where the CPU or GPU computes it natively."
+        "auto", "Autocast precision; auto is bf16 where the CPU or GPU computes it natively."
     )
     channels_last: bool | None = setting(
         None, "Channels-last memory layout.", shown="on for convnets"

@@ -39,7 +39,8 @@ class Source:
     (with the ``names`` that need images), ``no-cut`` (no cut replays exactly). When used,
     ``names`` are the augmentations the cache leaves out (``--cache-features on``), and a
     feature cache holds ``views`` augmented draws of every training image, drawn with the
-    random augmentations ``drawn``.
+    random augmentations ``drawn``; or, when ``exact``, every combination of their outcomes
+    once (:attr:`~tlplug.data.pipeline.Pipeline.outcomes`).
     """
 
     cache: Literal["features", "prefix"] | None = None
@@ -49,6 +50,7 @@ class Source:
     cut: str | None = None
     views: int = 0  # augmented views of each training image cached (0: the images as they are)
     drawn: tuple[str, ...] = ()  # the random augmentations the views are drawn with
+    exact: bool = False  # the views are every outcome of ``drawn``, not draws
 
 
 @attrs.frozen

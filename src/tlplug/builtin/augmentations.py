@@ -39,7 +39,14 @@ def tlplug_register_augmentations(register):
 # --- pixels: uint8 (3, S, S) images ---------------------------------------------------------
 
 
-@augmentation(phase="pixels", order=20)
+def flip_outcomes(img_size: int, *, p: float = 0.5):
+    """The two results of :func:`flip`: the image as it is, and mirrored."""
+    from torchvision.transforms.v2 import functional
+
+    return [(1 - p, None), (p, functional.horizontal_flip)]
+
+
+@augmentation(phase="pixels", order=20, outcomes=flip_outcomes)
 def flip(img_size: int, *, p: float = 0.5):
     """Horizontal flip with probability ``p``."""
     _check(0 <= p <= 1, "flip", "p", f"must be in [0, 1], got {p}")

@@ -109,7 +109,9 @@ def source_line(source) -> str:
         over = "the data"
         if source.views:
             drawn = ", ".join(source.drawn)
-            over = f"{source.views} augmented view{'s' * (source.views > 1)} ({drawn}) of the data"
+            kind = "every outcome of " if source.exact else ""
+            views = f"{source.views} augmented view{'s' * (source.views > 1)}"
+            over = f"{views} ({kind}{drawn}) of the data"
         return (
             f"feature cache on{without}: the backbone runs once over {over} and the head "
             "trains on its features"

@@ -9,6 +9,7 @@ sees exactly the batches an uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 import signal
@@ -175,6 +176,31 @@ def view_loader(train: DataLoader) -> DataLoader:
         pin_memory=train.pin_memory,
         worker_init_fn=_seed_worker,
     )
+
+
+class OutcomeLoader(DataLoader):
+    """Every training image once, in index order, through one of ``transforms`` (the
+    deterministic pipelines of :attr:`~tlplug.data.pipeline.Pipeline.outcomes`): the one
+    :meth:`choose` names last."""
+
+    def __init__(self, dataset: TransformedImages, transforms: list, **kwargs):
+        super().__init__(dataset, **kwargs)
+        self.transforms = transforms
+
+    def choose(self, outcome: int) -> None:
+        """Give the images through ``transforms[outcome]`` from the next pass on."""
+        self.dataset.transform = self.transforms[outcome]
+
+
+def outcome_loader(plain: DataLoader, transforms: list) -> OutcomeLoader:
+    """An :class:`OutcomeLoader` over the images of ``plain`` (the run's loader of the
+    training images in order) and with its settings."""
+    dataset = copy.copy(plain.dataset)  # its own transform; the decoded images shared
+    dataset.random = False
+    return OutcomeLoader(
+        dataset, transforms, batch_size=plain.batch_size, sampler=plain.sampler,
+        num_workers=plain.num_workers, pin_memory=plain.pin_memory, worker_init_fn=_seed_worker,
+    )  # fmt: skip
 
 
 def default_workers(device_type: str = "cuda") -> int:
