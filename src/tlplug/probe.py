@@ -5,14 +5,15 @@ While a stage trains only a linear head on cached features, the problem is conve
 small: full-batch L-BFGS solves it in seconds, where epochs of the optimizer at the run's
 learning rate stop wherever the epochs run out. The L2 strength is picked from
 :data:`L2_GRID` by accuracy on a fifth of the training images held out (stratified,
-seeded; every augmented view of an image on the same side), then the head is fit on all of
-them. The loss is the run's: cross-entropy with its label smoothing and class weights.
+seeded; every augmented view of an image on the same side; equal accuracies go to the lower
+held-out loss), then the head is fit on all of them, starting from the chosen one. The
+loss is the run's: cross-entropy with its label smoothing and class weights.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 import torch
@@ -102,26 +103,34 @@ def fit_probe(
     solve = _Solver(layer.out_features, label_smoothing, class_weights, device)
     start = (layer.weight.detach().float(), layer.bias.detach().float())
     start = (start[0] * std, start[1] + start[0] @ mean)  # the layer, on scaled features
-    scores = []
-    for l2 in L2_GRID:
-        weight, bias, _ = solve(x[~held], y[~held], w[~held], l2, start)
-        with torch.no_grad():
-            acc = _accuracy(x[held] @ weight.T + bias, y[held], w[held])
-        scores.append((l2, acc, weight, bias))
-    # The strongest L2 within one held-out image of the best: smaller logits, which the
-    # stages that fine-tune from this head start with.
-    top = max(acc for _, acc, _, _ in scores)
-    slack = 1 / max(1, int(held.sum()))
-    l2, held_acc, *start = max((s for s in scores if s[1] >= top - slack), key=lambda s: s[0])
-    weight, bias, iterations = solve(x, y, w, l2, start)
+    scores, warm = [], start
+    for l2 in sorted(L2_GRID, reverse=True):  # each from the stronger one's solution
+        weight, bias, _ = solve(x[~held], y[~held], w[~held], l2, warm)
+        warm = (weight, bias)
+        scores.append(Scored(l2, *_scores(x[held] @ weight.T + bias, y[held], w[held]), warm))
+    chosen = choose_l2(scores)
+    weight, bias, iterations = solve(x, y, w, chosen.l2, chosen.head)
     with torch.no_grad():
-        logits = x @ weight.T + bias
-        loss = ((functional.cross_entropy(logits, y, reduction="none") * w).sum() / w.sum()).item()
-        acc = _accuracy(logits, y, w)
+        loss, acc = _scores(x @ weight.T + bias, y, w)
         layer.weight.copy_(weight / std)  # back to the features as they are
         layer.bias.copy_(bias - (weight / std) @ mean)
     seconds = time.perf_counter() - started
-    return ProbeFit(l2, held_acc, loss, acc, len(features.labels), iterations, seconds)
+    return ProbeFit(chosen.l2, chosen.acc, loss, acc, count, iterations, seconds)
+
+
+class Scored(NamedTuple):
+    """A head fit with L2 strength ``l2`` without the held-out images, and its held-out
+    loss and accuracy."""
+
+    l2: float
+    loss: float
+    acc: float
+    head: tuple[torch.Tensor, torch.Tensor]  # weight and bias, on the scaled features
+
+
+def choose_l2(scores: list[Scored]) -> Scored:
+    """The best held-out accuracy; of equal ones, the lowest held-out loss."""
+    return max(scores, key=lambda s: (s.acc, -s.loss))
 
 
 class _Solver:
@@ -159,9 +168,12 @@ class _Solver:
         return weight.detach(), bias.detach(), iterations
 
 
-def _accuracy(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> float:
-    """The ``w``-weighted share of rows whose top logit is the label."""
-    return ((logits.argmax(1) == y).float() * w).sum().item() / w.sum().item()
+def _scores(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple[float, float]:
+    """The ``w``-weighted mean cross-entropy and accuracy of ``logits`` for labels ``y``."""
+    with torch.no_grad():
+        loss = (functional.cross_entropy(logits, y, reduction="none") * w).sum() / w.sum()
+        acc = ((logits.argmax(1) == y).float() * w).sum() / w.sum()
+    return loss.item(), acc.item()
 
 
 def _held_out(labels: torch.Tensor, seed: int) -> torch.Tensor:

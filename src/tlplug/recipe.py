@@ -112,7 +112,9 @@ class Settings:
     )
     cache_views: int | None = setting(
         None, "Augmented views of each image the feature cache holds.",
-        shown="4 for a converged probe, else one per epoch of the stage, at most 4", metavar="K",
+        shown="a converged probe: every outcome of the augmentations if they list them, "
+        "else 4; else one per epoch of the stage, at most 4",
+        metavar="K",
     )  # fmt: skip
     probe: Probe = setting(
         "converge",
