@@ -78,8 +78,7 @@ def test_weighted_views_fit_as_the_views_repeated_in_proportion():
     """Views with probabilities (every outcome of an augmentation, cached once) fit the
     head that equally likely views, each repeated in proportion, fit."""
     drawn, classes = _problem(views=2)
-    weighted = Features(drawn.values, drawn.labels, views=2)
-    weighted.weights = torch.tensor([0.25, 0.75])
+    weighted = Features(drawn.values, drawn.labels, views=2, weights=torch.tensor([0.25, 0.75]))
     first, second = drawn.values
     repeated = Features(torch.stack([first, second, second, second]), drawn.labels, views=4)
     layers = [nn.Linear(drawn.values.shape[-1], classes) for _ in range(3)]

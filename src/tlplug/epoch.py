@@ -85,7 +85,7 @@ def converge(run: Run, feed: Feed, steps: int) -> EpochStats:
     run.lr_scheduler.skip(steps)
     if feed.converged:
         return EpochStats(*feed.converged, images=0, seconds=0.0)
-    fit = fit_run_probe(run, feed.features)
+    fit = fit_run_probe(run, feed.features, final=run.stage == len(run.plan) - 1)
     if run.ema is not None:
         run.ema.follow(run.model, start=True)  # the fit head is its own average
     feed.converged, feed.starting["probe"] = (fit.loss, fit.acc), fit.to_json()

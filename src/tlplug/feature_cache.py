@@ -40,10 +40,10 @@ class Features:
         file: Path | None = None,
         views: int = 1,
         first_epoch: int = 0,
+        weights: torch.Tensor | None = None,
     ):
         self.values, self.labels, self.file = values, labels, file
-        self.views, self.first_epoch = views, first_epoch
-        self.weights: torch.Tensor | None = None
+        self.views, self.first_epoch, self.weights = views, first_epoch, weights
 
     def view(self, epoch: int) -> torch.Tensor:
         """The features an epoch trains on: with several views ``(K, N, ...)``, the view

@@ -166,7 +166,7 @@ def _reach(run: Run, wanted: int | None, stages: contextlib.ExitStack):
             if feed.features is None:  # the head takes optimizer steps
                 notes.append(skipped)
                 continue
-            fit_run_probe(run, feed.features)
+            fit_run_probe(run, feed.features, final=False)  # a later stage starts from it
     return None
 
 
