@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn import functional
 
 from tlplug.feature_cache import Features
-from tlplug.probe import fit_probe
+from tlplug.probe import Scored, choose_l2, fit_probe
 
 
 def _problem(views: int = 2, images: int = 60, dim: int = 12, classes: int = 3):
@@ -92,3 +92,16 @@ def test_weighted_views_fit_as_the_views_repeated_in_proportion():
     torch.testing.assert_close(layers[0].weight, layers[1].weight, rtol=1e-3, atol=1e-3)
     fit_probe(layers[2], drawn, seed=0)  # the same views equally likely: another head
     assert not torch.allclose(layers[0].weight, layers[2].weight, rtol=1e-3, atol=1e-3)
+
+
+def test_a_final_probe_takes_the_best_l2_and_a_starting_one_the_strongest_close_to_it():
+    head = (torch.zeros(1), torch.zeros(1))
+    scores = [
+        Scored(1e-1, loss=0.30, acc=0.90, head=head),  # one held-out image (of 10) below
+        Scored(1e-2, loss=0.20, acc=1.00, head=head),
+        Scored(1e-3, loss=0.10, acc=1.00, head=head),  # as accurate, lower loss
+        Scored(1e-4, loss=0.40, acc=0.80, head=head),
+    ]
+    assert choose_l2(scores, held=10, final=True).l2 == 1e-3
+    assert choose_l2(scores, held=10, final=False).l2 == 1e-1
+    assert choose_l2(scores, held=20, final=False).l2 == 1e-2  # now two images below
