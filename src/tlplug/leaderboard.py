@@ -79,7 +79,7 @@ def _cell(value: Any) -> Any:
 
 def tie_warning(entries: list[dict], held_out: int) -> str | None:
     """A warning when the winner ties on held-out accuracy with other candidates of its
-    rung: the held-out loss decided, and on few images that says little."""
+    rung: the search's order decided, and on few images the tie says little."""
     top = entries[0]
     mark = (top["epochs"], top["best_val_acc"])
     tied = [
@@ -91,7 +91,7 @@ def tie_warning(entries: list[dict], held_out: int) -> str | None:
         return None
     return (
         f"warning: {len(tied)} candidates tie at held-out accuracy {top['best_val_acc']:.4f} "
-        f"on {held_out} images ({', '.join(tied)}); the lowest held-out loss chose "
-        f"{top['schedule']}. With so few images the search cannot rank them: try the tied "
-        "schedules on your validation split"
+        f"on {held_out} images ({', '.join(tied)}); the search's order (the strongest usual "
+        f"choices first) chose {top['schedule']}. With so few images the search cannot rank "
+        "them: try the tied schedules on your validation split"
     )
