@@ -174,3 +174,15 @@ def test_a_converged_probe_caches_every_outcome_of_a_flip_once(image_folder, tmp
     drawn = Engine.from_plugins(entrypoints=False, **(probe | {"augment": ("flip", "crop")}))
     drawn.fit(image_folder, out=tmp_path / "drawn")  # a crop lists no outcomes: drawn views
     assert "over 4 augmented views (crop, flip)" in capsys.readouterr().out
+
+
+def test_outcome_views_reach_loader_worker_processes(image_folder, tmp_path):
+    """Each outcome pass starts fresh workers with the chosen outcome's transform: two
+    worker processes cache the very features the training process does."""
+    probe = PROBE | {"probe": "converge", "epochs": 1, "augment": ("flip",)}
+    for workers in (0, 2):
+        Engine.from_plugins(entrypoints=False, **(probe | {"workers": workers})).fit(
+            image_folder, out=tmp_path / str(workers), quiet=True
+        )
+    alone, workers = head_of(tmp_path / "0"), head_of(tmp_path / "2")
+    assert all(torch.equal(alone[key], workers[key]) for key in alone)
