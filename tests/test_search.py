@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from conftest import TINY, tlplug
 from tlplug import Engine
+from tlplug.candidates import FEW_SHOT, FEW_SHOT_PRIORITY, PRIORITY, searchable
 from tlplug.errors import OptionError
 from tlplug.halving import Plan, parse_budget, plan_rungs, successive_halving
 from tlplug.leaderboard import tie_warning
+from tlplug.plugins import PluginHost
 from tlplug.search import search_and_fit
 
 # Candidate -> (score after many epochs, how much it lacks after one): score = final - lag/e.
@@ -87,10 +90,10 @@ def test_a_tie_at_the_top_is_reported_with_the_held_out_size():
 
     tied = [entry("gradual", 1.0), entry("lp-ft", 1.0), entry("full", 1.0, epochs=3),
             entry("bitfit", None, error="boom"), entry("full", 0.9)]  # fmt: skip
-    warning = tie_warning(tied, 12)
+    warning = tie_warning(tied, 12, "the strongest usual choices first")
     assert "2 candidates tie at held-out accuracy 1.0000 on 12 images (gradual, lp-ft)" in warning
-    assert "chose gradual" in warning
-    assert tie_warning([entry("gradual", 1.0), entry("lp-ft", 0.9)], 12) is None
+    assert "order (the strongest usual choices first) chose gradual" in warning
+    assert tie_warning([entry("gradual", 1.0), entry("lp-ft", 0.9)], 12, "any") is None
 
 
 def test_plan_prefers_full_length_and_halving_runs_it():
@@ -146,7 +149,7 @@ def test_search_trains_the_winner_on_the_real_split(image_folder, tmp_path, caps
              "--probe", "epochs"]  # fmt: skip
     code, printed, err = tlplug(
         capsys, "search", "--data", image_folder, "--out", out, "--budget", "2x",
-        "--schedules", "full,linear-probe", *flags,
+        "--folds", "1", "--schedules", "full,linear-probe", *flags,
     )  # fmt: skip
     assert code == 0, err
     assert "search: 2 candidates; rung 1: 2 x 1 epoch" in printed
@@ -179,10 +182,24 @@ def test_a_time_budget_times_a_candidate_first_and_keeps_its_result(image_folder
                    schedules=["linear-probe"], out=tmp_path / "run")  # fmt: skip
     printed = capsys.readouterr().out
     assert "timing: linear-probe lr 0.001 for 1 epoch(s) took" in printed
-    entries = json.loads((tmp_path / "run" / "leaderboard.json").read_text())
+    run = tmp_path / "run"
+    entries = json.loads((run / "leaderboard.json").read_text())
     assert len(entries) == 3  # 3 LRs (no LR decay: the backbone never trains); an hour buys all
-    assert len(list((tmp_path / "run" / "search" / "metrics").glob("*.jsonl"))) == 3
     assert printed.count("rung 1/1: linear-probe lr 0.001, 1 epoch:") == 1  # timed run counts
+    # 36 training images: a fifth is 7, too few to rank on, so 5 folds score every image once.
+    assert "5-fold cross-validation on 36 training images" in printed
+    assert "scored on the 36 images its folds hold out (8/7/7/7/7)" in printed
+    assert len(list((run / "search" / "metrics").glob("*-fold[1-5].jsonl"))) == 3 * 5
+    held = list(csv.DictReader((run / "search" / "holdout.csv").open()))
+    assert len({r["path"] for r in held}) == len(held) == 36  # each training image once
+    assert Counter(r["split"] for r in held) == {"fold1": 8, "fold2": 7, "fold3": 7, "fold4": 7,
+                                                 "fold5": 7}  # fmt: skip
+    for entry in entries:  # the score: each fold's accuracy weighted by its held-out images
+        folds = entry["rungs"][0]["folds"]
+        pooled = sum(f["best_val_acc"] * n for f, n in zip(folds, (8, 7, 7, 7, 7), strict=True))
+        assert entry["best_val_acc"] == pytest.approx(pooled / 36)
+    config = json.loads((run / "config.json").read_text())
+    assert config["search"]["folds"] == 5 and config["search"]["budget"] == "1h"
 
 
 def test_schedule_auto_searches_then_trains(monkeypatch, tmp_path):
@@ -206,3 +223,11 @@ def test_auto_is_no_registered_schedule(capsys):
     assert code == 0 and "auto" not in out.split()
     code, out, _ = tlplug(capsys, "run", "--help")
     assert "auto searches them" in out
+
+
+def test_few_images_a_class_put_the_schedules_that_change_the_weights_least_first():
+    host = PluginHost(entrypoints=False)
+    assert tuple(searchable(host, None, per_class=60)[:5]) == PRIORITY
+    assert tuple(searchable(host, None, per_class=12)[:5]) == FEW_SHOT_PRIORITY
+    assert searchable(host, None, per_class=FEW_SHOT) == searchable(host)
+    assert searchable(host, ["full", "lp-ft"], per_class=12) == ["full", "lp-ft"]  # as named

@@ -21,8 +21,13 @@ EVAL_SHARE = 1 / 3  # an image validated costs about a third of one trained
 # An epoch that trains only the head, in full epochs: the first of a stage computes the
 # cached features (a forward pass, no backward), the others train on them.
 HEAD_FIRST, HEAD_MORE = 0.35, 0.02
-# Tried first when the budget takes only some: the strongest usual choices, then the rest.
+# Tried first when the budget takes only some, and first among equal scores: the strongest
+# usual choices, then the rest. With fewer than FEW_SHOT training images in the median
+# class, FEW_SHOT_PRIORITY: the less a schedule changes the pretrained weights, the more it
+# is to be trusted there (bench/quality.py at 12 images a class: full 0.625, lp-ft 0.795).
 PRIORITY = ("full", "freeze-unfreeze", "gradual", "lp-ft", "linear-probe")
+FEW_SHOT_PRIORITY = ("lp-ft", "linear-probe", "gradual", "freeze-unfreeze", "full")
+FEW_SHOT = 25
 GROUPS = ("stem", "layer1", "layer2", "layer3", "layer4", "head")  # a typical backbone
 
 
@@ -52,12 +57,17 @@ class Candidate:
         return attrs.asdict(self)
 
 
-def searchable(plugins: PluginHost, names: Sequence[str] | None = None) -> list[str]:
-    """The schedules a search tries: ``names``, or every registered one that runs without
-    options (:data:`PRIORITY` first); a named one must run without options too."""
+def searchable(
+    plugins: PluginHost, names: Sequence[str] | None = None, per_class: float | None = None
+) -> list[str]:
+    """The schedules a search tries, in its order: ``names``, or every registered one that
+    runs without options, :data:`PRIORITY` first (:data:`FEW_SHOT_PRIORITY` when the median
+    class has ``per_class`` < :data:`FEW_SHOT` training images); a named one must run
+    without options too."""
     registry = plugins.registry("schedules")
     if not names:
-        first = (*PRIORITY, plugins.kinds["schedules"].default)
+        few = per_class is not None and per_class < FEW_SHOT
+        first = (*(FEW_SHOT_PRIORITY if few else PRIORITY), plugins.kinds["schedules"].default)
         found = [n for n in registry.names() if not _required(plugins, n)]
         return sorted(found, key=lambda name: first.index(name) if name in first else 99)
     for name in names:

@@ -51,12 +51,13 @@ def write_leaderboard(folder: Path, entries: list[dict]) -> None:
     rundir.write_atomic(folder / CSV, lambda out: csv.writer(out).writerows([COLUMNS, *rows]))
 
 
-def table(entries: list[dict]) -> list[str]:
-    """The leaderboard as lines of a table, winner first."""
+def table(entries: list[dict], scored: str = "held-out") -> list[str]:
+    """The leaderboard as lines of a table, winner first; ``scored`` says on what the
+    accuracy was measured (``held-out``, ``5-fold``)."""
     deepest = max((e["rungs_reached"] for e in entries), default=0)
     width = max([len("schedule"), *(len(e["schedule"]) for e in entries)])
     lines = [
-        "leaderboard (held-out accuracy of each candidate's last rung):",
+        f"leaderboard ({scored} accuracy of each candidate's last rung):",
         f"  {'rank':>4}  {'schedule':<{width}}  {'lr':>8}  {'lr decay':>8}  {'rung':>5}  "
         f"{'epochs':>6}  {'acc':>6}  {'loss':>7}  {'seconds':>7}",
     ]
@@ -77,9 +78,10 @@ def _cell(value: Any) -> Any:
     return "" if value is None else value
 
 
-def tie_warning(entries: list[dict], held_out: int) -> str | None:
+def tie_warning(entries: list[dict], held_out: int, order: str) -> str | None:
     """A warning when the winner ties on held-out accuracy with other candidates of its
-    rung: the search's order decided, and on few images the tie says little."""
+    rung: the search's ``order`` (what comes first) decided, and on few images the tie
+    says little."""
     top = entries[0]
     mark = (top["epochs"], top["best_val_acc"])
     tied = [
@@ -91,7 +93,7 @@ def tie_warning(entries: list[dict], held_out: int) -> str | None:
         return None
     return (
         f"warning: {len(tied)} candidates tie at held-out accuracy {top['best_val_acc']:.4f} "
-        f"on {held_out} images ({', '.join(tied)}); the search's order (the strongest usual "
-        f"choices first) chose {top['schedule']}. With so few images the search cannot rank "
-        "them: try the tied schedules on your validation split"
+        f"on {held_out} images ({', '.join(tied)}); the search's order ({order}) chose "
+        f"{top['schedule']}. With so few images the search cannot rank them: try the tied "
+        "schedules on your validation split"
     )

@@ -5,11 +5,12 @@ held-out training images (the leading ones at full length, the rest by successiv
 The candidates (:mod:`tlplug.candidates`) train as ordinary runs of the engine, so their
 head stages use the feature cache and their partly frozen stages the prefix replay. They
 train on a CSV manifest of the run's *training* images with a seeded, stratified fifth of
-each class marked ``val``: the run's own validation images never choose. Each rung's run
+each class marked ``val``, or, on few images, once per fold of a cross-validation
+(:mod:`tlplug.holdout`): the run's own validation images never choose. Each rung's run
 is complete for its length (the freeze plan and LR schedule are made for it); of each only
 its metrics are kept. The winner then trains with the whole recipe on the original data
-into the run directory, beside ``leaderboard.json``/``.csv`` and ``search/`` (the held-out
-manifest and the candidates' metrics). Its config.json names the winning schedule, so
+into the run directory, beside ``leaderboard.json``/``.csv`` and ``search/`` (which image
+each fold held out and the candidates' metrics). Its config.json names the winning schedule, so
 ``--config RUN/config.json`` repeats it without searching.
 """
 
@@ -19,19 +20,19 @@ import csv
 import gc
 import os
 import shutil
+import statistics
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tlplug import rundir
-from tlplug.candidates import HOLD_OUT, Candidate, candidates, cost, searchable
+from tlplug.candidates import FEW_SHOT, Candidate, candidates, cost, searchable
 from tlplug.console import Console
 from tlplug.data import load_data
-from tlplug.data.folders import stratified_split
-from tlplug.data.sources import DecodeError, Splits
-from tlplug.errors import DataError, OptionError, TlplugError, one_line
+from tlplug.errors import OptionError, TlplugError, one_line
 from tlplug.halving import (
     BUDGET_HELP,
     MIN_EPOCHS,
@@ -40,11 +41,13 @@ from tlplug.halving import (
     plan_rungs,
     successive_halving,
 )
+from tlplug.holdout import AUTO, choose_folds, write_folds
 from tlplug.leaderboard import JSON, leaderboard, table, tie_warning, write_leaderboard
 from tlplug.plugins import PluginHost
 
-DEFAULT_BUDGET = "3x"
-MANIFEST = "holdout.csv"  # the search's split of the training images
+DEFAULT_BUDGET = AUTO  # 3 full runs a fold
+RUNS_PER_FOLD = 3.0
+MANIFEST = "holdout.csv"  # in the run directory: which training image each fold held out
 SEARCH_DIR = "search"  # in the run directory: the manifest and the candidates' metrics
 
 
@@ -55,6 +58,7 @@ def search_and_fit(
     data: str | os.PathLike | None = None,
     *,
     budget: str = DEFAULT_BUDGET,
+    folds: int | str = AUTO,
     eta: int = 3,
     schedules: Sequence[str] | None = None,
     out: str | os.PathLike | None = None,
@@ -63,26 +67,39 @@ def search_and_fit(
     command: list[str] | None = None,
 ) -> Any:
     """Search ``recipe``'s schedule, LR and LR decay within ``budget`` on ``data``'s
-    training images, then train the winner into ``out``; return its FitResult.
-    ``engine_type`` is :class:`tlplug.Engine` (passed in: the engine calls this)."""
-    limit = parse_budget(budget)
+    training images (scored on ``folds`` held-out folds), then train the winner into
+    ``out``; return its FitResult. ``engine_type`` is :class:`tlplug.Engine` (passed in:
+    the engine calls this). The ``auto`` budget is 3 full runs a fold."""
+    choose_folds(folds, 0)  # a bad --folds or --budget fails before the data loads
+    limit = None if str(budget).strip().lower() == AUTO else parse_budget(budget)
     if eta < 2:
         raise OptionError(f"--eta must be at least 2, not {eta}")
     out = Path(out) if out is not None else rundir.default_run_dir(recipe.backbone)
     rundir.check_run_dir(out, overwrite)
-    names = searchable(plugins, schedules)
-    tried = candidates(plugins, recipe, names)
+    tried = candidates(plugins, recipe, searchable(plugins, schedules))
     if len(tried) < 2:
         raise OptionError(f"nothing to search: {len(tried)} candidate; name more --schedules")
     console = Console(quiet)
     splits = load_data(plugins, data, recipe)
+    per_class = statistics.median(Counter(splits.train.labels).values() or [0])
+    names = searchable(plugins, schedules, per_class)  # their order depends on the data
+    tried = candidates(plugins, recipe, names)
+    order = "the strongest usual choices first"
+    if not schedules and per_class < FEW_SHOT:
+        order = (
+            f"with {per_class:g} training images a class, the schedules that change the "
+            "pretrained weights least first"
+        )
+        console.say(f"search order: {order} ({', '.join(names)})")
+    folds = choose_folds(folds, len(splits.train))
+    if limit is None:
+        limit = parse_budget(f"{RUNS_PER_FOLD * folds:g}x")
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.search-", dir=out.parent))
     try:
-        holdout = write_holdout(splits, work, recipe.seed)
-        counts = tuple(sum(row[2] == split for row in holdout[1:]) for split in ("train", "val"))
+        manifests, holdout = write_folds(splits, work, folds, recipe.seed)
         trials = Trials(engine_type, plugins, recipe, work, recipe.img_size or splits.img_size,
-                        counts)  # fmt: skip
+                        manifests)  # fmt: skip
         board, plan = _halve(trials, tried, names, limit, eta, console)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -92,7 +109,7 @@ def search_and_fit(
         shutil.rmtree(work, ignore_errors=True)
         raise TlplugError(f"no candidate trained: {entries[0]['schedule']}: {entries[0]['error']}")
     rundir.write_json(work / JSON, entries)
-    for line in [*table(entries), tie_warning(entries, trials.counts[1])]:
+    for line in [*table(entries, trials.scored()), tie_warning(entries, sum(trials.held), order)]:
         if line:
             console.say(line)
     winner = board[0].candidate
@@ -105,7 +122,7 @@ def search_and_fit(
         raise
     note = {
         "searched": "schedule, lr, lr_decay", "winner": winner.to_json(), "budget": limit.text,
-        "eta": eta, "plan": plan.describe(), "leaderboard": JSON,
+        "folds": folds, "eta": eta, "plan": plan.describe(), "leaderboard": JSON,
         "held_out": f"{SEARCH_DIR}/{MANIFEST}", "seconds": round(trials.seconds, 2),
     }  # fmt: skip
     _finish(out, work, entries, holdout, note)
@@ -119,7 +136,7 @@ def _halve(trials: Trials, tried: list[Candidate], names: list[str], limit, eta:
     full = trials.recipe.epochs
 
     def price(index: int, epochs: int) -> float:
-        return cost(trials.plugins, tried[index].schedule, epochs, full)
+        return cost(trials.plugins, tried[index].schedule, epochs, full) * len(trials.folds)
 
     runs, shortest = limit.runs, min(MIN_EPOCHS, full)
     if runs is None:  # seconds: time the costliest first-LR candidate in a first-rung run
@@ -136,17 +153,20 @@ def _halve(trials: Trials, tried: list[Candidate], names: list[str], limit, eta:
     plan = plan_rungs(len(tried), full, runs, price, eta, cover=len(names))
     if plan is None:
         least = price(0, shortest) + price(1, shortest)
+        folds = len(trials.folds)
+        each = f" ({folds} folds each)" if folds > 1 else ""
+        fewer = ", or --folds 1" if folds > 1 else ""
         raise OptionError(
             f"--budget {limit.text} is too small: two candidates for {shortest} epoch(s) cost "
-            f"about {least:.2f} full runs; give more ({BUDGET_HELP})"
+            f"about {least:.2f} full runs{each}; give more ({BUDGET_HELP}){fewer}"
         )
     console.say(f"search: {plan.describe()} (budget {limit.text}, eta {eta})")
-    console.say(f"  on {trials.counts[0]} training images; {trials.counts[1]} held out to score")
+    console.say(f"  {trials.describe()}")
 
     def report(rung: int, entry: Entry) -> None:
         found = trials.results[entry.candidate, entry.last.epochs]
         what = f"error: {found['error']}" if found["error"] else (
-            f"held-out acc {found['best_val_acc']:.4f}")  # fmt: skip
+            f"{trials.scored()} acc {found['best_val_acc']:.4f}")  # fmt: skip
         console.say(
             f"rung {rung + 1}/{len(plan.epochs)}: {entry.candidate.label()}, "
             f"{entry.last.epochs} epoch{'s' if entry.last.epochs > 1 else ''}: {what} "
@@ -160,19 +180,38 @@ def _halve(trials: Trials, tried: list[Candidate], names: list[str], limit, eta:
 
 
 class Trials:
-    """Scores candidates: one complete run each on the held-out split, once per length."""
+    """Scores candidates: one complete run each per fold of the training images, once per
+    length; a candidate's score is its held-out accuracy over every fold's images."""
 
     def __init__(self, engine_type: Any, plugins: PluginHost, recipe: Any, work: Path,
-                 img_size: int | None, counts: tuple[int, int]):  # fmt: skip
+                 img_size: int | None, folds: list[Path]):  # fmt: skip
         self.engine_type, self.plugins, self.recipe, self.work = engine_type, plugins, recipe, work
         self.img_size = img_size
-        self.manifest = work / MANIFEST
+        self.folds = folds  # a manifest per fold: its held-out images are "val"
         self.results: dict[tuple[Candidate, int], dict[str, Any]] = {}
         self.seconds = 0.0
-        self.counts = counts  # (training, held-out) images in the manifest
+        self.held = [_count(fold, "val") for fold in folds]
+        self.images = _count(folds[0], "train") + self.held[0]
+
+    def scored(self) -> str:
+        """What a score is: ``held-out`` or ``5-fold``."""
+        return "held-out" if len(self.folds) == 1 else f"{len(self.folds)}-fold"
+
+    def describe(self) -> str:
+        """Which images train and which score, in one line."""
+        if len(self.folds) == 1:
+            trained = self.images - self.held[0]
+            return f"on {trained} training images; {self.held[0]} held out to score"
+        return (
+            f"{len(self.folds)}-fold cross-validation on {self.images} training images: "
+            f"each candidate trains once per fold, scored on the {sum(self.held)} images its "
+            f"folds hold out ({'/'.join(map(str, self.held))}); a held-out fifth would be "
+            "too few to rank them (--folds 1 to score on one)"
+        )
 
     def score(self, candidate: Candidate, epochs: int) -> float:
-        """Held-out accuracy of ``candidate`` trained for ``epochs`` epochs (-1: it failed).
+        """Held-out accuracy of ``candidate`` trained for ``epochs`` epochs, over every
+        fold's held-out images (-1: it failed).
 
         Equal accuracies go to the earlier candidate (the strongest usual choices come
         first), not to the lower held-out loss: a schedule that starts from a converged,
@@ -180,22 +219,49 @@ class Trials:
         photo-id, ``freeze-unfreeze``'s loss was 3 to 7 times lower than ``full``'s on
         folds where both scored 100%, and ``full`` was the more accurate on the third."""
         if (candidate, epochs) not in self.results:
-            self.results[candidate, epochs] = self._train(candidate, epochs)
+            runs = []
+            for fold, manifest in enumerate(self.folds, start=1):
+                runs.append(self._train(candidate, epochs, manifest, fold))
+                if runs[-1]["error"]:
+                    break
+            self.results[candidate, epochs] = self._pool(runs)
         found = self.results[candidate, epochs]
         return -1.0 if found["error"] else found["best_val_acc"]
 
-    def _train(self, candidate: Candidate, epochs: int) -> dict[str, Any]:
+    def _pool(self, runs: list[dict[str, Any]]) -> dict[str, Any]:
+        """One result from the folds' runs: accuracy and loss weighted by held-out images."""
+        seconds = round(sum(run["seconds"] for run in runs), 2)
+        if len(runs) == 1 or runs[-1]["error"]:
+            return {**runs[-1], "seconds": seconds}
+
+        def mean(key: str) -> float | None:
+            values = [run[key] for run in runs]
+            if None in values:
+                return None
+            return sum(v * n for v, n in zip(values, self.held, strict=True)) / sum(self.held)
+
+        return {
+            "best_val_acc": mean("best_val_acc"),
+            "val_loss": mean("val_loss"),
+            "error": None,
+            "seconds": seconds,
+            "folds": [{k: r[k] for k in ("best_val_acc", "val_loss", "seconds")} for r in runs],
+        }
+
+    def _train(self, candidate: Candidate, epochs: int, manifest: Path,
+               fold: int) -> dict[str, Any]:  # fmt: skip
         recipe = candidate.recipe(
             self.recipe, epochs=epochs, plots=False, keep_state=False, val_split=None,
             data_opts={}, img_size=self.img_size, logger=(), logger_opts={},
         )  # fmt: skip
         out = self.work / "run"
-        name = f"{candidate.label().replace(' ', '-')}-e{epochs}.jsonl"
+        name = f"{candidate.label().replace(' ', '-')}-e{epochs}"
+        name += f"-fold{fold}.jsonl" if len(self.folds) > 1 else ".jsonl"
         started = time.perf_counter()
         found: dict[str, Any] = {"best_val_acc": None, "val_loss": None, "error": None}
         try:
             engine = self.engine_type(self.plugins, recipe)
-            fit = engine.fit(self.manifest, out=out, overwrite=True, quiet=True)
+            fit = engine.fit(manifest, out=out, overwrite=True, quiet=True)
             best = [r for r in fit.history if r["epoch"] == fit.best_epoch] or fit.history[-1:]
             found |= {"best_val_acc": fit.best_val_acc, "val_loss": best[0].get("val_loss")}
             (self.work / "metrics").mkdir(exist_ok=True)
@@ -210,36 +276,9 @@ class Trials:
         return found
 
 
-def write_holdout(splits: Splits, folder: Path, seed: int) -> list[list[str]]:
-    """Write ``folder/holdout.csv``: every training image of ``splits`` as a
-    ``path,label,split`` row, a seeded, stratified :data:`HOLD_OUT` of each class as
-    ``val``. Images of a source without files are saved as PNGs beside it. Return the
-    rows as the run directory keeps them (``#INDEX`` for an image that has no file)."""
-    train, classes = splits.train, splits.classes
-    by_class: dict[str, list[int]] = {name: [] for name in classes}
-    for index, label in enumerate(train.labels):
-        by_class[classes[label]].append(index)
-    kept, held = stratified_split(by_class, classes, HOLD_OUT, seed)
-    if not held:
-        raise DataError(f"{len(train)} training images are too few to hold out a search split")
-    paths = getattr(train, "paths", None)
-    rows, record = [], []
-    for split, pairs in (("train", kept), ("val", held)):
-        for index, label in pairs:
-            if paths is not None:
-                path = str(Path(paths[index]).resolve())
-            else:
-                path = f"images/{index}.png"
-                try:
-                    (folder / "images").mkdir(exist_ok=True)
-                    train.load(index).save(folder / path)
-                except DecodeError:
-                    continue
-            rows.append([path, classes[label], split])
-            record.append([path if paths is not None else f"#{index}", classes[label], split])
-    with open(folder / MANIFEST, "w", newline="", encoding="utf-8") as handle:
-        csv.writer(handle).writerows([["path", "label", "split"], *rows])
-    return [["path", "label", "split"], *record]
+def _count(manifest: Path, split: str) -> int:
+    with open(manifest, newline="", encoding="utf-8") as handle:
+        return sum(row["split"] == split for row in csv.DictReader(handle))
 
 
 def _finish(out: Path, work: Path, entries: list[dict], holdout: list[list[str]],

@@ -24,10 +24,19 @@ SEARCH_KINDS = [kind for kind in RUN_KINDS if kind.key != "schedules"]
 )
 @click.option(
     "--budget",
-    default="3x",
+    default="auto",
     show_default=True,
     help=f"What the search may spend, in {BUDGET_HELP}; a full run is --epochs epochs on "
-    "all the training images. The winner's final run comes on top.",
+    "all the training images. auto: 3x a fold. The winner's final run comes on top.",
+)
+@click.option(
+    "--folds",
+    default="auto",
+    show_default=True,
+    metavar="N|auto",
+    help="Score candidates on N folds of the training images, each holding out a different "
+    "fifth (5: cross-validation, every image scored once). auto: 5 when a fifth is under "
+    "40 images, else 1.",
 )
 @click.option(
     "--schedules",
@@ -50,20 +59,25 @@ SEARCH_KINDS = [kind for kind in RUN_KINDS if kind.key != "schedules"]
 )
 @click.option("--overwrite", is_flag=True, help="Replace the run in a non-empty --out.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing while searching and training.")
-def search(data, config_file, budget, schedules, eta, out, overwrite, quiet, **options) -> None:
+def search(data, config_file, budget, folds, schedules, eta, out, overwrite, quiet,
+           **options) -> None:  # fmt: skip
     """Search freeze schedules, learning rates and LR decay, then train the winner.
 
     Candidates train on the training images with a fifth of them held out to score them
-    (the validation images never choose): the leading schedules for the full --epochs,
+    (the validation images never choose; on few images, once per fold of a 5-fold
+    cross-validation): the leading schedules for the full --epochs,
     the other candidates by successive halving (short runs, the best third longer) as
     the budget allows. The winner then trains on DATA as 'tlplug run' would. Writes
     leaderboard.json and leaderboard.csv into the run directory; its config.json repeats
     the winner."""
     from tlplug.engine import Engine
     from tlplug.halving import parse_budget
+    from tlplug.holdout import AUTO, choose_folds
     from tlplug.search import search_and_fit
 
-    parse_budget(budget)  # a bad budget fails before plugins or data load
+    if budget.strip().lower() != AUTO:
+        parse_budget(budget)  # a bad budget fails before plugins or data load
+    choose_folds(folds, 0)
     host = current_host()
     recipe, data = recipe_and_data(
         options, host, data, config_file, ignore=("schedule", "schedule_opts")
@@ -72,7 +86,7 @@ def search(data, config_file, budget, schedules, eta, out, overwrite, quiet, **o
     names = [n.strip() for n in schedules.split(",") if n.strip()] if schedules else None
     command = click.get_current_context().find_root().obj["command"]
     search_and_fit(
-        Engine, host, engine.recipe, data, budget=budget, eta=eta, schedules=names,
+        Engine, host, engine.recipe, data, budget=budget, folds=folds, eta=eta, schedules=names,
         out=out, overwrite=overwrite, quiet=quiet, command=command,
     )  # fmt: skip
 
