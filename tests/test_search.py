@@ -140,6 +140,9 @@ def test_cli_bad_budget_is_one_line(capsys):
     code, out, err = tlplug(capsys, "search", "--budget", "lots")
     assert code != 0 and not out
     assert err.count("\n") == 1 and "--budget 'lots' is not a budget" in err
+    code, out, err = tlplug(capsys, "search", "--folds", "many")
+    assert code != 0 and not out
+    assert err.count("\n") == 1 and "--folds 'many' is not a number of folds" in err
 
 
 def test_search_trains_the_winner_on_the_real_split(image_folder, tmp_path, capsys):

@@ -9,9 +9,9 @@ each class marked ``val``, or, on few images, once per fold of a cross-validatio
 (:mod:`tlplug.holdout`): the run's own validation images never choose. Each rung's run
 is complete for its length (the freeze plan and LR schedule are made for it); of each only
 its metrics are kept. The winner then trains with the whole recipe on the original data
-into the run directory, beside ``leaderboard.json``/``.csv`` and ``search/`` (which image
-each fold held out and the candidates' metrics). Its config.json names the winning schedule, so
-``--config RUN/config.json`` repeats it without searching.
+into the run directory, beside ``leaderboard.json``/``.csv`` and ``search/`` (which
+training images were held out and the candidates' metrics). Its config.json names the
+winning schedule, so ``--config RUN/config.json`` repeats it without searching.
 """
 
 from __future__ import annotations
@@ -213,11 +213,12 @@ class Trials:
         """Held-out accuracy of ``candidate`` trained for ``epochs`` epochs, over every
         fold's held-out images (-1: it failed).
 
-        Equal accuracies go to the earlier candidate (the strongest usual choices come
-        first), not to the lower held-out loss: a schedule that starts from a converged,
-        L2-regularized probe has a lower loss at the same accuracy. On bench/quality.py's
-        photo-id, ``freeze-unfreeze``'s loss was 3 to 7 times lower than ``full``'s on
-        folds where both scored 100%, and ``full`` was the more accurate on the third."""
+        Equal accuracies go to the earlier candidate (the search's order, see
+        :func:`tlplug.candidates.searchable`), not to the lower held-out loss: a schedule
+        that starts from a converged, L2-regularized probe has a lower loss at the same
+        accuracy. On bench/quality.py's photo-id, ``freeze-unfreeze``'s loss was 3 to 7
+        times lower than ``full``'s on folds where both scored 100%, and ``full`` was the
+        more accurate on the third."""
         if (candidate, epochs) not in self.results:
             runs = []
             for fold, manifest in enumerate(self.folds, start=1):
