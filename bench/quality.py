@@ -273,7 +273,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument(
-        "--search-budget", default="auto", help="tlplug search --budget (auto: its default; 3x; 10m)"
+        "--search-budget", default="auto", help="tlplug search --budget (auto, its default; 10m)"
     )
     args = parser.parse_args()
     args.tasks = (args.tasks or (QUICK_TASKS if args.quick else ",".join(names))).split(",")
