@@ -84,7 +84,7 @@ def search_and_fit(
     per_class = statistics.median(Counter(splits.train.labels).values() or [0])
     names = searchable(plugins, schedules, per_class)  # their order depends on the data
     tried = candidates(plugins, recipe, names)
-    order = "the strongest usual choices first"
+    order = "as --schedules names them" if schedules else "the strongest usual choices first"
     if not schedules and per_class < FEW_SHOT:
         order = (
             f"with {per_class:g} training images a class, the schedules that change the "
