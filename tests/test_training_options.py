@@ -43,7 +43,8 @@ def test_patience_stops_when_validation_stops_improving(image_folder, tmp_path):
 
 
 def test_accumulating_two_half_batches_steps_like_one_whole_batch(image_folder, tmp_path):
-    recipe = FAST | {"epochs": 1, "optimizer": "sgd", "momentum": 0.0, "bn_policy": "eval"}
+    recipe = FAST | {"epochs": 1, "optimizer": "sgd", "momentum": 0.0, "bn_policy": "eval",
+                     "precision": "fp32"}  # fmt: skip
     whole = Engine.from_plugins(entrypoints=False, **(recipe | {"batch_size": 12}))
     half = Engine.from_plugins(entrypoints=False, **(recipe | {"batch_size": 6, "accumulate": 2}))
     whole.fit(image_folder, out=tmp_path / "whole", quiet=True)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from PIL import Image
 
+from tlplug.backbone import RANDOM_INIT
 from tlplug.schedule import Stage
 
 SAMPLED = 16  # images whose size is looked at
@@ -31,7 +32,7 @@ def unreached_groups(plan: Sequence[Stage], planned: Sequence[Stage], groups: Se
 
 def random_features(plan: Sequence[Stage], weights: str, head: str) -> str | None:
     """A head-only stage on a backbone that starts from random weights."""
-    if weights != "random init":
+    if weights != RANDOM_INIT:
         return None
     heads = [stage.name for stage in plan if tuple(stage.trainable) == (head,) and not stage.biases]
     if not heads:

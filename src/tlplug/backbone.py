@@ -22,6 +22,8 @@ RESERVED_NAMES = frozenset({"head", "stem"})
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+RANDOM_INIT = "random init"  # Backbone.weights of a backbone built without weights
+
 
 @attrs.frozen
 class DataConfig:
@@ -61,7 +63,7 @@ class Backbone:
     groups: list[LayerGroup]
     data_config: DataConfig
     classifier: tuple[str, ...] = ()
-    weights: str = "random init"
+    weights: str = "random init"  # RANDOM_INIT, or where the weights came from
 
 
 class BackboneProvider(Protocol):

@@ -16,6 +16,7 @@ import attrs
 from tlplug import rundir
 from tlplug.assemble import assemble
 from tlplug.backbone import DataConfig
+from tlplug.batchnorm_stats import estimate_batchnorm
 from tlplug.build import resolve, resolved_recipe
 from tlplug.candidates import AUTO
 from tlplug.console import Console
@@ -79,6 +80,7 @@ class Engine:
         rundir.check_run_dir(out_dir, overwrite)
         run = assemble(self.plugins, self.parts, recipe, data, out_dir, Console(quiet))
         rundir.claim_run_dir(out_dir, overwrite)
+        estimate_batchnorm(run)
         tested = tune_lr(run) if recipe.lr == "auto" else None  # the range test chooses
         if command:
             run.config["command"] = shlex.join(command)
@@ -114,6 +116,7 @@ class Engine:
             raise TlplugError(f"--out {out_dir} is a file; choose a directory")
         run = assemble(self.plugins, self.parts, self.recipe, data, out_dir, Console(quiet))
         out_dir.mkdir(parents=True, exist_ok=True)
+        estimate_batchnorm(run)
         tested = range_test(run, stage=stage, start_lr=start_lr, end_lr=end_lr, steps=steps)
         for problem in save_range_test(tested, out_dir):
             run.console.say(f"warning: {problem}")
