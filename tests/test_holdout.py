@@ -45,3 +45,24 @@ def test_one_fold_holds_out_the_fifth_a_val_split_would():
     found = assign_folds(labels, 1, seed=7)
     assert {i for i, f in enumerate(found) if f == 0} == {i for i, _ in held}
     assert set(found) == {0, None}
+
+
+def test_a_fold_that_holds_nothing_out_is_not_trained(tmp_path):
+    from PIL import Image
+
+    from tlplug.data.folders import FileImages
+    from tlplug.data.sources import Splits
+    from tlplug.holdout import write_folds
+
+    paths = []
+    for name in ("a", "b"):
+        for index in range(2):
+            path = tmp_path / f"{name}{index}.png"
+            Image.new("RGB", (8, 8)).save(path)
+            paths.append(path)
+    train = FileImages(tuple(paths), (0, 0, 1, 1))
+    splits = Splits(("a", "b"), train, train, {})
+    manifests, record = write_folds(splits, tmp_path, 5, seed=0)
+    assert len(manifests) == 4  # 4 images dealt round 5 folds: one fold holds none out
+    held = [row[2] for row in record[1:]]
+    assert len(set(held)) == len(held) == 4 and all(h.startswith("fold") for h in held)

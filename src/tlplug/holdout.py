@@ -72,12 +72,12 @@ def assign_folds(labels: list[int], folds: int, seed: int) -> list[int | None]:
 def write_folds(
     splits: Splits, folder: Path, folds: int, seed: int
 ) -> tuple[list[Path], list[list[str]]]:
-    """Write one ``path,label,split`` manifest per fold into ``folder`` (its held-out images
-    ``val``, the rest ``train``); images of a source without files are saved as PNGs
-    beside them. Return the manifests and the record the run directory keeps: every
-    training image with the fold that holds it out (``val``: the one held-out split;
-    ``fold1``...: a cross-validation's; ``train``: never held out), ``#INDEX`` for an
-    image that has no file."""
+    """Write one ``path,label,split`` manifest per fold that holds images out into
+    ``folder`` (its held-out images ``val``, the rest ``train``); images of a source
+    without files are saved as PNGs beside them. Return the manifests and the record the
+    run directory keeps: every training image with the fold that holds it out (``val``:
+    the one held-out split; ``fold1``...: a cross-validation's; ``train``: never held
+    out), ``#INDEX`` for an image that has no file."""
     train, classes = splits.train, splits.classes
     held = assign_folds(list(train.labels), folds, seed)
     if not any(fold is not None for fold in held):
@@ -99,7 +99,7 @@ def write_folds(
         split = "train" if fold is None else "val" if folds == 1 else f"fold{fold + 1}"
         record.append([path if paths is not None else f"#{index}", classes[label], split])
     manifests = []
-    for fold in range(folds):
+    for fold in sorted({f for f in held if f is not None}):  # a fold may hold none out
         manifest = folder / (f"fold{fold + 1}.csv" if folds > 1 else "holdout.csv")
         lines = [[p, c, "val" if f == fold else "train"] for p, c, f in rows]
         with open(manifest, "w", newline="", encoding="utf-8") as handle:
