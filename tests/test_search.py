@@ -123,11 +123,12 @@ def test_plan_prefers_full_length_and_halving_runs_it():
 @pytest.mark.parametrize(
     "text, runs, seconds",
     [("3x", 3.0, None), ("1.5X", 1.5, None), ("600s", None, 600.0), ("10m", None, 600.0),
-     (" 1h ", None, 3600.0)],
+     (" 1h ", None, 3600.0), ("auto", None, None)],
 )  # fmt: skip
 def test_budget_parses(text, runs, seconds):
     budget = parse_budget(text)
     assert (budget.runs, budget.seconds) == (runs, seconds)
+    assert budget.auto == (text == "auto")
 
 
 @pytest.mark.parametrize("text", ["3", "x", "0x", "-1x", "10 minutes", ""])

@@ -66,8 +66,7 @@ def searchable(
     without options too."""
     registry = plugins.registry("schedules")
     if not names:
-        few = per_class is not None and per_class < FEW_SHOT
-        first = (*(FEW_SHOT_PRIORITY if few else PRIORITY), plugins.kinds["schedules"].default)
+        first = (*search_order(per_class)[0], plugins.kinds["schedules"].default)
         found = [n for n in registry.names() if not _required(plugins, n)]
         return sorted(found, key=lambda name: first.index(name) if name in first else 99)
     for name in names:
@@ -78,6 +77,18 @@ def searchable(
                 "schedules that run without options"
             )
     return list(dict.fromkeys(names))
+
+
+def search_order(per_class: float | None) -> tuple[tuple[str, ...], str]:
+    """The schedules a search puts first when the median class has ``per_class`` training
+    images (:data:`FEW_SHOT_PRIORITY` under :data:`FEW_SHOT`, else :data:`PRIORITY`), and
+    the order in words."""
+    if per_class is not None and per_class < FEW_SHOT:
+        return FEW_SHOT_PRIORITY, (
+            f"with {per_class:g} training images a class, the schedules that change the "
+            "pretrained weights least first"
+        )
+    return PRIORITY, "the strongest usual choices first"
 
 
 def _required(plugins: PluginHost, name: str) -> list[str]:

@@ -175,15 +175,23 @@ def _mean(price: Callable[[int, int], float], first: int, count: int, length: in
 
 @attrs.frozen
 class Budget:
-    """What a search may spend: ``runs`` full runs, or ``seconds`` of wall time."""
+    """What a search may spend: ``runs`` full runs, or ``seconds`` of wall time; neither
+    for ``auto``, the search's default, which it sets once it knows its folds."""
 
     text: str
     runs: float | None = None
     seconds: float | None = None
 
+    @property
+    def auto(self) -> bool:
+        """Whether the search is to choose the budget."""
+        return self.runs is None and self.seconds is None
+
 
 def parse_budget(text: str) -> Budget:
-    """Read ``3x`` (full runs), ``600s``, ``10m`` or ``1h``."""
+    """Read ``3x`` (full runs), ``600s``, ``10m``, ``1h`` or ``auto``."""
+    if str(text).strip().lower() == "auto":
+        return Budget("auto")
     match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([xsmh])\s*", str(text), re.I)
     value = float(match.group(1)) if match else 0.0
     if not match or value <= 0:

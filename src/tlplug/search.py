@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tlplug import rundir
-from tlplug.candidates import FEW_SHOT, Candidate, candidates, cost, searchable
+from tlplug.candidates import PRIORITY, Candidate, candidates, cost, search_order, searchable
 from tlplug.console import Console
 from tlplug.data import load_data
 from tlplug.errors import OptionError, TlplugError, one_line
@@ -45,7 +45,7 @@ from tlplug.holdout import AUTO, choose_folds, write_folds
 from tlplug.leaderboard import JSON, leaderboard, table, tie_warning, write_leaderboard
 from tlplug.plugins import PluginHost
 
-DEFAULT_BUDGET = AUTO  # 3 full runs a fold
+DEFAULT_BUDGET = "auto"  # 3 full runs a fold
 RUNS_PER_FOLD = 3.0
 MANIFEST = "holdout.csv"  # in the run directory: which training image each fold held out
 SEARCH_DIR = "search"  # in the run directory: the manifest and the candidates' metrics
@@ -71,7 +71,7 @@ def search_and_fit(
     ``out``; return its FitResult. ``engine_type`` is :class:`tlplug.Engine` (passed in:
     the engine calls this). The ``auto`` budget is 3 full runs a fold."""
     choose_folds(folds, 0)  # a bad --folds or --budget fails before the data loads
-    limit = None if str(budget).strip().lower() == AUTO else parse_budget(budget)
+    limit = parse_budget(budget)
     if eta < 2:
         raise OptionError(f"--eta must be at least 2, not {eta}")
     out = Path(out) if out is not None else rundir.default_run_dir(recipe.backbone)
@@ -84,15 +84,13 @@ def search_and_fit(
     per_class = statistics.median(Counter(splits.train.labels).values() or [0])
     names = searchable(plugins, schedules, per_class)  # their order depends on the data
     tried = candidates(plugins, recipe, names)
-    order = "as --schedules names them" if schedules else "the strongest usual choices first"
-    if not schedules and per_class < FEW_SHOT:
-        order = (
-            f"with {per_class:g} training images a class, the schedules that change the "
-            "pretrained weights least first"
-        )
+    first, order = search_order(per_class)
+    if schedules:
+        order = "as --schedules names them"
+    elif first is not PRIORITY:
         console.say(f"search order: {order} ({', '.join(names)})")
     folds = choose_folds(folds, len(splits.train))
-    if limit is None:
+    if limit.auto:
         limit = parse_budget(f"{RUNS_PER_FOLD * folds:g}x")
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.search-", dir=out.parent))

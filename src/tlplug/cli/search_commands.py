@@ -72,11 +72,10 @@ def search(data, config_file, budget, folds, schedules, eta, out, overwrite, qui
     the winner."""
     from tlplug.engine import Engine
     from tlplug.halving import parse_budget
-    from tlplug.holdout import AUTO, choose_folds
+    from tlplug.holdout import choose_folds
     from tlplug.search import search_and_fit
 
-    if budget.strip().lower() != AUTO:
-        parse_budget(budget)  # a bad budget fails before plugins or data load
+    parse_budget(budget)  # a bad budget or --folds fails before plugins or data load
     choose_folds(folds, 0)
     host = current_host()
     recipe, data = recipe_and_data(
