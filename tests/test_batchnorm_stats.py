@@ -31,7 +31,7 @@ def test_a_random_backbone_starts_with_the_statistics_of_its_training_images(
     recipe = TINY | {"schedule": "linear-probe", "epochs": 1, "augment": (), "precision": "fp32"}
     Engine.from_plugins(spy, entrypoints=False, **recipe).fit(image_folder, out=tmp_path / "run")
     out = capsys.readouterr().out
-    assert "layers had none (weights not pretrained); estimated from 32 training images" in out
+    assert "layers had none (weights not pretrained); estimated from 36 training images" in out
     run = spy.run
     assert not fresh_batchnorms(run.model)
     # The first BatchNorm's input does not depend on another BatchNorm: its statistics are

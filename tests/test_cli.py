@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tlplug
+from conftest import TINY, tlplug
+from tlplug import Engine, TlplugError, hookimpl
 from tlplug.cli import main
 
 TINY_ARGS = ["--no-pretrained", "--img-size", "32", "--batch-size", "8", "--workers", "0"]
@@ -261,8 +262,8 @@ def test_empty_data_folder_says_what_layout_is_expected(tmp_path, capsys):
 
 
 def test_predict_errors(timm_run, tmp_path, capsys):
-    code, _, err = tlplug(capsys, "predict", tmp_path, "x.png")
-    assert code == 1 and "x.png does not exist" in err
+    code, _, err = tlplug(capsys, "predict", timm_run, tmp_path / "x.png")
+    assert code == 1 and "x.png (it does not exist)" in err
     (tmp_path / "x.png").write_bytes(b"not an image")
     code, _, err = tlplug(capsys, "predict", tmp_path, tmp_path / "x.png")
     assert code == 1 and "is not a tlplug run directory (config.json missing)" in err
@@ -271,8 +272,9 @@ def test_predict_errors(timm_run, tmp_path, capsys):
 
 
 def test_list_commands(capsys):
-    code, out, _ = tlplug(capsys, "list", "backbones", "timm:*convnext_at*")
+    code, out, err = tlplug(capsys, "list", "backbones", "timm:*convnext_at*")
     assert code == 0 and out.startswith("timm:convnext_atto")
+    assert "timm: provider options (--backbone-opt): drop_rate=None" in err
     code, out, _ = tlplug(capsys, "list", "backbones", "torchvision:resnet1*")
     assert [line.split()[0] for line in out.splitlines()] == [
         "torchvision:resnet101",
@@ -323,3 +325,52 @@ def test_image_failing_to_decode_in_a_loader_worker_is_replaced_and_listed(
     [skipped] = summary["skipped_files"]
     assert skipped["path"] == str(broken)
     assert skipped["reason"].startswith("cannot be decoded (")
+
+
+class StartFails:
+    @hookimpl
+    def tlplug_run_start(self, run):
+        raise TlplugError("option 'x' of logger 'y' must be positive")
+
+
+class FirstEpochFails:
+    @hookimpl
+    def tlplug_epoch_end(self, run, record):
+        raise TlplugError("the plugin failed at the end of epoch 1")
+
+
+def snapshot_tree(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("plugin", [StartFails, FirstEpochFails])
+def test_a_failed_overwrite_leaves_the_earlier_run_as_it_was(plugin, image_folder, tmp_path):
+    out = tmp_path / "run"
+    recipe = {**TINY, "epochs": 1, "schedule": "linear-probe"}
+    Engine.from_plugins(entrypoints=False, **recipe).fit(image_folder, out=out, quiet=True)
+    (out / "notes.txt").write_text("a user's file")
+    before = snapshot_tree(out)
+    engine = Engine.from_plugins(plugin(), entrypoints=False, **{**recipe, "seed": 5})
+    with pytest.raises(TlplugError, match="the plugin|must be positive"):
+        engine.fit(image_folder, out=out, overwrite=True, quiet=True)
+    assert snapshot_tree(out) == before
+    assert not (out / ".tlplug-replaced").exists()
+
+
+def test_an_overwrite_keeps_a_users_files_and_drops_the_earlier_runs(image_folder, tmp_path):
+    out = tmp_path / "run"
+    recipe = {**TINY, "epochs": 1, "schedule": "linear-probe"}
+    Engine.from_plugins(entrypoints=False, **recipe, keep_state=True).fit(
+        image_folder, out=out, quiet=True
+    )
+    assert (out / "resume.safetensors").is_file()
+    (out / "notes.txt").write_text("a user's file")
+    Engine.from_plugins(entrypoints=False, **recipe, seed=5).fit(
+        image_folder, out=out, overwrite=True, quiet=True
+    )
+    assert (out / "notes.txt").read_text() == "a user's file"
+    assert not (out / "resume.safetensors").exists()  # the earlier run's, not this one's
+    assert json.loads((out / "config.json").read_text())["recipe"]["seed"] == 5
+    assert not (out / ".tlplug-replaced").exists()

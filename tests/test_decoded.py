@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 
 from conftest import RunDirFiles
@@ -50,6 +51,7 @@ def test_each_image_is_decoded_once(image_folder, tmp_path):
         assert file is None or not file.exists()
 
 
+@pytest.mark.slow
 def test_workers_share_one_pixel_file_and_train_exactly_as_without_workers(
     image_folder, tmp_path, capsys
 ):

@@ -131,6 +131,7 @@ def test_synthetic_data_is_deterministic():
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.slow
 def test_synthetic_task_is_learned(precision, tmp_path):
     """A seeded run on the synthetic set must beat chance (0.25) by a wide margin, in fp32
     and with bf16 autocast."""
@@ -152,6 +153,7 @@ def test_synthetic_task_is_learned(precision, tmp_path):
     assert config["resolved"]["precision"] == precision
 
 
+@pytest.mark.slow
 def test_compiled_training_follows_the_eager_run(image_folder, tmp_path, tiny):
     """--compile runs the backbone through torch.compile (real C++ kernels on this CPU): the
     losses follow the eager run's, and the saved weights load as a plain model."""

@@ -152,3 +152,21 @@ def test_eval_tta_is_deterministic_and_reported(runs, image_folder, tmp_path, ca
     assert again["confusion_matrix"] == first.confusion and again["per_class"] == first.per_class
     assert again["worst"] == first.worst
     assert first.loss != evaluate_run(runs["cached"], few, write=False).loss
+
+
+def test_eval_on_the_images_a_run_trained_on_warns_and_counts_them(runs, image_folder, capsys):
+    run = runs["fp32"]
+    trained = (run / "train_images.csv").read_text().splitlines()
+    assert trained[0] == "path,class" and len(trained) - 1 == 36
+    train = image_folder / "train"  # DIR/<class>/ given as data: all its images
+    report = evaluate_run(run, train, write=False)
+    assert report.split == "all" and report.train_overlap == report.num_images == 36
+    held_out = evaluate_run(run, image_folder, write=False)  # its val/: none trained on
+    assert held_out.train_overlap == 0
+    code, out, err = tlplug(capsys, "eval", run, train, "--json")
+    assert code == 0, err
+    assert json.loads(out)["train_overlap"] == 36
+    assert err.splitlines() == [
+        f"warning: 36 of the 36 images evaluated are images the run trained on "
+        f"({run / 'train_images.csv'}): this accuracy is not measured on held-out images"
+    ]

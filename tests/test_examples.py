@@ -38,6 +38,7 @@ def run(command: list[str], data: Path) -> subprocess.CompletedProcess:
         ),
     ],
 )
+@pytest.mark.slow
 def test_shell_examples(script, extra, trainable, image_folder, tmp_path):
     result = run(
         ["sh", str(EXAMPLES / script), *TINY, *extra, "--out", str(tmp_path)], image_folder
@@ -47,6 +48,7 @@ def test_shell_examples(script, extra, trainable, image_folder, tmp_path):
     assert [m["trainable_groups"] for m in metrics] == trainable
 
 
+@pytest.mark.slow
 def test_vgg16_mlp_example(image_folder, tmp_path):
     result = run(
         [

@@ -22,7 +22,7 @@ def test_a_finished_run_keeps_only_what_later_commands_need(image_folder, tmp_pa
     Engine.from_plugins(entrypoints=False, **RECIPE).fit(image_folder, out=tmp_path, quiet=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "config.json", "metrics.csv", "metrics.jsonl", "model.safetensors", "summary.json",
-        "val_images.csv",
+        "train_images.csv", "val_images.csv",
     ]  # fmt: skip
 
 

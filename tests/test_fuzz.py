@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -50,6 +51,7 @@ def run_cli(capsys, argv):
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(pairs=st.lists(st.tuples(st.sampled_from(OPTIONS), VALUES), max_size=3))
+@pytest.mark.slow
 def test_any_command_line_ends_in_success_or_one_error_line(
     pairs, image_folder, tmp_path_factory, capsys
 ):

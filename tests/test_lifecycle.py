@@ -123,8 +123,10 @@ class NanHeads:
 
 
 def test_divergence_stops_keeps_the_best_weights_and_names_the_step(image_folder, tmp_path):
-    recipe = RUN_RECIPE | {"head": "nan", "epochs": 3}  # 4 steps per epoch: step 6 is in epoch 2
-    engine = Engine.from_plugins(NanHeads((6,)), entrypoints=False, **recipe)
+    # 4 steps per epoch: step 6 is in epoch 2, the first of a stage, which is rolled back
+    # and trained again from step 7: the second NaN, at its step 2, stops the run.
+    recipe = RUN_RECIPE | {"head": "nan", "epochs": 3}
+    engine = Engine.from_plugins(NanHeads((6, 8)), entrypoints=False, **recipe)
     with pytest.raises(TlplugError) as caught:
         engine.fit(image_folder, out=tmp_path, quiet=True)
     message = str(caught.value)
@@ -179,7 +181,7 @@ def test_out_of_memory_names_the_batch_size_and_auto_batch_size_fits(image_folde
 
 def test_divergence_and_out_of_memory_are_named_to_plugins(image_folder, tmp_path):
     for plugin, head, reason in (
-        (NanHeads((2,)), "nan", "diverged"),
+        (NanHeads((2, 4)), "nan", "diverged"),  # the retry (from step 3) diverges too
         (OomHeads(), "oom", "out-of-memory"),
     ):
         watcher = Watcher()

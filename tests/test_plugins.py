@@ -95,6 +95,7 @@ def test_incompatible_and_misspelled_plugins_are_reported_in_plain_words(demo_si
     assert infos["demo"]["status"] == "loaded"
 
 
+@pytest.mark.slow
 def test_environment_chooses_which_installed_plugins_load(demo_site):
     def statuses(**env):
         result = tlplug("plugins", "--json", site=demo_site, **env)
@@ -115,6 +116,7 @@ def test_environment_chooses_which_installed_plugins_load(demo_site):
     assert "demo (disabled)" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_installed_plugin_strategies_are_usable_by_name(demo_site, image_folder, tmp_path):
     listed = tlplug("list", "heads", site=demo_site).stdout
     assert "zero-linear" in listed and "A linear head that starts at zero." in listed

@@ -73,6 +73,21 @@ def test_unreadable_files_are_skipped_and_reported(run, mixed, capsys):
     assert "none of the 2 images could be read: cannot read image" in err
 
 
+def test_a_missing_file_is_skipped_like_an_unreadable_one(run, mixed, capsys):
+    a, b, missing = mixed / "a.png", mixed / "b.jpg", mixed / "missing.jpg"
+    code, out, err = tlplug(capsys, "predict", run, a, missing, b, "--json")
+    assert code == 0, err
+    listed = json.loads(out)
+    assert [p["source"] for p in listed] == [str(a), str(missing), str(b)]
+    assert [len(p["top"]) for p in listed] == [3, 0, 3]
+    assert listed[1]["error"] == f"cannot read image {missing} (it does not exist)"
+    assert err.splitlines() == [f"skipped: cannot read image {missing} (it does not exist)"]
+
+    code, _, err = tlplug(capsys, "predict", run, missing)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "does not exist" in err
+
+
 def test_csv_output(run, image_folder, capsys):
     code, out, err = tlplug(capsys, "predict", run, image_folder / "val", "--csv", "--topk", "2")
     assert code == 0, err

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional
 
+from conftest import TINY
+from tlplug import Engine, hookimpl
 from tlplug.feature_cache import Features
 from tlplug.probe import Scored, choose_l2, fit_probe
 
@@ -42,6 +46,7 @@ def _reference(x, y, classes, l2, smoothing, steps=20000):
     return _objective(x, y, weight, bias, l2, smoothing).item()
 
 
+@pytest.mark.slow
 def test_the_probe_reaches_the_optimum_of_a_reference_solver():
     features, classes = _problem()
     layer = nn.Linear(features.values.shape[-1], classes)
@@ -105,3 +110,44 @@ def test_a_final_probe_takes_the_best_l2_and_a_starting_one_the_strongest_close_
     assert choose_l2(scores, held=10, final=True).l2 == 1e-3
     assert choose_l2(scores, held=10, final=False).l2 == 1e-1
     assert choose_l2(scores, held=20, final=False).l2 == 1e-2  # now two images below
+
+
+class Anchor:
+    """A regularizer plugin: an L2 pull of the backbone towards its start, constant while
+    the backbone is frozen; ``keeps`` says so to tlplug (``keeps_probe``)."""
+
+    def __init__(self, keeps: bool):
+        self.keeps = keeps
+
+    @hookimpl
+    def tlplug_register_regularizers(self, register):
+        keeps = self.keeps
+
+        def anchor(model, *, alpha: float = 0.01):
+            """Pull the backbone towards its starting weights."""
+            start = [p.detach().clone() for p in model.backbone.parameters()]
+
+            def penalty(batch):
+                pairs = zip(model.backbone.parameters(), start, strict=True)
+                moved = [(p - p0).pow(2).sum() for p, p0 in pairs if p.requires_grad]
+                return alpha / 2 * sum(moved, torch.zeros(()))
+
+            penalty.keeps_probe = keeps
+            return penalty
+
+        register("anchor", anchor)
+
+
+@pytest.mark.parametrize("keeps", [True, False])
+def test_a_regularizer_keeps_the_probe_only_when_it_says_it_may(keeps, image_folder, tmp_path,
+                                                                  capsys):  # fmt: skip
+    recipe = {**TINY, "probe": "converge", "schedule": "linear-probe", "epochs": 1}
+    Engine.from_plugins(Anchor(keeps), entrypoints=False, regularizer=("anchor",), **recipe).fit(
+        image_folder, out=tmp_path / "run", quiet=False
+    )
+    out = capsys.readouterr().out
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["feature_cache"] is True
+    assert ("probe" in record) is keeps
+    said = "the head trains epoch by epoch, not by the converged probe: regularizer anchor"
+    assert (said in out) is not keeps

@@ -121,6 +121,7 @@ KILL_ARGS = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     whole = run_cli(*KILL_ARGS, "--out", str(tmp_path / "whole"))
     assert whole.wait(timeout=300) == 0, whole.communicate()
@@ -138,6 +139,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.slow
 def test_a_signal_stops_at_a_safe_point_and_says_how_to_resume(signum, code, tmp_path):
     run_dir = tmp_path / "run"
     process = run_cli(*KILL_ARGS, "--out", str(run_dir))
@@ -158,6 +160,7 @@ def test_a_signal_stops_at_a_safe_point_and_says_how_to_resume(signum, code, tmp
     assert epochs_of(run_dir) == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     process = run_cli(*KILL_ARGS, "--out", str(run_dir))

@@ -179,6 +179,7 @@ def test_search_trains_the_winner_on_the_real_split(image_folder, tmp_path, caps
     assert not list(tmp_path.rglob("*.safetensors"))[1:]  # only the winner's weights
 
 
+@pytest.mark.slow
 def test_a_time_budget_times_a_candidate_first_and_keeps_its_result(image_folder, tmp_path,
                                                                      capsys):  # fmt: skip
     engine = Engine.from_plugins(entrypoints=False, **{**TINY, "epochs": 1, "schedule": "auto"})

@@ -107,9 +107,12 @@ def test_warnings_before_training(image_folder, tmp_path, capsys):
     ).fit(image_folder, out=tmp_path, epochs=2)
     out = capsys.readouterr().out
     assert "warning: stem, layer1, layer2, layer3 never train" in out
-    assert "--epochs 6 or more unfreezes every group" in out
+    assert "epochs=6 or more unfreezes every group" in out  # Python's words, not the flags
     assert "starts from random weights, and stage 'head' trains only the head" in out
+    assert "(pretrained=True, weights) or a schedule that trains the backbone" in out
+    assert "(schedule='full')" in out
     assert "the images are about 48px and are upscaled to 176px" in out
+    assert "img_size=48 trains at their own size" in out
     config = json.loads((tmp_path / "config.json").read_text())
     assert len(config["resolved"]["warnings"]) == 3
     rows = (tmp_path / "val_images.csv").read_text().splitlines()

@@ -89,13 +89,60 @@ def test_weights_safetensors_ignores_classifier(tmp_path):
 
 def test_weights_pth_wrapped_and_prefixed(tmp_path):
     state = plain_resnet10t_state()
-    state["extra.thing"] = torch.zeros(1)
     wrapped = {"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}
     torch.save(wrapped, tmp_path / "w.pth")
     backbone, report = create_with_weights(tmp_path / "w.pth")
-    assert report.unexpected == ("extra.thing",)
-    assert "1 unmatched in file (extra.thing)" in report.summary()
+    assert report.unexpected == report.missing == ()
     assert torch.equal(backbone.module.state_dict()["conv1.0.weight"], state["conv1.0.weight"])
+
+
+def test_a_file_for_a_deeper_sibling_is_refused_unless_partial(tmp_path):
+    """A resnet34 state dict holds every tensor of a resnet18 in its shape, and 80 more
+    (and 16 BatchNorm counters)."""
+    torch.manual_seed(0)
+    deeper = timm.create_model("resnet34").state_dict()
+    save_file(deeper, tmp_path / "r34.safetensors")
+    with pytest.raises(WeightsError) as refused:
+        create_with_weights(tmp_path / "r34.safetensors", "timm:resnet18")
+    message = str(refused.value)
+    assert "80 tensors this model does not have (layer1.2." in message
+    assert "weights_partial" in message and "\n" not in message
+    engine = Engine.from_plugins(
+        entrypoints=False, backbone="timm:resnet18", weights=str(tmp_path / "r34.safetensors"),
+        weights_partial=True, img_size=32,
+    )  # fmt: skip
+    from tlplug.build import build_backbone
+
+    backbone, report = build_backbone(engine.parts.provider, engine.recipe)
+    own = backbone.module.state_dict()
+    assert report.loaded == len([k for k in own if k in deeper]) > 100
+    assert all(torch.equal(own[k], deeper[k]) for k in own)
+    assert len(report.unexpected) == 80 and report.missing == ()
+    assert "80 in the file not loaded (layer1.2." in report.summary()
+
+
+def test_a_partial_load_of_a_file_of_another_model_loads_what_fits(tmp_path):
+    state = plain_resnet10t_state()
+    state["layer4.0.conv1.weight"] = torch.zeros(3, 3, 3, 3)
+    del state["layer1.0.conv1.weight"]
+    save_file(state, tmp_path / "w.safetensors")
+    engine = Engine.from_plugins(
+        entrypoints=False, backbone="timm:resnet10t", weights=str(tmp_path / "w.safetensors"),
+        weights_partial=True, img_size=32,
+    )  # fmt: skip
+    from tlplug.build import build_backbone
+
+    backbone, report = build_backbone(engine.parts.provider, engine.recipe)
+    assert report.missing == ("layer1.0.conv1.weight", "layer4.0.conv1.weight")
+    assert report.unexpected == ("layer4.0.conv1.weight",)
+    assert torch.equal(backbone.module.state_dict()["conv1.0.weight"], state["conv1.0.weight"])
+    save_file({"other.weight": torch.zeros(2)}, tmp_path / "none.safetensors")
+    engine = Engine.from_plugins(
+        entrypoints=False, backbone="timm:resnet10t", weights=str(tmp_path / "none.safetensors"),
+        weights_partial=True, img_size=32,
+    )  # fmt: skip
+    with pytest.raises(WeightsError, match="has no tensor of this model"):
+        build_backbone(engine.parts.provider, engine.recipe)
 
 
 def test_weights_of_a_tlplug_run_start_a_new_run(image_folder, tmp_path, tiny):

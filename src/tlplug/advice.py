@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from tlplug.backbone import RANDOM_INIT
+from tlplug.errors import flag
 from tlplug.schedule import Stage
 
 SAMPLED = 16  # images whose size is looked at
@@ -25,22 +25,22 @@ def unreached_groups(plan: Sequence[Stage], planned: Sequence[Stage], groups: Se
     first = next((s for s in later if groups[0] in s.training), later[-1])
     return (
         f"{', '.join(never)} never train: the run ends at epoch {epochs}, before the schedule "
-        f"reaches them; --epochs {first.start + 1} or more unfreezes "
+        f"reaches them; {flag('epochs', first.start + 1)} or more unfreezes "
         f"{'every group' if first is later[-1] else groups[0]}"
     )
 
 
-def random_features(plan: Sequence[Stage], weights: str, head: str) -> str | None:
-    """A head-only stage on a backbone that starts from random weights."""
-    if weights != RANDOM_INIT:
+def random_features(plan: Sequence[Stage], trained: bool, head: str) -> str | None:
+    """A head-only stage on a backbone that starts from random weights (not ``trained``)."""
+    if trained:
         return None
     heads = [stage.name for stage in plan if tuple(stage.trainable) == (head,) and not stage.biases]
     if not heads:
         return None
     return (
         f"the backbone starts from random weights, and stage '{heads[0]}' trains only the "
-        "head on its random features; use pretrained weights (--pretrained, --weights FILE) "
-        "or a schedule that trains the backbone (--schedule full)"
+        f"head on its random features; use pretrained weights ({flag('pretrained', True)}, "
+        f"{flag('weights')}) or a schedule that trains the backbone ({flag('schedule', 'full')})"
     )
 
 
@@ -68,6 +68,6 @@ def upscaled(images, img_size: int, source_size: int | None, asked: int | None) 
     work = round((img_size / typical) ** 2)
     return (
         f"the images are about {typical}px and are upscaled to {img_size}px, the backbone's "
-        f"default ({work}x the pixels to compute); --img-size {max(32, typical)} trains at "
+        f"default ({work}x the pixels to compute); {flag('img_size', max(32, typical))} trains at "
         "their own size"
     )

@@ -92,7 +92,7 @@ def assemble(
                 line
                 for line in (
                     unreached_groups(plan, planned, model.group_names(), recipe.epochs),
-                    random_features(plan, backbone.weights, model.group_names()[-1]),
+                    random_features(plan, backbone.trained, model.group_names()[-1]),
                     upscaled(splits.train, img_size, splits.img_size, recipe.img_size),
                 )
                 if line

@@ -56,6 +56,10 @@ class Backbone:
     keys are the provider's own. ``groups`` are ordered stem to top and cover every
     parameter of ``module`` exactly once. ``classifier`` names the state-dict prefixes of
     the removed classifier, which a weights file may hold and loading ignores.
+    ``pretrained`` says whether the weights were trained (True) or initialised at random
+    (False); ``weights`` is one line for people on where they came from. A provider that
+    leaves ``pretrained`` unset (None) is read by its ``weights`` line:
+    :data:`RANDOM_INIT` for random weights, anything else for trained ones.
     """
 
     module: nn.Module
@@ -63,7 +67,13 @@ class Backbone:
     groups: list[LayerGroup]
     data_config: DataConfig
     classifier: tuple[str, ...] = ()
-    weights: str = "random init"  # RANDOM_INIT, or where the weights came from
+    weights: str = RANDOM_INIT
+    pretrained: bool | None = None
+
+    @property
+    def trained(self) -> bool:
+        """Whether the weights were trained rather than initialised at random."""
+        return self.pretrained if self.pretrained is not None else self.weights != RANDOM_INIT
 
 
 class BackboneProvider(Protocol):

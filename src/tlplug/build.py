@@ -7,7 +7,7 @@ no code here. Building happens per run.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,34 +33,62 @@ class Choice:
     strategy: Strategy
     options: dict[str, Any]
 
+    @property
+    def name(self) -> str:
+        """The name the strategy was chosen by (``"gradual"``)."""
+        return self.strategy.name
+
+    @property
+    def plugin(self) -> str:
+        """The plugin that registered the strategy."""
+        return self.strategy.plugin
+
     def describe(self) -> dict[str, Any]:
         """JSON-ready record of the choice for config.json."""
-        return {"name": self.strategy.name, "plugin": self.strategy.plugin, "options": self.options}
+        return {"name": self.name, "plugin": self.plugin, "options": self.options}
 
 
 @attrs.frozen
-class Parts:
-    """Every strategy of a recipe, resolved, by kind: ``parts["heads"]`` is a
-    :class:`Choice`, a tuple of them for a kind of many (``augmentations``, in the order
-    they run), None for an optional kind nothing chose (``adapters``)."""
+class Parts(Mapping):
+    """Every strategy of a recipe, resolved, as a read-only mapping from each kind's key
+    (``"heads"``, ``"gates"`` for a plugin's kind) to a :class:`Choice`, a tuple of them for
+    a kind of many (``"augmentations"``, in the order they run), or None for an optional
+    kind nothing chose (``"adapters"``). A kind is also found by its recipe field
+    (``parts["head"]``, ``parts["gate"]``, the name config.json records it under) and as
+    an attribute with underscores (``parts.head``, ``parts.lr_schedule``);
+    ``parts.provider`` is the backbone provider's choice."""
 
     choices: Mapping[str, Any]
     model_name: str  # the backbone's model, after the provider's name
     names: Mapping[str, str] = attrs.field(factory=dict)  # other names of each kind's key
 
     def __getitem__(self, key: str) -> Any:
-        return self.choices[key]
+        return self.choices[self.names.get(key, key)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.choices)
+
+    def __len__(self) -> int:
+        return len(self.choices)
 
     def __getattr__(self, name: str) -> Any:
-        """A kind's choice by its recipe field or key with underscores (``parts.head``,
-        ``parts.lr_schedule``, ``parts.augmentations``); ``parts.provider`` is the
-        backbone provider's."""
         if name.startswith("__") or name in ("choices", "names", "model_name"):
             raise AttributeError(name)
         key = self.names.get(name)
         if key is None:
             raise AttributeError(name)
         return self.choices[key]
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready: each kind's choice (:meth:`Choice.describe`), by kind key."""
+        return {
+            key: [c.describe() for c in chosen]
+            if isinstance(chosen, tuple)
+            else chosen.describe()
+            if chosen is not None
+            else None
+            for key, chosen in self.choices.items()
+        }
 
 
 def choose(plugins: PluginHost, kind: str, name: str, options: dict[str, Any]) -> Choice:
@@ -186,9 +214,11 @@ def build_backbone(provider: Choice, recipe: Recipe) -> tuple[Backbone, LoadRepo
     if recipe.weights:
         state = backbone_part(read_state_dict(recipe.weights))
         report = load_into(
-            backbone.module, state, source=str(recipe.weights), classifier=backbone.classifier
-        )
+            backbone.module, state, source=str(recipe.weights), classifier=backbone.classifier,
+            partial=recipe.weights_partial,
+        )  # fmt: skip
         backbone.weights = f"file {Path(recipe.weights).resolve()}"
+        backbone.pretrained = True
     return backbone, report
 
 

@@ -21,7 +21,7 @@ from tlplug.build import resolve, resolved_recipe
 from tlplug.candidates import AUTO
 from tlplug.console import Console
 from tlplug.data.pipeline import build_pipeline
-from tlplug.data.sources import write_val_list
+from tlplug.data.sources import write_image_list
 from tlplug.errors import OptionError, TlplugError
 from tlplug.loop import FitResult, train
 from tlplug.lr_curve import END_LR, START_LR, STEPS, RangeTest, save_range_test
@@ -80,16 +80,21 @@ class Engine:
         rundir.check_run_dir(out_dir, overwrite)
         run = assemble(self.plugins, self.parts, recipe, data, out_dir, Console(quiet))
         rundir.claim_run_dir(out_dir, overwrite)
-        estimate_batchnorm(run)
-        tested = tune_lr(run) if recipe.lr == "auto" else None  # the range test chooses
-        if command:
-            run.config["command"] = shlex.join(command)
-        run.hook.tlplug_run_start(run=run)
-        rundir.write_json(out_dir / rundir.CONFIG, run.config)
-        for problem in save_range_test(tested, out_dir) if tested else ():
-            run.console.say(f"warning: {problem}")
-        write_val_list(out_dir / rundir.VAL_LIST, run.data.val, run.classes)
-        return train(run, Tally())
+        try:
+            estimate_batchnorm(run)
+            tested = tune_lr(run) if recipe.lr == "auto" else None  # the range test chooses
+            if command:
+                run.config["command"] = shlex.join(command)
+            run.hook.tlplug_run_start(run=run)
+            rundir.write_json(out_dir / rundir.CONFIG, run.config)
+            for problem in save_range_test(tested, out_dir) if tested else ():
+                run.console.say(f"warning: {problem}")
+            write_image_list(out_dir / rundir.VAL_LIST, run.data.val, run.classes)
+            write_image_list(out_dir / rundir.TRAIN_LIST, run.data.train, run.classes)
+            return train(run, Tally())
+        except BaseException:  # before its first epoch was kept: the replaced run comes back
+            rundir.restore_replaced(out_dir)
+            raise
 
     def lr_find(
         self,

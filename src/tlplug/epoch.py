@@ -8,8 +8,10 @@ from typing import Any
 
 import attrs
 
+from tlplug.batchnorm_stats import recompute_statistics
 from tlplug.feed import Feed
 from tlplug.freezing import train_mode
+from tlplug.handover import final_probe
 from tlplug.interrupt import StopRequest
 from tlplug.memory import peak_mb, reset_peak
 from tlplug.optim import group_lrs
@@ -67,6 +69,10 @@ def run_epoch(
         )  # fmt: skip
     if not train.complete:
         return EpochResult(train, None)
+    if feed.features is None and not feed.cached:  # norm layers may have trained
+        replayed = (feed.train.features, feed.stepped) if feed.replay else (None, None)
+        seconds, images = recompute_statistics(run, *replayed)
+        train = attrs.evolve(train, seconds=train.seconds + seconds, norm_images=images)
     run.step += steps
     if not len(run.loaders.val) or not (epoch % recipe.val_every == 0 or epoch == recipe.epochs):
         return EpochResult(train, None)
@@ -85,7 +91,7 @@ def converge(run: Run, feed: Feed, steps: int) -> EpochStats:
     run.lr_scheduler.skip(steps)
     if feed.converged:
         return EpochStats(*feed.converged, images=0, seconds=0.0)
-    fit = fit_run_probe(run, feed.features, final=run.stage == len(run.plan) - 1)
+    fit = fit_run_probe(run, feed.features, final=final_probe(run, run.stage))
     if run.ema is not None:
         run.ema.follow(run.model, start=True)  # the fit head is its own average
     feed.converged, feed.starting["probe"] = (fit.loss, fit.acc), fit.to_json()
@@ -135,6 +141,7 @@ def epoch_record(
         "images_per_s": round(train.images / max(train.seconds, 1e-9), 1),
         "cache_seconds": round(filled[0], 3) if filled else None,
         "cache_images_per_s": round(filled[1] / filled[0], 1) if filled else None,
+        "norm_stats_images": train.norm_images,
         "skipped_nonfinite": nonfinite.skipped,
         "feature_cache": feed.cached,
         "prefix_cache": run.source.cut if feed.replay else None,

@@ -81,16 +81,14 @@ def _quoted_or(names: list[str]) -> str:
 def flag(name: str, value: Any = None) -> str:
     """How a user sets recipe setting ``name`` where the error will be read: on the command
     line ``--img-size 64`` (``--no-pretrained`` for False), in Python ``img_size=64``
-    (``pretrained=False``); without ``value``, just the name (``--img-size``, ``img_size``)."""
+    (``pretrained=False``, ``schedule='full'``, a placeholder bare: ``weights=FILE``);
+    without ``value``, just the name (``--img-size``, ``img_size``)."""
     dashed = name.replace("_", "-")
     if not COMMAND_LINE.get():
-        return (
-            name
-            if value is None
-            else f"{name}={value!r}"
-            if isinstance(value, bool)
-            else f"{name}={value}"
-        )
+        if value is None:
+            return name
+        literal = isinstance(value, bool) or (isinstance(value, str) and not value.isupper())
+        return f"{name}={value!r}" if literal else f"{name}={value}"
     if value is False:
         return f"--no-{dashed}"
     if value is None or value is True:

@@ -31,7 +31,7 @@ from tlplug import __version__, rundir
 from tlplug.data import load_data
 from tlplug.data.folders import FileImages, scan_classes
 from tlplug.data.loaders import TransformedImages, default_workers, make_loader
-from tlplug.data.sources import ImageList, split_data_spec
+from tlplug.data.sources import ImageList, listed_images, split_data_spec
 from tlplug.data.transforms import base_transform
 from tlplug.errors import DataError, TlplugError
 from tlplug.plugins import PluginHost
@@ -67,6 +67,7 @@ class EvalReport:
     best_val_acc: float | None = None  # the run's, when its own split was evaluated
     skipped: list[dict[str, str]] = attrs.field(factory=list)
     files: dict[str, str] = attrs.field(factory=dict)
+    train_overlap: int = 0  # images evaluated that the run trained on (DATA given)
 
     @property
     def num_images(self) -> int:
@@ -82,7 +83,7 @@ class EvalReport:
             "top_k": {str(k): v for k, v in self.top_k.items()}, "ece": self.ece,
             "per_class": self.per_class, "classes": list(self.classes),
             "confusion_matrix": self.confusion, "worst": self.worst, "skipped": self.skipped,
-            "files": self.files,
+            "files": self.files, "train_overlap": self.train_overlap,
         }  # fmt: skip
 
 
@@ -130,8 +131,10 @@ def evaluate_run(
     best = rundir.read_json(summary).get("best_val_acc") if own else None
     worst = _worst(labels, preds, probs)
     paths, names = getattr(images, "paths", None), saved.classes
+    overlap = listed_images(run_dir / rundir.TRAIN_LIST, paths) if data is not None else 0
     report = EvalReport(
         run_dir, described, split, names, loss=loss, best_val_acc=best, skipped=skipped,
+        train_overlap=overlap,
         **_metrics(labels, preds, probs, names),
         worst=[{"source": str(paths[i]) if paths is not None else f"#{i}", "true": names[t],
                 "predicted": names[p], "confidence": c} for i, t, p, c in worst],

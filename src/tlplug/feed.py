@@ -24,7 +24,7 @@ from tlplug.data.loaders import OutcomeLoader, ViewSampler, outcome_loader, view
 from tlplug.feature_cache import Features, extract
 from tlplug.model import HEAD_GROUP
 from tlplug.prefix_cache import PrefixCut, Replay, find_cut, prefix_output
-from tlplug.probe import fits, linear_layer
+from tlplug.probe import MAX_ELEMENTS, fits, linear_layer
 from tlplug.run import Run, Source
 from tlplug.schedule import Stage
 
@@ -61,10 +61,12 @@ def choose_source(run: Run, stage: Stage) -> tuple[Source, PrefixCut | None]:
     if stage.biases or not stage.trainable or stage.trainable[0] == model.groups[0].name:
         return Source(), None
     cache = "features" if stage.trainable == (HEAD_GROUP,) else "prefix"
+    # A penalty that keeps the probe adds nothing to a head the probe fits: no images needed.
+    probed = cache == "features" and _converges(run)
     needing = tuple(
-        choice.strategy.name
-        for choice, penalty in zip(run.parts["regularizers"], run.loss.penalties, strict=True)
-        if getattr(penalty, "needs_images", False)
+        name
+        for name, penalty in _penalties(run)
+        if getattr(penalty, "needs_images", False) and not (probed and _keeps_probe(penalty))
     )
     batch = run.pipeline.names["batch"]
     drawn = tuple(n for n in run.pipeline.varying if n not in batch)  # random image augs
@@ -89,7 +91,9 @@ def choose_source(run: Run, stage: Stage) -> tuple[Source, PrefixCut | None]:
             exact = Source(cache, True, names=batch, views=len(outcomes), drawn=drawn, exact=True)
             return exact, None
         views = (most if _converges(run) else min(_epochs_left(run, stage), most)) if drawn else 0
-        return Source(cache, True, names=batch, views=views, drawn=drawn), None
+        linear = run.recipe.probe == "converge" and linear_layer(run.model.head) is not None
+        stepped = tuple(n for n, p in _penalties(run) if linear and not _keeps_probe(p))
+        return Source(cache, True, names=batch, views=views, drawn=drawn, stepped=stepped), None
     size = run.config["resolved"]["img_size"]
     cut = find_cut(model, stage, size, run.device, run.numerics)
     if cut is None:
@@ -99,12 +103,26 @@ def choose_source(run: Run, stage: Stage) -> tuple[Source, PrefixCut | None]:
 
 def _converges(run: Run) -> bool:
     """True when a head-only stage of ``run`` is fit to convergence rather than by epochs
-    (if its features fit in memory)."""
+    (if its features fit in memory): a linear head, ``--probe converge`` and no penalty
+    that must be added to every step of the head's training."""
     return (
         run.recipe.probe == "converge"
         and linear_layer(run.model.head) is not None
-        and not run.loss.penalties
+        and all(_keeps_probe(penalty) for _, penalty in _penalties(run))
     )
+
+
+def _penalties(run: Run) -> list[tuple[str, Any]]:
+    """Each regularizer's name and penalty."""
+    chosen = run.parts["regularizers"]
+    return [(c.strategy.name, p) for c, p in zip(chosen, run.loss.penalties, strict=True)]
+
+
+def _keeps_probe(penalty: Any) -> bool:
+    """Whether a penalty lets a head-only stage fit its head by the converged probe: it says
+    so (``keeps_probe = True``) because on a frozen backbone it is constant, or an L2 term on
+    the head, which the probe's own L2 strength (chosen on held-out images) replaces."""
+    return bool(getattr(penalty, "keeps_probe", False))
 
 
 def _epochs_left(run: Run, stage: Stage) -> int:
@@ -123,19 +141,10 @@ def feeding(run: Run, source: Source, cut: PrefixCut | None) -> Iterator[Feed]:
         yield Feed(run.model, stepped, loaders.train, loaders.val, run.batch_augment)
         return
     started = time.perf_counter()
-    forward = (lambda images: prefix_output(run.model, cut, images)) if cut else None
     cache = []
     try:
         for name, loader, views, weights in _passes(run, source):
-            spill = run.run_dir / ".{}.features"
-            label = f"caching {name} {'features' if cut is None else 'prefix outputs'}"
-            progress = functools.partial(run.console.progress, label=label)
-            made = extract(
-                run.model.backbone, loader, run.device, spill, run.numerics, name, forward,
-                progress, views=max(1, views), choose_view=_chooser(loader, run.epoch),
-            )  # fmt: skip
-            made.first_epoch, made.weights = run.epoch, weights
-            cache.append(made)
+            cache.append(_fill(run, name, loader, views, weights, cut))
         filled = (time.perf_counter() - started, sum(len(f.labels) for f in cache))
         train = cache[0].batches(loaders.train.batch_sampler)
         val = cache[1].batches(loaders.val.batch_sampler) if len(cache) > 1 else loaders.val
@@ -150,6 +159,42 @@ def feeding(run: Run, source: Source, cut: PrefixCut | None) -> Iterator[Feed]:
     finally:
         for features in cache:
             features.release()
+
+
+def head_features(run: Run) -> Features | None:
+    """The training images' features as a head stage fit by the converged probe caches
+    them (every view it fits on), computed now; None when such a stage would not fit its
+    head by the probe (:func:`fits_by_probe`). The caller releases them."""
+    stage = Stage(0, (HEAD_GROUP,))
+    if not fits_by_probe(run, stage):
+        return None
+    source, _ = choose_source(run, stage)
+    return _fill(run, *_passes(run, source)[0], None)
+
+
+def fits_by_probe(run: Run, stage: Stage) -> bool:
+    """Whether ``stage`` trains only a linear head, fit to convergence on cached features."""
+    if stage.trainable != (HEAD_GROUP,) or stage.biases or not _converges(run):
+        return False
+    source, _ = choose_source(run, stage)
+    size = len(run.loaders.plain.dataset) * max(1, source.views)
+    return source.used and size * linear_layer(run.model.head).in_features <= MAX_ELEMENTS
+
+
+def _fill(run: Run, name: str, loader: Any, views: int, weights: torch.Tensor | None,
+          cut: PrefixCut | None) -> Features:  # fmt: skip
+    """One pass of the cache: ``loader``'s images (``views`` of each) through the backbone,
+    or through the frozen prefix up to ``cut``."""
+    forward = (lambda images: prefix_output(run.model, cut, images)) if cut else None
+    spill = run.run_dir / ".{}.features"
+    label = f"caching {name} {'features' if cut is None else 'prefix outputs'}"
+    progress = functools.partial(run.console.progress, label=label)
+    made = extract(
+        run.model.backbone, loader, run.device, spill, run.numerics, name, forward,
+        progress, views=max(1, views), choose_view=_chooser(loader, run.epoch),
+    )  # fmt: skip
+    made.first_epoch, made.weights = run.epoch, weights
+    return made
 
 
 def _passes(run: Run, source: Source) -> list[tuple[str, Any, int, torch.Tensor | None]]:

@@ -22,7 +22,7 @@ from tlplug.recipe import BnPolicy
 from tlplug.schedule import Stage
 
 # Norm layers that keep running statistics (BatchNorm, SyncBatchNorm, tracked InstanceNorm).
-_STAT_NORMS = (nn.modules.batchnorm._NormBase,)
+STAT_NORMS = (nn.modules.batchnorm._NormBase,)
 
 
 def is_bias(name: str) -> bool:
@@ -59,5 +59,5 @@ def train_mode(model: TransferModel, stage: Stage, bn_policy: BnPolicy = "frozen
             done.add(path)
     if bn_policy == "eval":
         for module in model.modules():
-            if isinstance(module, _STAT_NORMS):
+            if isinstance(module, STAT_NORMS):
                 module.eval()

@@ -10,7 +10,7 @@ called; none uses first-result.
 
 The hook API is versioned (:data:`HOOK_API`, MAJOR.MINOR): a minor version adds hooks or
 arguments, a major version changes or removes them. A plugin states what it needs with a
-``TLPLUG_HOOK_API = "1.1"`` attribute; a plugin that needs another major version, or a
+``TLPLUG_HOOK_API = "1.2"`` attribute; a plugin that needs another major version, or a
 newer minor one, is reported as incompatible and not loaded.
 """
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 hookspec = pluggy.HookspecMarker("tlplug")
 hookimpl = pluggy.HookimplMarker("tlplug")
 
-HOOK_API = "1.1"
+HOOK_API = "1.2"
 
 #: ``register(name, factory, description=None)``: what every registration hook receives.
 Register = Callable[..., Any]

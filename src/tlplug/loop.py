@@ -23,8 +23,10 @@ from tlplug.data.decoded import keep_decoded
 from tlplug.epoch import EpochResult, epoch_record, run_epoch
 from tlplug.feed import Feed, choose_source, feeding
 from tlplug.freezing import apply_stage
+from tlplug.handover import hand_over
 from tlplug.interrupt import Interrupted, StopRequest
 from tlplug.optim import stage_lrs
+from tlplug.rollback import StageGuard
 from tlplug.run import Run
 from tlplug.schedule import stage_at
 from tlplug.summary import summarize
@@ -85,6 +87,8 @@ class Sitting:
         self._entered = -1
         self._feed: Feed | None = None
         self.trainable = 0  # parameters the stage in force trains
+        self.guard = StageGuard()
+        self.replacing = (run.run_dir / rundir.REPLACED).is_dir()  # an --overwrite's old run
         hook = run.hook.tlplug_step_end
         self._on_step = (lambda step: hook(run=run, step=step)) if hook.get_hookimpls() else None
 
@@ -127,29 +131,39 @@ class Sitting:
         self.trainable = apply_stage(run.model, stage)
         # Checkpoints share one copy of what the stage keeps frozen: no step writes it.
         self.writer.hold_still(p for p in run.model.parameters() if not p.requires_grad)
+        handed = hand_over(run, index) if fresh and index else None
         if fresh or run.lr_scheduler.scale != stage.lr_scale:  # a resumed stage has its own
             earlier = run.plan[index - 1].training if index else ()
             warm = [g for g in stage.training if g not in earlier]
             steps = round(stage.warmup * run.config["resolved"]["steps_per_epoch"])
             run.lr_scheduler.set_scale(stage.lr_scale, warm, steps)
-        if run.ema is not None:
-            run.ema.follow(run.model)
+        if run.ema is not None:  # a head fit again is its own average
+            run.ema.follow(run.model, start=bool(handed and "probe" in handed))
         lrs = stage_lrs(run.optimizer, run.model.group_names(), stage)
         run.source, cut = choose_source(run, stage)
         run.hook.tlplug_stage_start(run=run, stage=stage)
         self._feed = self._stage.enter_context(feeding(run, run.source, cut))
         if fresh:  # the stage's first epoch records its start
             self._feed.starting = {"stage_start": True, "stage_lr": lrs}
+            if handed:
+                self._feed.starting["handover"] = handed
+            if self._feed.features is None:  # a probe fit outright has no LR to cut
+                self.guard.arm(run)
         self._entered = index
         return self._feed
 
     def run_epoch(self, feed: Feed) -> EpochResult:
-        """Train and validate the current epoch."""
+        """Train and validate the current epoch; a stage's first epoch that explodes is
+        rolled back and trained again (:mod:`tlplug.rollback`)."""
         run = self.run
+        skipped = self.nonfinite.skipped
         try:
             result = run_epoch(run, feed, self.stop, self.nonfinite, self._on_step)
         except Diverged as exc:
-            raise Diverged(f"{exc}. {self.kept()}") from None
+            why = self.guard.exploded(None, len(run.classes))
+            if why is None:
+                raise Diverged(f"{exc}. {self.kept()}") from None
+            return self._again(feed, why, skipped)
         if not result.train.complete:
             again = (
                 f"continue with: tlplug run --resume {run.run_dir}"
@@ -161,7 +175,17 @@ class Sitting:
                 f"{again}",
                 128 + self.stop.signum,
             )
+        why = self.guard.exploded(result.train.loss, len(run.classes))
+        if why is not None:
+            return self._again(feed, why, skipped)
+        self.guard.disarm()
         return result
+
+    def _again(self, feed: Feed, why: str, skipped: int) -> EpochResult:
+        """Roll the stage back to its start and train its first epoch again."""
+        feed.starting["rolled_back"] = self.guard.roll_back(self.run, why)
+        self.nonfinite.skipped = skipped
+        return self.run_epoch(feed)
 
     def end_epoch(self, record: dict[str, Any], result: EpochResult) -> bool:
         """Take the epoch's result into the tally, let the plugins see its record, then
@@ -187,6 +211,10 @@ class Sitting:
                     save_weights(run.model, run.run_dir / rundir.WEIGHTS, run.config,
                                  self.writer, run.adapter)  # fmt: skip
             checkpoint.save_resume(run.run_dir / checkpoint.RESUME, run, tally, self.writer)
+        if self.replacing:  # the run kept an epoch: the run it replaces can go
+            self.writer.wait()
+            rundir.keep_replacement(run.run_dir)
+            self.replacing = False
         return not tally.stopped_early
 
     def kept(self) -> str:

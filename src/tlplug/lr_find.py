@@ -23,8 +23,6 @@ parameters train, module modes and random state are put back as they were.
 from __future__ import annotations
 
 import contextlib
-import copy
-import random
 import time
 from collections.abc import Iterator
 
@@ -35,6 +33,7 @@ import torch
 from tlplug.errors import OptionError, TlplugError, flag
 from tlplug.feed import Feed, choose_source, feeding
 from tlplug.freezing import apply_stage, train_mode
+from tlplug.handover import final_probe, hand_over
 from tlplug.lr_curve import DIVERGED, END_LR, START_LR, STEPS, RangeTest, smooth, suggest, sweep_lrs
 from tlplug.model import HEAD_GROUP
 from tlplug.optim import build_optimizer, build_scheduler
@@ -42,6 +41,7 @@ from tlplug.probe import fit_run_probe
 from tlplug.recipe import Settings
 from tlplug.run import Run, Source, Step
 from tlplug.seeding import epoch_seed, seed_everything
+from tlplug.snapshot import kept
 from tlplug.training import NonFinite, train_epoch
 
 DEFAULT_LR = attrs.fields(Settings).lr.default  # what --lr auto keeps when no stage uses it
@@ -131,7 +131,7 @@ def tune_lr(run: Run) -> RangeTest | None:
 def _test(run: Run, wanted: int | None, lrs: list[float]):
     """(stage index, its inputs, the :class:`_Sweep`, notes) of a sweep of stage ``wanted``
     (None: the first whose LR matters; None returned when there is none)."""
-    with _kept(run), contextlib.ExitStack() as stages:
+    with kept(run), contextlib.ExitStack() as stages:
         reached = _reach(run, wanted, stages)
         if reached is None:
             return None
@@ -150,6 +150,8 @@ def _reach(run: Run, wanted: int | None, stages: contextlib.ExitStack):
         last, head = index == wanted, stage.trainable == (HEAD_GROUP,) and not stage.biases
         skipped = f"note: stage {index + 1} ({stage.name}) is not trained before the test"
         if not head and (wanted is None or last):  # steps on images: no prefix cache to fill
+            if index:
+                hand_over(run, index)  # as the run starts the stage
             return index, stages.enter_context(feeding(run, Source(), None)), notes
         if not head or (not last and wanted is not None and run.recipe.probe != "converge"):
             notes.append(skipped)
@@ -166,7 +168,7 @@ def _reach(run: Run, wanted: int | None, stages: contextlib.ExitStack):
             if feed.features is None:  # the head takes optimizer steps
                 notes.append(skipped)
                 continue
-            fit_run_probe(run, feed.features, final=False)  # a later stage starts from it
+            fit_run_probe(run, feed.features, final=final_probe(run, index))
     return None
 
 
@@ -260,34 +262,3 @@ class _Labelled:
 
     def progress(self, items, total: int, label: str):
         return self.console.progress(items, total, "lr range test")
-
-
-@contextlib.contextmanager
-def _kept(run: Run) -> Iterator[None]:
-    """Put the run back as it was when the block ends: weights and buffers, optimizer
-    state and LRs, which parameters train, module modes, stage, sampler epoch, RNGs."""
-    model, optimizer, sampler = run.model, run.optimizer, run.loaders.train.sampler
-    weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    flags = [param.requires_grad for param in model.parameters()]
-    modes = [module.training for module in model.modules()]
-    state = copy.deepcopy(optimizer.state_dict())
-    where = (run.epoch, run.stage, run.source, sampler.epoch)
-    rngs = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
-            torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)  # fmt: skip
-    try:
-        yield
-    finally:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            model.load_state_dict(weights)
-        optimizer.load_state_dict(state)
-        for param, trains in zip(model.parameters(), flags, strict=True):
-            param.requires_grad_(trains)
-        for module, training in zip(model.modules(), modes, strict=True):
-            module.training = training
-        run.epoch, run.stage, run.source, sampler.epoch = where
-        random.setstate(rngs[0])
-        np.random.set_state(rngs[1])
-        torch.set_rng_state(rngs[2])
-        if rngs[3] is not None:
-            torch.cuda.set_rng_state_all(rngs[3])

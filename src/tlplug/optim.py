@@ -116,12 +116,18 @@ class StageScaledScheduler:
         self.warmup_steps = 0
         self.warmed = 0  # steps taken since the warmup began
         self.factors = [1.0] * len(optimizer.param_groups)  # applied on top, per torch group
+        self.backoff = 1.0  # on every group for the rest of the run (a rolled-back stage)
         self.per_epoch = isinstance(scheduler, ReduceLROnPlateau)
 
     def set_scale(self, scale: float, warm: Sequence[str] = (), warmup_steps: int = 0) -> None:
         """From now on scale every group's LR by ``scale``, ramping the ``warm`` groups' up
         to it over ``warmup_steps`` steps."""
         self.scale, self.warm, self.warmup_steps, self.warmed = scale, tuple(warm), warmup_steps, 0
+        self._apply()
+
+    def back_off(self, factor: float) -> None:
+        """Multiply every group's LR by ``factor`` from now to the end of the run."""
+        self.backoff *= factor
         self._apply()
 
     def step(self) -> None:
@@ -146,13 +152,15 @@ class StageScaledScheduler:
             self._unscaled(lambda: self.scheduler.step(val_loss))
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-ready state: the wrapped scheduler's, the stage scale and the warmup."""
+        """JSON-ready state: the wrapped scheduler's, the stage scale, the warmup and the
+        backoff."""
         return {
             "scheduler": self.scheduler.state_dict(),
             "scale": self.scale,
             "warm": list(self.warm),
             "warmup_steps": self.warmup_steps,
             "warmed": self.warmed,
+            "backoff": self.backoff,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -161,6 +169,7 @@ class StageScaledScheduler:
         self.scale = state["scale"]
         self.warm = tuple(state.get("warm", ()))
         self.warmup_steps, self.warmed = state.get("warmup_steps", 0), state.get("warmed", 0)
+        self.backoff = state.get("backoff", 1.0)
         self.factors = self._wanted()  # what the restored LRs carry
 
     def _wanted(self) -> list[float]:
@@ -168,7 +177,7 @@ class StageScaledScheduler:
         if self.warmed < self.warmup_steps:
             ramp = (self.warmed + 1) / (self.warmup_steps + 1)  # never 0: factors divide
         return [
-            self.scale * (ramp if group.get("name") in self.warm else 1.0)
+            self.scale * self.backoff * (ramp if group.get("name") in self.warm else 1.0)
             for group in self.optimizer.param_groups
         ]
 

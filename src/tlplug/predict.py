@@ -180,8 +180,14 @@ def load_classifier(run_dir: str | Path, plugins: PluginHost, device: str = "cpu
     saved = read_saved_run(run_dir, plugins.recipe_type, strict=False)
     weights = run_dir / rundir.WEIGHTS
     if not weights.is_file():
+        aside = run_dir / rundir.REPLACED
+        kept = (
+            f"; the run it replaces (--overwrite) is in {aside} until this one keeps an epoch"
+            if aside.is_dir()
+            else ""
+        )
         raise TlplugError(
-            f"{run_dir} has no {rundir.WEIGHTS}; the run ended before its first epoch"
+            f"{run_dir} has no {rundir.WEIGHTS}; the run ended before its first epoch{kept}"
         )
     # Only the parts that make the network: a run trained with a schedule or augmentation
     # plugin can be used for prediction without that plugin.

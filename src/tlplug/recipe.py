@@ -48,6 +48,10 @@ class Settings:
     weights: str | None = setting(
         None, "Backbone weights file (.safetensors, or a state-dict .pth/.pt).", path=True
     )
+    weights_partial: bool = setting(
+        False, "Load a --weights file made for another architecture in part: the tensors "
+        "whose names and shapes match; the rest of the backbone stays as built.", shown="",
+    )  # fmt: skip
     label_smoothing: float = setting(0.0, "Label smoothing of the cross-entropy loss.")
     balance: Balance = setting(
         "off",

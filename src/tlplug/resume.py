@@ -19,7 +19,7 @@ import attrs
 from tlplug import checkpoint, rundir
 from tlplug.assemble import assemble
 from tlplug.console import Console
-from tlplug.errors import TlplugError
+from tlplug.errors import COMMAND_LINE, TlplugError, UnknownNameError
 from tlplug.run import Run
 from tlplug.runconfig import SavedRun, check_same_run
 from tlplug.tally import Tally
@@ -53,7 +53,10 @@ def resumed_run(engine_type: Any, host: Any, saved: SavedRun, epochs: int | None
     )  # fmt: skip
     if recipe.lr == "auto":  # config.json keeps the LR the range test chose
         raise TlplugError(f"{run_dir / rundir.CONFIG} says lr auto but not the LR it chose")
-    engine = engine_type(host, recipe)
+    try:
+        engine = engine_type(host, recipe)
+    except UnknownNameError as exc:
+        raise TlplugError(f"cannot resume {run_dir}: {exc}; {_missing(host, saved)}") from None
     run = assemble(host, engine.parts, engine.recipe, saved.data_spec, run_dir, Console(quiet))
     check_same_run(run.config["resolved"], saved.resolved, run_dir, plan=epochs is None)
     fresh_config, run.config = run.config, saved.config
@@ -63,6 +66,20 @@ def resumed_run(engine_type: Any, host: Any, saved: SavedRun, epochs: int | None
         tally = _extend(run, saved, state, done, fresh_config)
     run.history = rundir.truncate_metrics(run_dir / rundir.METRICS, run.epoch)
     return run, tally
+
+
+def _missing(host: Any, saved: SavedRun) -> str:
+    """Which plugins the run chose strategies of that are not loaded now, and how to get
+    them back: installed, or passed again as the run passed them to the engine."""
+    loaded = {info.name for info in host.all_infos() if info.status == "loaded"}
+    gone = [name for name in saved.plugins_chosen() if name not in loaded]
+    named = f"plugin(s) {', '.join(gone)}" if gone else "a plugin that is not loaded"
+    if COMMAND_LINE.get():
+        return f"it was trained with {named}: install it (see 'tlplug plugins')"
+    return (
+        f"it was trained with {named}: install it, or pass the module or object that "
+        "Engine.from_plugins was given again, as Engine.resume(run_dir, plugin)"
+    )
 
 
 def _extend(run: Run, saved: SavedRun, state, done: int, fresh: dict[str, Any]) -> Tally:

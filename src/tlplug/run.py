@@ -40,7 +40,9 @@ class Source:
     ``names`` are the augmentations the cache leaves out (``--cache-features on``), and a
     feature cache holds ``views`` augmented draws of every training image, drawn with the
     random augmentations ``drawn``; or, when ``exact``, every combination of their outcomes
-    once (:attr:`~tlplug.data.pipeline.Pipeline.outcomes`).
+    once (:attr:`~tlplug.data.pipeline.Pipeline.outcomes`). ``stepped`` names the
+    regularizers whose penalty a cached head must see at every step: it trains epoch by
+    epoch instead of by the converged probe.
     """
 
     cache: Literal["features", "prefix"] | None = None
@@ -51,6 +53,7 @@ class Source:
     views: int = 0  # augmented views of each training image cached (0: the images as they are)
     drawn: tuple[str, ...] = ()  # the random augmentations the views are drawn with
     exact: bool = False  # the views are every outcome of ``drawn``, not draws
+    stepped: tuple[str, ...] = ()  # regularizers that make a head train by epochs, not the probe
 
 
 @attrs.frozen
@@ -69,7 +72,10 @@ class Step:
 
 @attrs.define
 class Run:
-    """Everything a run is made of while it trains; passed to every lifecycle hook."""
+    """Everything a run is made of while it trains; passed to every lifecycle hook.
+
+    A plugin keeps state of its own for the run in :attr:`plugin_data`, under a key of its
+    own (its name); it lives as long as the run object and is not saved."""
 
     recipe: Recipe
     config: dict[str, Any]
@@ -96,11 +102,18 @@ class Run:
     console: Console = attrs.field(factory=Console)
     plugins: PluginHost | None = None
     source: Source = attrs.field(factory=Source)  # where the current stage's inputs come from
+    plugin_data: dict[str, Any] = attrs.field(factory=dict)  # plugins' own state, by their key
 
     @property
     def hook(self) -> Any:
         """The plugins' hook relay, for calling lifecycle hooks."""
         return self.plugins.hook
+
+    @property
+    def penalties(self) -> tuple[Any, ...]:
+        """The regularizers' penalties, in the order ``run.parts["regularizers"]`` names
+        them (each what its factory returned)."""
+        return tuple(self.loss.penalties) if self.loss is not None else ()
 
     @property
     def batch_augment(self):

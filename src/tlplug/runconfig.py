@@ -33,6 +33,7 @@ def describe_run(run: Any, backbone: Any, report: Any, extra: dict[str, Any]) ->
         "backbone": {
             "model": run.parts.model_name,
             "weights": backbone.weights,
+            "pretrained": backbone.trained,
             "weights_report": report.summary() if report else None,
             "num_features": backbone.num_features,
             "classifier_keys": list(backbone.classifier),
@@ -118,6 +119,24 @@ class SavedRun:
         """The plugins whose strategies build the network (backbone provider and head)."""
         resolved = self.resolved
         return sorted({resolved["backbone"]["provider"]["plugin"], resolved["head"]["plugin"]})
+
+    def plugins_chosen(self) -> list[str]:
+        """Every plugin whose strategy the run chose, of every kind (config.json's records
+        of the choices, ``{"name", "plugin", "options"}``)."""
+        found: set[str] = set()
+
+        def walk(value: Any) -> None:
+            if isinstance(value, dict):
+                if {"name", "plugin", "options"} <= set(value):
+                    found.add(value["plugin"])
+                for inner in value.values():
+                    walk(inner)
+            elif isinstance(value, list):
+                for inner in value:
+                    walk(inner)
+
+        walk(self.resolved)
+        return sorted(found)
 
 
 def read_saved_run(

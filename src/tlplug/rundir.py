@@ -7,11 +7,13 @@
 - ``resume.safetensors``: the state after the last finished epoch (:mod:`tlplug.checkpoint`),
   with the weights its stage keeps frozen in a hidden part file beside it; removed when the
   run finishes unless it is kept (``--keep-state``).
-- ``val_images.csv``: the images held out for validation (``path,class``).
+- ``val_images.csv``, ``train_images.csv``: the images held out for validation and those
+  trained on (``path,class``).
 - ``lr_find.png``, ``lr_find.json``: with ``--lr auto``, the range test that chose the LR.
 
 Files are written whole through a temporary file and a rename, so a reader never sees half
-of one. A directory is only claimed once the run is certain to start.
+of one. A directory is only claimed once the run is certain to start, and a run it held
+(``--overwrite``) is moved aside, not deleted, until the new run has kept its first epoch.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,10 +36,12 @@ SUMMARY = "summary.json"
 WEIGHTS = "model.safetensors"
 RESUME = "resume.safetensors"
 VAL_LIST = "val_images.csv"
+TRAIN_LIST = "train_images.csv"
 FROZEN_PART = ".resume-frozen-{}.safetensors"  # the resume state's frozen weights, per stage
 PLOTS = ("curves.png", "confusion.png", "schedule.png")  # written by the plots plugin
 LR_FIND = ("lr_find.png", "lr_find.json")  # the range test of --lr auto
-RUN_FILES = (CONFIG, METRICS, SUMMARY, WEIGHTS, RESUME, VAL_LIST, *PLOTS, *LR_FIND)
+REPLACED = ".tlplug-replaced"  # the run being replaced, until the new one keeps an epoch
+RUN_FILES = (CONFIG, METRICS, SUMMARY, WEIGHTS, RESUME, VAL_LIST, TRAIN_LIST, *PLOTS, *LR_FIND)
 
 
 def default_run_dir(backbone: str, root: Path = Path("runs")) -> Path:
@@ -70,14 +75,61 @@ def check_run_dir(path: Path, overwrite: bool) -> None:
 
 
 def claim_run_dir(path: Path, overwrite: bool) -> None:
-    """Create ``path`` or remove the previous run's files from it (with ``overwrite``, or
-    when that run kept nothing)."""
+    """Create ``path``, or move what it holds (a run replaced with ``overwrite``, or one
+    that kept nothing) aside into :data:`REPLACED` until the new run keeps its first epoch
+    (:func:`keep_replacement`); a run that fails before that gives it back
+    (:func:`restore_replaced`)."""
     check_run_dir(path, overwrite)
     path.mkdir(parents=True, exist_ok=True)
-    for name in RUN_FILES:
-        (path / name).unlink(missing_ok=True)
-    for part in path.glob(FROZEN_PART.format("*")):
-        part.unlink()
+    aside = path / REPLACED
+    if aside.exists():  # an earlier replacement was killed before it kept an epoch
+        _empty(path, but=REPLACED)
+        return
+    held = [entry for entry in path.iterdir()]
+    if held:
+        aside.mkdir()
+        for entry in held:
+            entry.rename(aside / entry.name)
+
+
+def keep_replacement(path: Path) -> None:
+    """The new run in ``path`` kept an epoch: drop the replaced run's files, and give back
+    what else the folder held (a user's own files) where the new run has no file of that
+    name."""
+    aside = path / REPLACED
+    if not aside.is_dir():
+        return
+    ours = set(RUN_FILES)
+    for entry in aside.iterdir():
+        if entry.name in ours or entry.name.startswith(".") or (path / entry.name).exists():
+            _remove(entry)
+        else:
+            entry.rename(path / entry.name)
+    aside.rmdir()
+
+
+def restore_replaced(path: Path) -> None:
+    """Put back the run that a failed run in ``path`` was to replace (nothing when none)."""
+    aside = path / REPLACED
+    if not aside.is_dir():
+        return
+    _empty(path, but=REPLACED)
+    for entry in aside.iterdir():
+        entry.rename(path / entry.name)
+    aside.rmdir()
+
+
+def _empty(path: Path, but: str) -> None:
+    for entry in path.iterdir():
+        if entry.name != but:
+            _remove(entry)
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry)
+    else:
+        entry.unlink()
 
 
 def write_json(path: Path, data: Any) -> None:

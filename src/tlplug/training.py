@@ -38,6 +38,7 @@ class EpochStats:
     images: int
     seconds: float
     complete: bool = True
+    norm_images: int = 0  # images the norm layers' statistics were recomputed from after it
 
 
 @attrs.define

@@ -21,7 +21,7 @@ from torch import nn
 
 from tlplug import __version__
 from tlplug.background_writer import BackgroundWriter
-from tlplug.errors import WeightsError
+from tlplug.errors import WeightsError, flag
 from tlplug.model import BACKBONE_PREFIX, HEAD_PREFIX
 from tlplug.rundir import publish, sync
 
@@ -74,11 +74,15 @@ def _unwrap(loaded: object, path: Path) -> dict[str, torch.Tensor]:
 
 @attrs.frozen
 class LoadReport:
-    """What loading a weights file into a module matched and what it left out."""
+    """What loading a weights file into a module matched and what it left out: the
+    classifier tensors it ignored and, when loaded in part (``--weights-partial``), the
+    file's tensors the model lacks or has in another shape and the model's tensors the
+    file lacks (left as built)."""
 
     loaded: int
     ignored_classifier: tuple[str, ...]
-    unexpected: tuple[str, ...]
+    unexpected: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
 
     def summary(self) -> str:
         """One line for the console."""
@@ -86,7 +90,9 @@ class LoadReport:
         if self.ignored_classifier:
             parts.append(f"ignored {len(self.ignored_classifier)} classifier tensors")
         if self.unexpected:
-            parts.append(f"{len(self.unexpected)} unmatched in file ({some(self.unexpected)})")
+            parts.append(f"{len(self.unexpected)} in the file not loaded ({some(self.unexpected)})")
+        if self.missing:
+            parts.append(f"{len(self.missing)} of the model's left as built ({some(self.missing)})")
         return "; ".join(parts)
 
 
@@ -96,39 +102,56 @@ def load_into(
     *,
     source: str,
     classifier: tuple[str, ...] = (),
+    partial: bool = False,
 ) -> LoadReport:
-    """Copy the tensors of ``state`` that ``module`` has; report what did not match.
-
-    Keys under a ``classifier`` prefix are dropped. Keys the model lacks are reported. A
-    shape mismatch, or a model tensor the file lacks, is an error naming the keys: the file
-    is for another model. Counters and integer buffers a model computes when it is built
-    (relative-position indices) may be absent from the file.
+    """Copy the tensors of ``state`` into ``module``, which must match it exactly: every
+    tensor of the file (but the ``classifier``'s) is one of the model's, in its shape, and
+    every tensor of the model is in the file. Counters and integer buffers a model computes
+    when it is built (relative-position indices) may be absent from the file. Anything
+    else is an error naming the keys: the file is for another model. With ``partial``,
+    the tensors that match by name and shape are loaded, the rest reported; an error only
+    when none matches.
     """
     own = module.state_dict()
     ignored = tuple(k for k in state if any(k == c or k.startswith(c + ".") for c in classifier))
     candidates = {k: v for k, v in state.items() if k not in ignored}
-    matched = {k: v for k, v in candidates.items() if k in own}
+    matched = {k: v for k, v in candidates.items() if k in own and v.shape == own[k].shape}
     mismatched = [
         f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
-        for k, v in matched.items()
-        if v.shape != own[k].shape
+        for k, v in candidates.items()
+        if k in own and v.shape != own[k].shape
     ]
-    if mismatched:
+    unexpected = [k for k in candidates if k not in own and not _made_by_model(k, candidates[k])]
+    missing = [k for k in own if k not in matched and not _made_by_model(k, own[k])]
+    hint = f"pass {flag('weights_partial')} to load the {len(matched)} tensors that match"
+    if partial:
+        if not matched:
+            raise WeightsError(
+                f"{source} has no tensor of this model (it has {some(list(state))}); "
+                "is it for another architecture?"
+            )
+    elif mismatched:
         raise WeightsError(
             f"{source} does not fit this model: {len(mismatched)} tensor shapes differ "
-            f"({some(mismatched)}); is it for another architecture?"
+            f"({some(mismatched)}); is it for another architecture? {hint}"
         )
-    missing = [k for k in own if k not in matched and not _made_by_model(k, own[k])]
-    if missing:
+    elif missing:
         raise WeightsError(
             f"{source} lacks {len(missing)} of this model's tensors ({some(missing)}; "
-            f"the file has {some(list(state))}); is it for another architecture?"
+            f"the file has {some(list(state))}); is it for another architecture? {hint}"
+        )
+    elif unexpected:
+        raise WeightsError(
+            f"{source} holds {len(unexpected)} tensors this model does not have "
+            f"({some(unexpected)}): it is for another architecture, a deeper or wider "
+            f"sibling; {hint}"
         )
     load_state(module, matched, strict=False)
     return LoadReport(
         loaded=len(matched),
         ignored_classifier=ignored,
-        unexpected=tuple(k for k in candidates if k not in own),
+        unexpected=tuple([*(m.split(" ")[0] for m in mismatched), *unexpected]),
+        missing=tuple(missing),
     )
 
 

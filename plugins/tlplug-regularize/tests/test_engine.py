@@ -83,19 +83,26 @@ def test_all_three_train_end_to_end_and_are_recorded(image_folder, tiny, tmp_pat
     assert record["train_loss"] > sum(record["penalty"].values())
 
 
-def test_bss_trains_the_head_on_cached_features(image_folder, tiny, tmp_path):
-    engine = Engine.from_plugins(regularizer=("bss",), schedule="linear-probe", **tiny)
-    result = engine.fit(image_folder, out=tmp_path / "run", quiet=True)
-    _, records = read_run(result.run_dir)
-    assert [r["feature_cache"] for r in records] == [True, True]
-    assert all(r["penalty"]["bss"] > 0 for r in records)
+def test_on_a_frozen_backbone_the_head_is_fit_by_the_converged_probe(image_folder, tiny, tmp_path):
+    """Each penalty is constant there or an L2 on the head, which the probe's own L2 replaces;
+    delta, which needs the images where the backbone trains, keeps the feature cache too."""
+    for name in ("bss", "l2-sp", "delta"):
+        recipe = {**tiny, "probe": "converge", "schedule": "linear-probe"}
+        engine = Engine.from_plugins(regularizer=(name,), **recipe)
+        result = engine.fit(image_folder, out=tmp_path / name, quiet=True)
+        _, records = read_run(result.run_dir)
+        assert [r["feature_cache"] for r in records] == [True, True]
+        assert "probe" in records[0]  # fit by L-BFGS, not epoch by epoch
+        assert records[0]["penalty"] == {name: None}  # no training step to add it to
 
 
-def test_delta_turns_the_feature_cache_off(image_folder, tiny, tmp_path):
-    engine = Engine.from_plugins(regularizer=("delta",), schedule="linear-probe", **tiny)
-    result = engine.fit(image_folder, epochs=1, out=tmp_path / "run", quiet=True)
+def test_delta_turns_the_prefix_cache_off(image_folder, tiny, tmp_path):
+    recipe = {**tiny, "probe": "converge", "schedule": "gradual"}
+    engine = Engine.from_plugins(regularizer=("delta",), **recipe)
+    result = engine.fit(image_folder, epochs=2, out=tmp_path / "run", quiet=True)
     _, records = read_run(result.run_dir)
-    assert [r["feature_cache"] for r in records] == [False]
+    assert [r["feature_cache"] for r in records] == [True, False]
+    assert records[1]["prefix_cache"] is None and records[1]["penalty"]["delta"] > 0
 
 
 def test_strong_l2sp_keeps_the_backbone_near_its_start(image_folder, tiny, tmp_path):

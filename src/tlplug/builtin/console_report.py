@@ -112,9 +112,15 @@ def source_line(source) -> str:
             kind = "every outcome of " if source.exact else ""
             views = f"{source.views} augmented view{'s' * (source.views > 1)}"
             over = f"{views} ({kind}{drawn}) of the data"
+        stepped = ""
+        if source.stepped:
+            stepped = (
+                f"; the head trains epoch by epoch, not by the converged probe: regularizer "
+                f"{', '.join(source.stepped)} adds to every step's loss"
+            )
         return (
             f"feature cache on{without}: the backbone runs once over {over} and the head "
-            "trains on its features"
+            f"trains on its features{stepped}"
         )
     if source.used:
         return (

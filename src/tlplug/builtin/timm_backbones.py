@@ -5,7 +5,13 @@ from __future__ import annotations
 import fnmatch
 
 from tlplug import hookimpl
-from tlplug.backbone import Backbone, DataConfig, groups_from_children, groups_from_lists
+from tlplug.backbone import (
+    RANDOM_INIT,
+    Backbone,
+    DataConfig,
+    groups_from_children,
+    groups_from_lists,
+)
 from tlplug.errors import UnknownNameError, WeightsError, flag
 from tlplug.pretrained import hf_cached_file, host_reachable, hub_offline, offline_message
 
@@ -73,7 +79,7 @@ class TimmProvider:
             kwargs["drop_path_rate"] = drop_path_rate
         if img_size and cfg is not None and cfg.fixed_input_size:
             kwargs["img_size"] = img_size
-        weights = "random init"
+        weights = RANDOM_INIT
         if pretrained:
             kwargs["pretrained_cfg_overlay"] = _cached_weights(model, cfg)
             weights = f"timm pretrained {cfg.hf_hub_id or cfg.url}"
@@ -99,6 +105,7 @@ class TimmProvider:
             if isinstance(classifier, (list, tuple))
             else (classifier,),
             weights=weights,
+            pretrained=pretrained,
         )
 
 

@@ -12,7 +12,7 @@ import warnings
 from typing import TYPE_CHECKING
 
 from tlplug import hookimpl
-from tlplug.backbone import Backbone, DataConfig, groups_by_prefix, has_params
+from tlplug.backbone import RANDOM_INIT, Backbone, DataConfig, groups_by_prefix, has_params
 from tlplug.errors import TlplugError, UnknownNameError
 from tlplug.pretrained import torch_hub_file
 
@@ -99,7 +99,8 @@ class TorchvisionProvider:
                 crop_pct=round(crop / resize, 4),
             ),
             classifier=tuple(removed),
-            weights=f"torchvision {weights}" if pretrained else "random init",
+            weights=f"torchvision {weights}" if pretrained else RANDOM_INIT,
+            pretrained=pretrained,
         )
 
 

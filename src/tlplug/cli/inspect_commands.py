@@ -78,9 +78,10 @@ def groups(backbone, backbone_opt, img_size, max_groups, verbose) -> None:
 @click.argument("kind")
 @click.argument("pattern", required=False)
 def list_(kind, pattern) -> None:
-    """List the registered names of a kind of strategy.
+    """List the registered names of a kind of strategy, with their options.
 
-    PATTERN is shell-style, as in 'timm:*convnext*'."""
+    PATTERN is shell-style, as in 'timm:*convnext*'; backbones are listed by provider,
+    each provider's options (--backbone-opt) first."""
     host = current_host()
     if kind not in host.kinds:
         raise click.BadParameter(
@@ -100,7 +101,12 @@ def list_(kind, pattern) -> None:
     shown = 0
     for strategy in registry.strategies(provider_pattern or "*"):
         provider = strategy.factory
-        for model in provider.list_models(model_pattern):
+        models = provider.list_models(model_pattern)
+        if models and strategy.options:
+            options = ", ".join(o.describe() for o in strategy.options.values())
+            # stderr: stdout stays one model a line, for scripts
+            click.echo(f"{strategy.name}: provider options (--backbone-opt): {options}", err=True)
+        for model in models:
             click.echo(f"{strategy.name}:{model:<40} {provider.describe(model)}")
             shown += 1
     if not shown:

@@ -41,18 +41,15 @@ TTA_HELP = "Average the softmax over flipped and cropped views of each image (7 
 def predict(run_dir, images, topk, as_json, as_csv, tta, device) -> None:
     """Classify images with the best model of a run.
 
-    IMAGES are files or folders; RUN_DIR is a run directory. A file that cannot be read is
-    skipped: named on stderr, and in --json listed with its "error" and no classes. The
-    exit status is 0 when at least one image was classified."""
+    IMAGES are files or folders; RUN_DIR is a run directory. A file that cannot be read or
+    does not exist is skipped: named on stderr, and in --json listed with its "error" and
+    no classes. The exit status is 0 when at least one image was classified."""
     from tlplug.device import pick_device
     from tlplug.predict import CHECK, expand_images, load_classifier
 
     if as_json and as_csv:
         raise click.UsageError("give --json or --csv, not both")
-    for path in images:
-        if not path.exists():
-            raise TlplugError(f"image {path} does not exist")
-    files = expand_images(images)
+    files = expand_images(images)  # a path that does not exist is skipped as unreadable
     pick_device(device)  # an unavailable device, said in the command's words
     classifier = load_classifier(run_dir, current_host(), device)
     predictions = classifier.predict(files, topk=topk, tta=tta, skip_unreadable=True)
@@ -123,7 +120,18 @@ def eval_command(run_dir, data, as_json, tta, batch_size, out, device) -> None:
         run_dir, data, tta=tta, batch_size=batch_size, out=out, device=device,
         plugins=current_host(),
     )  # fmt: skip
+    if report.train_overlap:
+        click.echo(f"warning: {overlap_line(report)}", err=True)
     click.echo(json.dumps(report.to_json(), indent=2) if as_json else eval_table(report))
+
+
+def overlap_line(report) -> str:
+    """The warning for an evaluation that includes images the run trained on."""
+    return (
+        f"{report.train_overlap} of the {report.num_images} images evaluated are images the "
+        f"run trained on ({report.run_dir / 'train_images.csv'}): this accuracy is not "
+        "measured on held-out images"
+    )
 
 
 def eval_table(report) -> str:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 from PIL import Image
 
-from tlplug.errors import DataError, TlplugError
+from tlplug.errors import DataError, TlplugError, flag
 from tlplug.rundir import write_atomic
 
 if TYPE_CHECKING:
@@ -118,13 +118,16 @@ def load_data(plugins: PluginHost, data: str | os.PathLike | None, recipe: Recip
         )
     if recipe.val_split == 0:  # no validation: whatever the source holds out stays out
         if len(splits.val):
-            note = f"{len(splits.val)} validation images left out: --val-split 0"
+            note = f"{len(splits.val)} validation images left out: {flag('val_split', 0)}"
             splits = attrs.evolve(splits, warnings=(*splits.warnings, note))
         splits = attrs.evolve(splits, val=NoImages())
     check_splits(splits, name, validate=recipe.val_split != 0)
     if name in ("folder", "csv"):  # a path that reads the same from any working directory
         location = str(Path(location).resolve())
-    info = {**splits.info, "source": name, "location": location}
+    info = {
+        **splits.info, "source": name, "plugin": choice.strategy.plugin,
+        "options": choice.options, "location": location,
+    }  # fmt: skip
     return attrs.evolve(splits, info=info)
 
 
@@ -140,8 +143,8 @@ def check_splits(splits: Splits, name: str, validate: bool = True) -> None:
             raise DataError(f"data source '{name}' has no {split} images")
 
 
-def write_val_list(path: Path, images: ImageList, classes: Sequence[str]) -> None:
-    """Write which images validation uses, one ``path,class`` row each (``#INDEX`` for an
+def write_image_list(path: Path, images: ImageList, classes: Sequence[str]) -> None:
+    """Write which images a split holds, one ``path,class`` row each (``#INDEX`` for an
     image a source made rather than read)."""
     paths = getattr(images, "paths", None)
     rows = [["path", "class"]] + [
@@ -149,3 +152,13 @@ def write_val_list(path: Path, images: ImageList, classes: Sequence[str]) -> Non
         for index, label in enumerate(images.labels)
     ]
     write_atomic(path, lambda out: csv.writer(out).writerows(rows))
+
+
+def listed_images(path: Path, paths: Sequence[str] | None) -> int:
+    """How many of the image files ``paths`` a list :func:`write_image_list` wrote holds
+    (0 when there is no such list, or the images are not files)."""
+    if paths is None or not path.is_file():
+        return 0
+    with open(path, newline="") as rows:
+        listed = {str(Path(row["path"]).resolve()) for row in csv.DictReader(rows)}
+    return sum(str(Path(image).resolve()) in listed for image in paths)

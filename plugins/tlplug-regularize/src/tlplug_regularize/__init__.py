@@ -16,7 +16,7 @@ from .plugin import (
 
 __version__ = "0.1.0"
 
-TLPLUG_HOOK_API = "1.0"
+TLPLUG_HOOK_API = "1.2"  # run.penalties, keeps_probe
 
 __all__ = [
     "BSS",

@@ -30,6 +30,9 @@ class Penalty:
 
     name = ""
     needs_images = False
+    # On a frozen backbone each penalty here is constant or an L2 term on the head, which the
+    # converged probe's own L2 strength (chosen on held-out images) takes the place of.
+    keeps_probe = True
 
     def __init__(self) -> None:
         self._sum: torch.Tensor | None = None
