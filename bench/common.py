@@ -47,11 +47,12 @@ def pretrain(root: Path, backbone: str = "timm:resnet18") -> Path:
     return out / "model.safetensors"
 
 
-def plain_model(weights: Path, num_classes: int) -> nn.Module:
-    """timm resnet18 with the weights loaded and a new fc, as an article builds it."""
+def plain_model(weights: Path, num_classes: int, seed: int = 0) -> nn.Module:
+    """timm resnet18 with the weights loaded and a new fc (initialized from ``seed``), as an
+    article builds it."""
     from tlplug.weights import backbone_part, read_state_dict
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = timm.create_model("resnet18", num_classes=num_classes)
     model.load_state_dict(backbone_part(read_state_dict(weights)), strict=False)
     return model

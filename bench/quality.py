@@ -11,33 +11,33 @@ Rows per task:
 - ``default``: tlplug with no schedule and no flag given (backbone, weights, image size
   and epochs only), then every registered schedule that needs no option, each with
   otherwise default flags (AdamW, cosine LR, flip augmentation, ...);
-- ``search``: ``tlplug search`` when this tlplug has it: the winner's final run on the
-  same validation split as the other rows, its time (search and final run) also as a
-  multiple of one full run (the median of the tlplug rows' seconds);
+- ``auto`` (with ``--auto``): ``--schedule auto``, a search over the schedules on a held-out
+  part of the training images, then the winner's run, timed whole;
 - the seed articles' loops in plain PyTorch (bench/common.py), with the articles' own
   optimizers and learning rates, adapted to resnet18 (see :func:`article_rows`).
 
 Tasks come from real images shipped in pip packages (scikit-learn digits, scikit-image
 photos), see quality_tasks.py. The "pretrained" weights are trained here on a source task
-that shares no class and no photo with the downstream tasks, and cached. Seeds are fixed;
-every number is one run in this one process. Seconds are wall clock; the "load" column is
-the 1-minute load average when a row ended, to show when other work shared the CPU.
+that shares no class and no photo with the downstream tasks, and cached. A claim must hold
+for weights nobody tuned on, so every row runs from several source weights (``--sources``:
+trained longer, shorter, at another resolution) and seeds (``--seeds``); a row's accuracies
+are the means over all of them, "worst" is the lowest final/best ratio of any one run.
+Seconds are wall clock (summed); the "load" column is the 1-minute load average when a row
+ended, to show when other work shared the CPU. At the end the claims are checked: every
+schedule's final >= 0.9 x its best, the default >= linear-probe and >= the best article
+loop, ``--schedule auto`` (with ``--auto``) within 1 point of the best schedule.
 ``--quick`` runs two tasks on tiny 32 px sets for 2 epochs: a smoke test, not results.
 
     python bench/quality.py [--tasks digits,texture] [--epochs 10] [--quick]
+        [--sources 20x64,3x64,8x32] [--seeds 0,1,2] [--auto] [--search]
         [--cache-dir DIR] [--json-out results.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import functools
-import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -54,26 +54,28 @@ from tlplug.plugins import PluginHost
 
 BACKBONE = "timm:resnet18"
 TASK_SIZES = {"full": Sizes(train=60, val=40, few=12, size=64), "quick": Sizes(8, 8, 4, 32)}
-SOURCE_SIZES = {"full": Sizes(train=120, val=30, few=0, size=64), "quick": Sizes(16, 8, 0, 32)}
-PRETRAIN_EPOCHS = {"full": 8, "quick": 1}
+SOURCE_IMAGES = {"full": (120, 30), "quick": (16, 8)}  # train, val images a class
+SOURCES = {"full": "20x64,3x64,8x32", "quick": "1x32"}  # source epochs x image size
 QUICK_TASKS = "digits-fewshot,photo-id"  # one of each builder: --quick is a smoke run
 Phases = dict[int, Callable[[], torch.optim.Optimizer]]  # epoch -> optimizer built then
 
 
-def pretrained_weights(cache: Path, mode: str) -> Path:
+def pretrained_weights(cache: Path, mode: str, source: str) -> Path:
     """Stand-in pretrained resnet18 weights: full training with tlplug on the source task
-    (digits 0-4, patches of five grayscale photos), cached under ``cache``."""
-    sizes = SOURCE_SIZES[mode]
-    data = cached_tree(cache, "source", build_source, sizes)
-    out = cache / f"pretrain-{data.name}-e{PRETRAIN_EPOCHS[mode]}"
+    (digits 0-4, patches of five grayscale photos) for the epochs and at the image size
+    ``source`` names ("EPOCHSxSIZE"), cached under ``cache``."""
+    epochs, size = (int(part) for part in source.split("x"))
+    train, val = SOURCE_IMAGES[mode]
+    data = cached_tree(cache, "source", build_source, Sizes(train, val, few=0, size=size))
+    out = cache / f"pretrain-{data.name}-e{epochs}-lr0.002"
     if (out / "model.safetensors").exists():
         return out / "model.safetensors"
     engine = Engine.from_plugins(
         entrypoints=False, backbone=BACKBONE, pretrained=False, schedule="full",
-        epochs=PRETRAIN_EPOCHS[mode], img_size=sizes.size, augment=(), lr=2e-3,
+        epochs=epochs, img_size=size, augment=(), lr=2e-3,
     )  # fmt: skip
     result = engine.fit(data, out=out, overwrite=True, quiet=True)
-    print(f"pretrained on the source task: val acc {result.final_val_acc:.4f} -> {out}")
+    print(f"pretrained {source} on the source task: val acc {result.final_val_acc:.4f} -> {out}")
     return out / "model.safetensors"
 
 
@@ -115,7 +117,6 @@ def plain_epochs(model: nn.Module, loaders, phases: Phases, epochs: int) -> tupl
 def mlp_head(model: nn.Module, classes: int) -> torch.optim.Optimizer:
     """Article 3's classifier on resnet18: the 512 pooled features (VGG-16's were 25088)
     -> 4096 -> 4096 -> classes, ReLU and dropout 0.5; the backbone frozen; default Adam."""
-    torch.manual_seed(0)
     width = model.num_features
     model.fc = nn.Sequential(
         nn.Linear(width, 4096), nn.ReLU(), nn.Dropout(0.5),
@@ -156,7 +157,7 @@ ARTICLES = {
 }
 
 
-def article_rows(weights: Path, data: Path, size: int, epochs: int) -> list[Row]:
+def article_rows(weights: Path, data: Path, size: int, epochs: int, seed: int) -> list[Row]:
     """The seed articles' loops (:data:`ARTICLES`) on resnet18, with the articles' own
     optimizers and learning rates, ``model.train()`` on the whole model (so frozen
     BatchNorm statistics drift, as in the articles) and validation after every epoch;
@@ -164,34 +165,71 @@ def article_rows(weights: Path, data: Path, size: int, epochs: int) -> list[Row]
     rows = []
     for label, article in ARTICLES.items():
         start = time.perf_counter()
-        torch.manual_seed(0)
         train, val = plain_loaders(data, size)
         classes = len(train.dataset.classes)
-        model = plain_model(weights, classes)
+        model = plain_model(weights, classes, seed)
         train, phases = article(model, train, classes, epochs)
         best, final = plain_epochs(model, (train, val), phases, epochs)
         rows.append(Row(label, best, final, time.perf_counter() - start))
     return rows
 
 
-def task_rows(weights: Path, data: Path, size: int, epochs: int, search_budget: str) -> list[Row]:
-    """Every row of one task: tlplug's default and schedules, search, the articles."""
+def task_rows(weights: Path, data: Path, size: int, epochs: int, seed: int,
+              auto: bool) -> list[Row]:  # fmt: skip
+    """One source and seed's rows of a task: tlplug's default, its schedules, ``--schedule
+    auto`` when asked for, the articles."""
     usable, skipped = schedule_names()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        rows.append(done(tlplug_row("default", weights, data, out, size, epochs)))
-        for name in usable:
-            rows.append(done(tlplug_row(name, weights, data, out, size, epochs, schedule=name)))
-        if search_available():
-            search = search_row(data, weights, size, epochs, search_budget, Path(tmp) / "search")
-            one_run = statistics.median(row.seconds for row in rows)  # robust to a slow row
-            rows.append(done(with_run_multiple(search, one_run)))
-        else:
-            print("search: not available in this tlplug")
+        rows.append(done(tlplug_row("default", weights, data, out, size, epochs, seed=seed)))
+        for name in usable + (["auto"] if auto else []):
+            row = tlplug_row(name, weights, data, out, size, epochs, schedule=name, seed=seed)
+            rows.append(done(row))
     if skipped:
         print(f"skipped schedules that need options: {', '.join(skipped)}")
-    return rows + [done(row) for row in article_rows(weights, data, size, epochs)]
+    return rows + [done(row) for row in article_rows(weights, data, size, epochs, seed)]
+
+
+def mean_rows(runs: list[list[Row]]) -> list[Row]:
+    """Rows of several runs (sources x seeds) merged by recipe: mean best and final, summed
+    seconds, the lowest final/best ratio of any one run in the note."""
+    merged = []
+    for recipe in dict.fromkeys(row.recipe for rows in runs for row in rows):
+        same = [row for rows in runs for row in rows if row.recipe == recipe]
+        scored = [row for row in same if row.best is not None and row.final is not None]
+        best = statistics.mean(row.best for row in scored) if scored else None
+        final = statistics.mean(row.final for row in scored) if scored else None
+        worst = min((row.final / row.best for row in scored if row.best), default=None)
+        note = f"{len(scored)} runs" + ("" if worst is None else f", worst final/best {worst:.2f}")
+        notes = "; ".join(dict.fromkeys(row.note for row in same if row.note))
+        merged.append(Row(recipe, best, final, sum(row.seconds for row in same),
+                          f"{note}{'; ' + notes if notes else ''}"))  # fmt: skip
+    return merged
+
+
+def check_claims(task: TaskResult) -> list[str]:
+    """The claims the bench exists to check, on one task's mean rows: each failing one as a
+    line (none when all hold)."""
+    rows = {row.recipe: row for row in task.rows if row.best is not None}
+    failed = []
+    schedules = [row for name, row in rows.items() if not name.startswith("article")]
+    for row in schedules:
+        if row.final < 0.9 * row.best:
+            failed.append(f"{row.recipe}: final {row.final:.4f} < 0.9 x best {row.best:.4f}")
+    default = rows["default"].final
+    probe = rows.get("linear-probe")
+    if probe is not None and default < probe.final:
+        failed.append(f"default final {default:.4f} < linear-probe {probe.final:.4f}")
+    articles = [row.final for name, row in rows.items() if name.startswith("article")]
+    if articles and default < max(articles):
+        failed.append(f"default final {default:.4f} < best article loop {max(articles):.4f}")
+    if "auto" in rows:
+        chosen = rows["auto"].final
+        named = [row.final for row in schedules if row.recipe not in ("auto", "default")]
+        if chosen < max(named) - 0.01:
+            failed.append(f"auto final {chosen:.4f} < best schedule {max(named):.4f} - 1 pt")
+    return [f"{task.name}: {line}" for line in failed]
 
 
 def done(row: Row) -> Row:
@@ -202,61 +240,6 @@ def done(row: Row) -> Row:
         f"  done: {row.recipe}: best {best} in {row.seconds:.1f} s {row.note}".rstrip(), flush=True
     )
     return row
-
-
-@functools.cache
-def search_available() -> bool:
-    """Whether this tlplug has a ``tlplug search`` command (the form this bench calls)."""
-    probe = [sys.executable, "-m", "tlplug", "search", "--help"]
-    return subprocess.run(probe, capture_output=True).returncode == 0
-
-
-def search_row(data: Path, weights: Path, size: int, epochs: int, budget: str, out: Path) -> Row:
-    """``tlplug search --data DIR --budget B --out DIR`` with the run options that fix the
-    start, timed from start to end (search and the winner's final run). Its best and final
-    accuracies are the winner's final run's on the real validation split (OUT/summary.json),
-    comparable with the other rows; the note names the winner and the best held-out
-    accuracy of the leaderboard (OUT/leaderboard.json or .csv)."""
-    command = [
-        sys.executable, "-m", "tlplug", "search", "--data", str(data), "--budget", budget,
-        "--out", str(out), "--backbone", BACKBONE, "--weights", str(weights),
-        "--img-size", str(size), "--epochs", str(epochs),
-    ]  # fmt: skip
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        return Row("search", None, None, seconds, f"failed ({done.returncode}): {last}")
-    summary = json.loads((out / "summary.json").read_text())
-    winner = json.loads((out / "config.json").read_text()).get("search", {}).get("winner", {})
-    held_out = leaderboard_best(out)
-    note = (
-        f"budget {budget}; winner {winner.get('schedule')} lr {winner.get('lr')}"
-        f"{' lr-decay ' + str(winner['lr_decay']) if winner.get('lr_decay') else ''}; "
-        f"held-out {'-' if held_out is None else f'{held_out:.4f}'}"
-    )
-    return Row("search", summary["best_val_acc"], summary["final_val_acc"], seconds, note)
-
-
-def with_run_multiple(row: Row, run_seconds: float) -> Row:
-    """``row`` with its time as a multiple of one full run (the median tlplug row's seconds)."""
-    if run_seconds > 0:
-        row.note = f"{row.note}; {row.seconds / run_seconds:.1f}x the time of one full run"
-    return row
-
-
-def leaderboard_best(out: Path) -> float | None:
-    """The highest ``best_val_acc`` (or ``val_acc``) among a leaderboard's entries."""
-    entries: list = []
-    for file in sorted(out.glob("leaderboard.*")):
-        if file.suffix == ".json":
-            loaded = json.loads(file.read_text())
-            entries = loaded if isinstance(loaded, list) else loaded.get("entries", [])
-        elif file.suffix == ".csv":
-            entries = list(csv.DictReader(file.open()))
-    accs = [float(e.get("best_val_acc") or e.get("val_acc") or "nan") for e in entries]
-    return max((a for a in accs if a == a), default=None)
 
 
 def parse_args() -> argparse.Namespace:
@@ -273,13 +256,19 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument(
-        "--search-budget", default="auto", help="tlplug search --budget (auto, its default; 10m)"
+        "--sources", default=None, help=f"source weights as EPOCHSxSIZE; {SOURCES['full']}"
+    )
+    parser.add_argument("--seeds", default="0,1,2", help="seeds every row runs with; 0,1,2")
+    parser.add_argument(
+        "--auto", action="store_true", help="add a --schedule auto row (a search per run: slow)"
     )
     args = parser.parse_args()
     args.tasks = (args.tasks or (QUICK_TASKS if args.quick else ",".join(names))).split(",")
     if unknown := sorted(set(args.tasks) - set(names)):
         parser.error(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(names)}")
     args.epochs = args.epochs or (2 if args.quick else 10)
+    args.sources = (args.sources or SOURCES["quick" if args.quick else "full"]).split(",")
+    args.seeds = [int(seed) for seed in args.seeds.split(",")]
     return args
 
 
@@ -292,24 +281,33 @@ def versions() -> dict[str, str]:
 
 
 def main() -> None:
-    """Build the tasks and weights, run every row of every task, print and save them."""
+    """Build the tasks and weights, run every row of every task from every source and seed,
+    print the means, check the claims and save them."""
     args = parse_args()
     mode = "quick" if args.quick else "full"
     sizes = TASK_SIZES[mode]
     args.cache_dir.mkdir(parents=True, exist_ok=True)
-    weights = pretrained_weights(args.cache_dir, mode)
+    weights = {source: pretrained_weights(args.cache_dir, mode, source) for source in args.sources}
     results = []
     for task in (t for t in TASKS if t.name in args.tasks):
         data = cached_tree(args.cache_dir, task.name, task.build, sizes)
         result = TaskResult(task.name, task.what, *image_counts(data))
-        result.rows = task_rows(weights, data, sizes.size, args.epochs, args.search_budget)
+        runs = []
+        for source, path in weights.items():
+            for seed in args.seeds:
+                print(f"{task.name}: source {source}, seed {seed}", flush=True)
+                runs.append(task_rows(path, data, sizes.size, args.epochs, seed, args.auto))
+        result.rows = mean_rows(runs)
         print_task(result, args.epochs, sizes.size)
         results.append(result)
     print_summary(results)
+    failed = [line for result in results for line in check_claims(result)]
+    print("\nclaims: " + ("all hold" if not failed else "FAILED\n  " + "\n  ".join(failed)))
     if args.json_out:
         settings = {
-            "mode": mode, "epochs": args.epochs, "img_size": sizes.size, "weights": str(weights),
-            "pretrain_epochs": PRETRAIN_EPOCHS[mode], "versions": versions(),
+            "mode": mode, "epochs": args.epochs, "img_size": sizes.size,
+            "sources": {source: str(path) for source, path in weights.items()},
+            "seeds": args.seeds, "claims_failed": failed, "versions": versions(),
         }  # fmt: skip
         write_json(args.json_out, results, settings)
 

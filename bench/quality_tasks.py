@@ -139,6 +139,10 @@ TASKS = (
          lambda s, rng: photo_splits(COLOUR_PHOTOS, s.train, s.val, s.size, rng)),
     Task("texture", "4 grayscale textures (brick, grass, gravel, moon)",
          lambda s, rng: photo_splits(TEXTURES, s.train, s.val, s.size, rng, gray=True)),
+    Task("photo-fewshot", "photo-id, few-shot train set",
+         lambda s, rng: photo_splits(COLOUR_PHOTOS, s.few, s.val, s.size, rng)),
+    Task("texture-fewshot", "texture, few-shot train set",
+         lambda s, rng: photo_splits(TEXTURES, s.few, s.val, s.size, rng, gray=True)),
 )  # fmt: skip
 
 
