@@ -16,8 +16,8 @@ from torch import nn
 from torchvision import datasets, transforms
 
 from tlplug import Engine
+from tlplug.compute.memory import peak_mb, reset_peak
 from tlplug.data.synthetic import synthetic_splits
-from tlplug.memory import peak_mb, reset_peak
 
 IMG_SIZE = 64
 BATCH = 32
@@ -40,9 +40,14 @@ def pretrain(root: Path, backbone: str = "timm:resnet18") -> Path:
     out = root / "pretrain"
     data = write_images(root / "pretrain-data", seed=7)
     engine = Engine.from_plugins(
-        backbone=backbone, pretrained=False, schedule="full", epochs=2, img_size=IMG_SIZE,
-        augment=(), lr=2e-3,
-    )  # fmt: skip
+        backbone=backbone,
+        pretrained=False,
+        schedule="full",
+        epochs=2,
+        img_size=IMG_SIZE,
+        augment=(),
+        lr=2e-3,
+    )
     engine.fit(data, out=out, overwrite=True, quiet=True)
     return out / "model.safetensors"
 
@@ -50,7 +55,7 @@ def pretrain(root: Path, backbone: str = "timm:resnet18") -> Path:
 def plain_model(weights: Path, num_classes: int, seed: int = 0) -> nn.Module:
     """timm resnet18 with the weights loaded and a new fc (initialized from ``seed``), as an
     article builds it."""
-    from tlplug.weights import backbone_part, read_state_dict
+    from tlplug.rundir.weights import backbone_part, read_state_dict
 
     torch.manual_seed(seed)
     model = timm.create_model("resnet18", num_classes=num_classes)
@@ -135,9 +140,15 @@ def tlplug_fit(weights: Path, data: Path, out: Path, plugins=(), **recipe) -> fl
 def tlplug_run(weights: Path, data: Path, out: Path, plugins=(), **recipe):
     """:func:`tlplug_fit`, returning the whole :class:`~tlplug.FitResult`."""
     settings = dict(
-        backbone="timm:resnet18", weights=str(weights), augment=(), optimizer="sgd",
-        weight_decay=0.0, lr_schedule="constant", batch_size=BATCH, img_size=IMG_SIZE,
-    )  # fmt: skip
+        backbone="timm:resnet18",
+        weights=str(weights),
+        augment=(),
+        optimizer="sgd",
+        weight_decay=0.0,
+        lr_schedule="constant",
+        batch_size=BATCH,
+        img_size=IMG_SIZE,
+    )
     engine = Engine.from_plugins(*plugins, **(settings | recipe))
     return engine.fit(data, out=out, overwrite=True, quiet=True)
 

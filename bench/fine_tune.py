@@ -37,7 +37,7 @@ from common import (
 )
 
 from tlplug import Stage, hookimpl
-from tlplug.schedule import top_groups
+from tlplug.train.stages import top_groups
 
 
 class TopGroup:
@@ -69,10 +69,18 @@ def main() -> None:
         def tlplug(schedule: str, precision: str, cache: str = "auto", **more) -> float:
             # Validate once at the end, as the articles' loop does.
             return tlplug_fit(
-                weights, data, root / "run", plugins=(TopGroup(),), schedule=schedule,
-                lr=args.lr, epochs=args.epochs, precision=precision, cache_features=cache,
-                val_every=args.epochs, **more,
-            )  # fmt: skip
+                weights,
+                data,
+                root / "run",
+                plugins=(TopGroup(),),
+                schedule=schedule,
+                lr=args.lr,
+                epochs=args.epochs,
+                precision=precision,
+                cache_features=cache,
+                val_every=args.epochs,
+                **more,
+            )
 
         n = args.repeat
         runs = {

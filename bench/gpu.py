@@ -135,11 +135,22 @@ def plain_features(root: Path, args, device: torch.device) -> float:
 def tlplug_records(root: Path, out: Path, args, schedule: str, epochs: int) -> list[dict]:
     """Train with tlplug; return its metrics.jsonl records."""
     Engine.from_plugins(
-        WarmThenProbe(), backbone=f"timm:{args.model}", pretrained=False, schedule=schedule,
-        epochs=epochs, precision="bf16", batch_size=args.batch_size, img_size=224,
-        augment=(), optimizer="sgd", lr=0.01, lr_schedule="constant", workers=args.workers,
-        device=args.device, val_every=epochs,
-    ).fit(root, out=out, overwrite=True, quiet=True)  # fmt: skip
+        WarmThenProbe(),
+        backbone=f"timm:{args.model}",
+        pretrained=False,
+        schedule=schedule,
+        epochs=epochs,
+        precision="bf16",
+        batch_size=args.batch_size,
+        img_size=224,
+        augment=(),
+        optimizer="sgd",
+        lr=0.01,
+        lr_schedule="constant",
+        workers=args.workers,
+        device=args.device,
+        val_every=epochs,
+    ).fit(root, out=out, overwrite=True, quiet=True)
     return [json.loads(line) for line in (out / "metrics.jsonl").open()]
 
 

@@ -56,15 +56,24 @@ def main() -> None:
 
         def tlplug(precision: str) -> float:
             return tlplug_fit(
-                weights, data, root / "run", schedule="linear-probe", lr=args.lr,
-                epochs=args.epochs, precision=precision,
-            )  # fmt: skip
+                weights,
+                data,
+                root / "run",
+                schedule="linear-probe",
+                lr=args.lr,
+                epochs=args.epochs,
+                precision=precision,
+            )
 
         def defaults(**changes) -> float:
             engine = Engine.from_plugins(
-                backbone="timm:resnet18", weights=str(weights), img_size=IMG_SIZE,
-                schedule="linear-probe", epochs=args.epochs, **changes,
-            )  # fmt: skip
+                backbone="timm:resnet18",
+                weights=str(weights),
+                img_size=IMG_SIZE,
+                schedule="linear-probe",
+                epochs=args.epochs,
+                **changes,
+            )
             return engine.fit(data, out=root / "run", overwrite=True, quiet=True).final_val_acc
 
         n = args.repeat

@@ -51,10 +51,17 @@ def main() -> None:
 
         def tlplug(cache: str) -> float:
             result = tlplug_run(
-                weights, data, root / "run", plugins=(TopGroup(),), schedule="top-group",
-                epochs=args.epochs, img_size=SIZE, cache_features=cache, val_every=args.epochs,
+                weights,
+                data,
+                root / "run",
+                plugins=(TopGroup(),),
+                schedule="top-group",
+                epochs=args.epochs,
+                img_size=SIZE,
+                cache_features=cache,
+                val_every=args.epochs,
                 lr=0.01,
-            )  # fmt: skip
+            )
             return result.history[-1]["peak_memory_mb"]
 
         rows = [

@@ -50,7 +50,7 @@ from quality_tasks import TASKS, Sizes, build_source, cached_tree, image_counts
 from torch import nn
 
 from tlplug import Engine
-from tlplug.plugins import PluginHost
+from tlplug.plugins.host import PluginHost
 
 BACKBONE = "timm:resnet18"
 TASK_SIZES = {"full": Sizes(train=60, val=40, few=12, size=64), "quick": Sizes(8, 8, 4, 32)}
@@ -71,9 +71,15 @@ def pretrained_weights(cache: Path, mode: str, source: str) -> Path:
     if (out / "model.safetensors").exists():
         return out / "model.safetensors"
     engine = Engine.from_plugins(
-        entrypoints=False, backbone=BACKBONE, pretrained=False, schedule="full",
-        epochs=epochs, img_size=size, augment=(), lr=2e-3,
-    )  # fmt: skip
+        entrypoints=False,
+        backbone=BACKBONE,
+        pretrained=False,
+        schedule="full",
+        epochs=epochs,
+        img_size=size,
+        augment=(),
+        lr=2e-3,
+    )
     result = engine.fit(data, out=out, overwrite=True, quiet=True)
     print(f"pretrained {source} on the source task: val acc {result.final_val_acc:.4f} -> {out}")
     return out / "model.safetensors"
@@ -89,14 +95,19 @@ def schedule_names() -> tuple[list[str], list[str]]:
     return usable, skipped
 
 
-def tlplug_row(label: str, weights: Path, data: Path, out: Path, size: int, epochs: int,
-               **recipe) -> Row:  # fmt: skip
+def tlplug_row(
+    label: str, weights: Path, data: Path, out: Path, size: int, epochs: int, **recipe
+) -> Row:
     """One tlplug run through the public API, timed from building the engine to the end."""
     start = time.perf_counter()
     engine = Engine.from_plugins(
-        entrypoints=False, backbone=BACKBONE, weights=str(weights), img_size=size,
-        epochs=epochs, **recipe,
-    )  # fmt: skip
+        entrypoints=False,
+        backbone=BACKBONE,
+        weights=str(weights),
+        img_size=size,
+        epochs=epochs,
+        **recipe,
+    )
     result = engine.fit(data, out=out, overwrite=True, quiet=True)
     seconds = time.perf_counter() - start
     used = {c for h in result.history for c in ("feature_cache", "prefix_cache") if h.get(c)}
@@ -119,9 +130,14 @@ def mlp_head(model: nn.Module, classes: int) -> torch.optim.Optimizer:
     -> 4096 -> 4096 -> classes, ReLU and dropout 0.5; the backbone frozen; default Adam."""
     width = model.num_features
     model.fc = nn.Sequential(
-        nn.Linear(width, 4096), nn.ReLU(), nn.Dropout(0.5),
-        nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4096, classes),
-    )  # fmt: skip
+        nn.Linear(width, 4096),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Linear(4096, 4096),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Linear(4096, classes),
+    )
     for param in model.parameters():
         param.requires_grad = False
     for param in model.fc.parameters():
@@ -174,8 +190,9 @@ def article_rows(weights: Path, data: Path, size: int, epochs: int, seed: int) -
     return rows
 
 
-def task_rows(weights: Path, data: Path, size: int, epochs: int, seed: int,
-              auto: bool) -> list[Row]:  # fmt: skip
+def task_rows(
+    weights: Path, data: Path, size: int, epochs: int, seed: int, auto: bool
+) -> list[Row]:
     """One source and seed's rows of a task: tlplug's default, its schedules, ``--schedule
     auto`` when asked for, the articles."""
     usable, skipped = schedule_names()
@@ -203,8 +220,15 @@ def mean_rows(runs: list[list[Row]]) -> list[Row]:
         worst = min((row.final / row.best for row in scored if row.best), default=None)
         note = f"{len(scored)} runs" + ("" if worst is None else f", worst final/best {worst:.2f}")
         notes = "; ".join(dict.fromkeys(row.note for row in same if row.note))
-        merged.append(Row(recipe, best, final, sum(row.seconds for row in same),
-                          f"{note}{'; ' + notes if notes else ''}"))  # fmt: skip
+        merged.append(
+            Row(
+                recipe,
+                best,
+                final,
+                sum(row.seconds for row in same),
+                f"{note}{'; ' + notes if notes else ''}",
+            )
+        )
     return merged
 
 
@@ -305,10 +329,14 @@ def main() -> None:
     print("\nclaims: " + ("all hold" if not failed else "FAILED\n  " + "\n  ".join(failed)))
     if args.json_out:
         settings = {
-            "mode": mode, "epochs": args.epochs, "img_size": sizes.size,
+            "mode": mode,
+            "epochs": args.epochs,
+            "img_size": sizes.size,
             "sources": {source: str(path) for source, path in weights.items()},
-            "seeds": args.seeds, "claims_failed": failed, "versions": versions(),
-        }  # fmt: skip
+            "seeds": args.seeds,
+            "claims_failed": failed,
+            "versions": versions(),
+        }
         write_json(args.json_out, results, settings)
 
 

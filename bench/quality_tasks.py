@@ -98,9 +98,14 @@ def digit_splits(
 
 
 def patches(
-    image: Image.Image, count: int, parity: int, size: int, rng: np.random.Generator,
-    grid: int = 4, scale: tuple[float, float] = (0.5, 1.0),
-) -> list[Image.Image]:  # fmt: skip
+    image: Image.Image,
+    count: int,
+    parity: int,
+    size: int,
+    rng: np.random.Generator,
+    grid: int = 4,
+    scale: tuple[float, float] = (0.5, 1.0),
+) -> list[Image.Image]:
     """``count`` square patches from the blocks of a ``grid`` x ``grid`` checkerboard whose
     row + column has the given parity, each ``scale`` of a block's short side, resized."""
     width, height = image.size
@@ -118,9 +123,13 @@ def patches(
 
 
 def photo_splits(
-    names: tuple[str, ...], train: int, val: int, size: int, rng: np.random.Generator,
+    names: tuple[str, ...],
+    train: int,
+    val: int,
+    size: int,
+    rng: np.random.Generator,
     gray: bool = False,
-) -> Splits:  # fmt: skip
+) -> Splits:
     """Patches per photo: class = the photo, train and val from disjoint blocks."""
     splits: Splits = ({}, {})
     for name in names:
@@ -131,19 +140,37 @@ def photo_splits(
 
 
 TASKS = (
-    Task("digits", "digits 5-9, 8x8 scans upscaled",
-         lambda s, rng: digit_splits((5, 6, 7, 8, 9), s.train, s.val, s.size, rng)),
-    Task("digits-fewshot", "digits 5-9, few-shot train set",
-         lambda s, rng: digit_splits((5, 6, 7, 8, 9), s.few, s.val, s.size, rng)),
-    Task("photo-id", "which of 6 colour photos a patch comes from",
-         lambda s, rng: photo_splits(COLOUR_PHOTOS, s.train, s.val, s.size, rng)),
-    Task("texture", "4 grayscale textures (brick, grass, gravel, moon)",
-         lambda s, rng: photo_splits(TEXTURES, s.train, s.val, s.size, rng, gray=True)),
-    Task("photo-fewshot", "photo-id, few-shot train set",
-         lambda s, rng: photo_splits(COLOUR_PHOTOS, s.few, s.val, s.size, rng)),
-    Task("texture-fewshot", "texture, few-shot train set",
-         lambda s, rng: photo_splits(TEXTURES, s.few, s.val, s.size, rng, gray=True)),
-)  # fmt: skip
+    Task(
+        "digits",
+        "digits 5-9, 8x8 scans upscaled",
+        lambda s, rng: digit_splits((5, 6, 7, 8, 9), s.train, s.val, s.size, rng),
+    ),
+    Task(
+        "digits-fewshot",
+        "digits 5-9, few-shot train set",
+        lambda s, rng: digit_splits((5, 6, 7, 8, 9), s.few, s.val, s.size, rng),
+    ),
+    Task(
+        "photo-id",
+        "which of 6 colour photos a patch comes from",
+        lambda s, rng: photo_splits(COLOUR_PHOTOS, s.train, s.val, s.size, rng),
+    ),
+    Task(
+        "texture",
+        "4 grayscale textures (brick, grass, gravel, moon)",
+        lambda s, rng: photo_splits(TEXTURES, s.train, s.val, s.size, rng, gray=True),
+    ),
+    Task(
+        "photo-fewshot",
+        "photo-id, few-shot train set",
+        lambda s, rng: photo_splits(COLOUR_PHOTOS, s.few, s.val, s.size, rng),
+    ),
+    Task(
+        "texture-fewshot",
+        "texture, few-shot train set",
+        lambda s, rng: photo_splits(TEXTURES, s.few, s.val, s.size, rng, gray=True),
+    ),
+)
 
 
 def build_source(sizes: Sizes, rng: np.random.Generator) -> Splits:

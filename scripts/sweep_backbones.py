@@ -27,9 +27,9 @@ import warnings
 
 import torch
 
-from tlplug.build import build_backbone, choose
 from tlplug.mechanics_check import check_mechanics
-from tlplug.plugins import PluginHost
+from tlplug.plugins.host import PluginHost
+from tlplug.plugins.resolve import build_backbone, choose
 from tlplug.recipe import Recipe
 
 SIZES = (64, 96, 128, 160, 224)

@@ -13,9 +13,9 @@ from pathlib import Path
 import attrs
 import pytest
 
-from tlplug import hookspecs
 from tlplug.cli.group import cli
-from tlplug.kinds import KINDS
+from tlplug.plugins import hookspecs
+from tlplug.plugins.kinds import KINDS
 from tlplug.recipe import Recipe
 
 ROOT = Path(__file__).resolve().parent.parent

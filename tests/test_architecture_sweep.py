@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-from tlplug.build import build_backbone, choose
 from tlplug.mechanics_check import check_mechanics
-from tlplug.plugins import PluginHost
+from tlplug.plugins.host import PluginHost
+from tlplug.plugins.resolve import build_backbone, choose
 from tlplug.recipe import Recipe
 
 ARCHITECTURES = [

@@ -8,15 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from tlplug.backbone import DataConfig
 from tlplug.builtin import augmentations
 from tlplug.data.synthetic import draw
 from tlplug.data.transforms import OneOf, build_transforms, normalize
 from tlplug.engine import Engine
 from tlplug.errors import OptionError
-from tlplug.loss import Batch, TrainingLoss
-from tlplug.marks import phase_of as phase_of_strategy
-from tlplug.plugins import PluginHost
+from tlplug.model.backbone import DataConfig
+from tlplug.plugins.host import PluginHost
+from tlplug.plugins.marks import phase_of as phase_of_strategy
+from tlplug.train.loss import Batch, TrainingLoss
 
 REGISTRY = PluginHost(entrypoints=False).registry("augmentations")
 BUILTIN = [s.name for s in REGISTRY.strategies() if s.plugin == "augmentations"]

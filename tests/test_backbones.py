@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from tlplug.backbone import check_groups
-from tlplug.plugins import PluginHost
+from tlplug.model.backbone import check_groups
+from tlplug.plugins.host import PluginHost
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import time
 import torch
 from torch import nn
 
-from tlplug.background_writer import BackgroundWriter
+from tlplug.rundir.writer import BackgroundWriter
 
 
 def test_snapshots_share_one_copy_of_what_holds_still_and_copy_the_rest():

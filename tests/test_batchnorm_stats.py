@@ -8,9 +8,9 @@ import torch
 
 from conftest import TINY
 from tlplug import Engine, hookimpl
-from tlplug.assemble import assemble
-from tlplug.batchnorm_stats import estimate_batchnorm, fresh_batchnorms
 from tlplug.console import Console
+from tlplug.train.assemble import assemble
+from tlplug.train.norm_stats import estimate_batchnorm, fresh_batchnorms
 
 
 class AtStart:
@@ -46,8 +46,9 @@ def test_a_random_backbone_starts_with_the_statistics_of_its_training_images(
 
 def test_the_estimate_leaves_the_random_generators_and_other_weights_alone(image_folder, tmp_path):
     engine = Engine.from_plugins(entrypoints=False, **(TINY | {"augment": ("flip",)}))
-    run = assemble(engine.plugins, engine.parts, engine.recipe, image_folder, tmp_path,
-                   Console(quiet=True))  # fmt: skip
+    run = assemble(
+        engine.plugins, engine.parts, engine.recipe, image_folder, tmp_path, Console(quiet=True)
+    )
     fresh = fresh_batchnorms(run.model)
     before = {k: v.clone() for k, v in run.model.state_dict().items()}
     generator = torch.get_rng_state()
@@ -55,7 +56,8 @@ def test_the_estimate_leaves_the_random_generators_and_other_weights_alone(image
     assert torch.equal(torch.get_rng_state(), generator)
     after = run.model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed and all(k.endswith(("running_mean", "running_var", "num_batches_tracked"))
-                           for k in changed)  # fmt: skip
+    assert changed and all(
+        k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in changed
+    )
     assert all(layer.momentum == 0.1 for layer in fresh) and run.model.training
     assert estimate_batchnorm(run) == 0  # nothing fresh is left

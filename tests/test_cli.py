@@ -316,9 +316,20 @@ def test_image_failing_to_decode_in_a_loader_worker_is_replaced_and_listed(
     broken = tmp_path / "d" / "val" / "dots" / "broken.jpg"
     broken.write_bytes(good[: len(good) * 3 // 4])  # the header reads; decoding fails
     code, out, err = tlplug(
-        capsys, "run", "--data", tmp_path / "d", "--backbone", "timm:resnet10t",
-        "--epochs", "1", "--out", tmp_path / "r", *TINY_ARGS[:-2], "--workers", "1",
-    )  # fmt: skip
+        capsys,
+        "run",
+        "--data",
+        tmp_path / "d",
+        "--backbone",
+        "timm:resnet10t",
+        "--epochs",
+        "1",
+        "--out",
+        tmp_path / "r",
+        *TINY_ARGS[:-2],
+        "--workers",
+        "1",
+    )
     assert code == 0, err
     assert "1 more image(s) failed to decode while training" in out
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())

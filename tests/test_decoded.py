@@ -9,15 +9,20 @@ import torch
 
 from conftest import RunDirFiles
 from tlplug import Engine
-from tlplug.backbone import DataConfig
 from tlplug.data.decoded import DecodedImages
 from tlplug.data.folders import FileImages, list_images
 from tlplug.data.transforms import base_transform
+from tlplug.model.backbone import DataConfig
 
 RECIPE = dict(
-    backbone="timm:resnet10t", pretrained=False, img_size=32, batch_size=8,
-    schedule="freeze-unfreeze", augment=("flip", "crop"), epochs=2,
-)  # fmt: skip
+    backbone="timm:resnet10t",
+    pretrained=False,
+    img_size=32,
+    batch_size=8,
+    schedule="freeze-unfreeze",
+    augment=("flip", "crop"),
+    epochs=2,
+)
 
 
 class CountingImages:

@@ -20,8 +20,9 @@ import pytest
 import torch
 
 from conftest import TINY
-from tlplug import Engine, hookimpl, hookspecs
+from tlplug import Engine, hookimpl
 from tlplug.data.synthetic import draw
+from tlplug.plugins import hookspecs
 from tlplug.testing import FAST_RECIPE
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"

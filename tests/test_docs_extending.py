@@ -15,9 +15,9 @@ from test_docs import fit, load, plugin_of
 from test_resume import CrashAt
 from tlplug import Engine, TlplugError
 from tlplug.cli.group import TlplugGroup, cli
-from tlplug.export import export_run, sample_images
-from tlplug.plugins import PluginHost
-from tlplug.predict import load_classifier
+from tlplug.plugins.host import PluginHost
+from tlplug.ship.export import export_run, sample_images
+from tlplug.ship.predict import load_classifier
 
 
 def cli_with(*plugins) -> TlplugGroup:

@@ -121,7 +121,7 @@ def test_hidden_and_non_image_files_are_ignored(tmp_path, class_folders):
 
 def test_synthetic_data_is_deterministic():
     from tlplug import Recipe
-    from tlplug.plugins import PluginHost
+    from tlplug.plugins.host import PluginHost
 
     plugins = PluginHost(entrypoints=False)
     a, b = load_data(plugins, None, Recipe()), load_data(plugins, None, Recipe())
@@ -181,9 +181,19 @@ def test_compile_without_a_cpp_compiler_says_what_to_do(
     monkeypatch.setenv("PATH", str(tmp_path))  # no g++, c++ or clang++ on it
     monkeypatch.delenv("CXX", raising=False)
     code, _, err = tlplug(
-        capsys, "run", "--data", image_folder, "--backbone", "timm:resnet10t", "--no-pretrained",
-        "--compile", "--device", "cpu", "--out", tmp_path / "run",
-    )  # fmt: skip
+        capsys,
+        "run",
+        "--data",
+        image_folder,
+        "--backbone",
+        "timm:resnet10t",
+        "--no-pretrained",
+        "--compile",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "run",
+    )
     assert code != 0 and "Traceback" not in err
     assert "--compile on CPU needs a C++ compiler (g++ or clang++)" in err
     assert not (tmp_path / "run").exists()

@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import TINY, tlplug
 from tlplug.engine import Engine
-from tlplug.evaluation import evaluate_run
+from tlplug.ship.evaluate import evaluate_run
 
 # fp32 (a head-only epoch on cached features, then the whole network), bf16 autocast, and a
 # head trained on cached features alone (the linear probe's only stage).

@@ -19,10 +19,10 @@ from safetensors.torch import load_file
 from conftest import TINY
 from tlplug import Engine, TlplugError
 from tlplug.builtin import exporters
-from tlplug.export import export_run, sample_images
-from tlplug.plugins import PluginHost
-from tlplug.predict import load_classifier
-from tlplug.registry import summary_of
+from tlplug.plugins.host import PluginHost
+from tlplug.plugins.registry import summary_of
+from tlplug.ship.export import export_run, sample_images
+from tlplug.ship.predict import load_classifier
 from tlplug.testing import run_cli
 
 CLASSES = ["checker", "dots", "stripes"]
@@ -100,8 +100,11 @@ def test_torchscript_file_runs_in_a_process_without_tlplug(run_dir, classifier, 
     """)
     result = subprocess.run(
         [sys.executable, "-W", "ignore", "-c", script, exported.path, tmp_path / "io.pt"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout)
     assert seen["diff"] < 1e-5 and not seen["tlplug"]

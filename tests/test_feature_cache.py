@@ -7,14 +7,24 @@ import torch
 from torchvision.transforms import v2
 
 from conftest import RunDirFiles
-from tlplug import Engine, augmentation, feature_cache, hookimpl
-from tlplug.checkpoint import read_resume
+from tlplug import Engine, augmentation, hookimpl
+from tlplug.rundir.checkpoint import read_resume
+from tlplug.train import feature_cache
 
 PROBE = dict(
-    backbone="timm:resnet10t", pretrained=False, img_size=32, batch_size=8, workers=0,
-    schedule="linear-probe", augment=(), epochs=3, lr=0.01, keep_state=True, plots=False,
+    backbone="timm:resnet10t",
+    pretrained=False,
+    img_size=32,
+    batch_size=8,
+    workers=0,
+    schedule="linear-probe",
+    augment=(),
+    epochs=3,
+    lr=0.01,
+    keep_state=True,
+    plots=False,
     probe="epochs",  # the head trains by steps, so cached and uncached runs can be compared
-)  # fmt: skip
+)
 
 
 def head_of(run_dir):
@@ -115,9 +125,11 @@ def test_a_deterministic_augmentation_keeps_the_cache_and_reaches_the_cached_ima
     runs = {}
     for mode in ("auto", "off"):
         runs[mode] = Engine.from_plugins(
-            Grayscale(), entrypoints=False, **(PROBE | {"augment": ("grayscale",)}),
+            Grayscale(),
+            entrypoints=False,
+            **(PROBE | {"augment": ("grayscale",)}),
             cache_features=mode,
-        ).fit(image_folder, out=tmp_path / mode)  # fmt: skip
+        ).fit(image_folder, out=tmp_path / mode)
     assert [r["feature_cache"] for r in runs["auto"].history] == [True] * 3
     assert "feature cache on: the backbone runs once" in capsys.readouterr().out
     cached, plain = head_of(tmp_path / "auto"), head_of(tmp_path / "off")
@@ -161,11 +173,15 @@ def test_a_converged_probe_caches_every_outcome_of_a_flip_once(image_folder, tmp
     assert "over 2 augmented views (every outcome of flip)" in capsys.readouterr().out
     assert result.history[0]["probe"]["images"] == 36 and result.history[0]["feature_cache"]
     pairs = [
-        (fit("always", augment=("flip",), augment_opts={"flip": {"p": 1.0}}),
-         fit("mirror", Mirror(), augment=("mirror",))),
-        (fit("never", augment=("flip",), augment_opts={"flip": {"p": 0.0}}),
-         fit("none", augment=())),
-    ]  # fmt: skip
+        (
+            fit("always", augment=("flip",), augment_opts={"flip": {"p": 1.0}}),
+            fit("mirror", Mirror(), augment=("mirror",)),
+        ),
+        (
+            fit("never", augment=("flip",), augment_opts={"flip": {"p": 0.0}}),
+            fit("none", augment=()),
+        ),
+    ]
     for outcome, deterministic in pairs:
         for key in outcome:
             assert torch.equal(outcome[key], deterministic[key])

@@ -13,17 +13,62 @@ from tlplug.recipe import Recipe
 # Options a user may get wrong. Size and length (--backbone, --img-size, --epochs) stay
 # fixed so that a valid draw trains for seconds, not minutes.
 OPTIONS = [
-    "--lr", "--lr-decay", "--lr-mult", "--batch-size", "--schedule", "--schedule-opt",
-    "--head", "--head-opt", "--lr-schedule", "--lr-schedule-opt", "--augment",
-    "--augment-opt", "--optimizer", "--weight-decay", "--momentum", "--seed", "--device",
-    "--val-split", "--bn-policy", "--max-groups", "--skip-nonfinite", "--backbone-opt",
-    "--weights", "--resume", "--bogus", "--lr-decay-typo",
-]  # fmt: skip
+    "--lr",
+    "--lr-decay",
+    "--lr-mult",
+    "--batch-size",
+    "--schedule",
+    "--schedule-opt",
+    "--head",
+    "--head-opt",
+    "--lr-schedule",
+    "--lr-schedule-opt",
+    "--augment",
+    "--augment-opt",
+    "--optimizer",
+    "--weight-decay",
+    "--momentum",
+    "--seed",
+    "--device",
+    "--val-split",
+    "--bn-policy",
+    "--max-groups",
+    "--skip-nonfinite",
+    "--backbone-opt",
+    "--weights",
+    "--resume",
+    "--bogus",
+    "--lr-decay-typo",
+]
 WORDS = [
-    "gradual", "lp-ft", "bitfit", "mlp", "cosine", "plateau", "flip", "crop", "none",
-    "a=b", "epochs_per_stage=2", "hidden=8", "crop.scale=0.5,1", "x.y=z", "k=", "=", ",",
-    "1,2,3", "0", "-1", "1e9", "nan", "inf", "cuda", "cpu", "timm:resnet10t", "..",
-]  # fmt: skip
+    "gradual",
+    "lp-ft",
+    "bitfit",
+    "mlp",
+    "cosine",
+    "plateau",
+    "flip",
+    "crop",
+    "none",
+    "a=b",
+    "epochs_per_stage=2",
+    "hidden=8",
+    "crop.scale=0.5,1",
+    "x.y=z",
+    "k=",
+    "=",
+    ",",
+    "1,2,3",
+    "0",
+    "-1",
+    "1e9",
+    "nan",
+    "inf",
+    "cuda",
+    "cpu",
+    "timm:resnet10t",
+    "..",
+]
 VALUES = st.one_of(
     st.sampled_from(WORDS),
     st.integers(-3, 64).map(str),
@@ -31,9 +76,17 @@ VALUES = st.one_of(
     st.text(max_size=10),
 )
 FIXED = [
-    "--backbone", "timm:resnet10t", "--no-pretrained", "--img-size", "32", "--epochs", "1",
-    "--workers", "0", "--quiet",
-]  # fmt: skip
+    "--backbone",
+    "timm:resnet10t",
+    "--no-pretrained",
+    "--img-size",
+    "32",
+    "--epochs",
+    "1",
+    "--workers",
+    "0",
+    "--quiet",
+]
 
 
 def run_cli(capsys, argv):

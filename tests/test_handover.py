@@ -1,5 +1,5 @@
-"""The unfreeze is stable by construction (tlplug.handover), and a stage whose first epoch
-explodes is rolled back and trained again at a tenth of the LR (tlplug.rollback).
+"""The unfreeze is stable by construction (tlplug.train.handover), and a stage whose first epoch
+explodes is rolled back and trained again at a tenth of the LR (tlplug.train.rollback).
 
 The "pretrained" weights here are a random resnet10t whose BatchNorm statistics describe
 other images than the training set (shifted means, larger variances), as pretrained
@@ -159,7 +159,7 @@ def test_an_exploding_first_epoch_is_rolled_back_and_trained_again_at_a_tenth(
 
 
 def test_a_non_finite_first_epoch_is_rolled_back_once_then_stops_the_run(image_folder, tmp_path):
-    from tlplug.training import Diverged
+    from tlplug.train.step import Diverged
 
     engine = Engine.from_plugins(Hot(1e30), entrypoints=False, **HOT)
     with pytest.raises(Diverged, match="the loss became"):

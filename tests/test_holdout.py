@@ -9,7 +9,7 @@ import pytest
 
 from tlplug.data.folders import stratified_split
 from tlplug.errors import OptionError
-from tlplug.holdout import assign_folds, choose_folds
+from tlplug.search.holdout import assign_folds, choose_folds
 
 
 def test_auto_cross_validates_when_a_fifth_is_too_few_to_rank_on():
@@ -52,7 +52,7 @@ def test_a_fold_that_holds_nothing_out_is_not_trained(tmp_path):
 
     from tlplug.data.folders import FileImages
     from tlplug.data.sources import Splits
-    from tlplug.holdout import write_folds
+    from tlplug.search.holdout import write_folds
 
     paths = []
     for name in ("a", "b"):

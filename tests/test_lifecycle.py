@@ -17,7 +17,7 @@ from torch import nn
 from test_docs_extending import cli_with
 from test_resume import RUN_RECIPE, assert_same_tensors, epochs_of, final_model
 from tlplug import Engine, Stage, TlplugError, hookimpl
-from tlplug.plugins import PluginHost
+from tlplug.plugins.host import PluginHost
 
 
 class Watcher:

@@ -13,12 +13,12 @@ import torch
 
 from conftest import TINY, tlplug
 from tlplug import Engine, OptionError
-from tlplug.assemble import assemble
 from tlplug.console import Console
-from tlplug.lr_curve import smooth, suggest, sweep_lrs, valley
-from tlplug.lr_find import range_test
 from tlplug.recipe_file import read_recipe_file
-from tlplug.runconfig import read_saved_run
+from tlplug.rundir.config_record import read_saved_run
+from tlplug.search.lr_curve import smooth, suggest, sweep_lrs, valley
+from tlplug.search.lr_find import range_test
+from tlplug.train.assemble import assemble
 
 TINY_ARGS = ["--no-pretrained", "--img-size", "32", "--batch-size", "8", "--workers", "0"]
 
@@ -152,9 +152,20 @@ def test_the_default_stage_is_the_first_whose_lr_matters(image_folder, tmp_path)
 def test_lr_find_command_writes_the_curve_and_prints_the_suggestion(image_folder, tmp_path, capsys):
     out = tmp_path / "lrf"
     code, stdout, err = tlplug(
-        capsys, "lr-find", "--data", image_folder, "--backbone", "timm:resnet10t", *TINY_ARGS,
-        "--steps", "15", "--start-lr", "1e-6", "--out", out,
-    )  # fmt: skip
+        capsys,
+        "lr-find",
+        "--data",
+        image_folder,
+        "--backbone",
+        "timm:resnet10t",
+        *TINY_ARGS,
+        "--steps",
+        "15",
+        "--start-lr",
+        "1e-6",
+        "--out",
+        out,
+    )
     assert code == 0, err
     record = json.loads((out / "lr_find.json").read_text())
     assert record["stage"] == 2 and len(record["lrs"]) == len(record["losses"]) <= 15

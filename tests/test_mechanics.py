@@ -11,22 +11,22 @@ import pytest
 import torch
 
 from tlplug import Engine, hookimpl
-from tlplug.backbone import check_groups
-from tlplug.build import build_backbone, choose
 from tlplug.builtin import lr_schedules
 from tlplug.cli import main
 from tlplug.errors import OptionError
-from tlplug.model import TransferModel
-from tlplug.optim import (
+from tlplug.model.backbone import check_groups
+from tlplug.model.transfer import TransferModel
+from tlplug.plugins.host import PluginHost
+from tlplug.plugins.resolve import build_backbone, choose
+from tlplug.recipe import Recipe
+from tlplug.train.optimizer import (
     StageScaledScheduler,
     build_optimizer,
     build_scheduler,
     group_lrs,
     lr_multipliers,
 )
-from tlplug.plugins import PluginHost
-from tlplug.recipe import Recipe
-from tlplug.schedule import stage_at
+from tlplug.train.stages import stage_at
 
 GROUPS = ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
 
@@ -90,9 +90,15 @@ def test_bn_policy(policy, schedule, image_folder, tmp_path, tiny):
 
 def test_lr_decay_scales_each_group_by_its_distance_from_the_head(image_folder, tmp_path, tiny):
     result = fit(
-        tmp_path, image_folder, tiny, schedule="full", lr_schedule="constant", lr=0.01,
-        lr_decay=0.5, epochs=1,
-    )  # fmt: skip
+        tmp_path,
+        image_folder,
+        tiny,
+        schedule="full",
+        lr_schedule="constant",
+        lr=0.01,
+        lr_decay=0.5,
+        epochs=1,
+    )
     expected = {g: 0.5 ** (len(GROUPS) - 1 - i) for i, g in enumerate(GROUPS)}
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["resolved"]["lr_multipliers"] == expected
@@ -122,9 +128,9 @@ def test_no_weight_decay_on_biases_norms_and_position_tokens():
     assert sum(len(g["params"]) for g in opt.param_groups) == len(names)
     assert [g["name"] for g in opt.param_groups][::2] == model.group_names()
 
-    everything = build_optimizer(model, attrs.evolve(recipe, decay_norm_bias=True), {
-        g: 1.0 for g in model.group_names()
-    })  # fmt: skip
+    everything = build_optimizer(
+        model, attrs.evolve(recipe, decay_norm_bias=True), {g: 1.0 for g in model.group_names()}
+    )
     assert [g["weight_decay"] for g in everything.param_groups] == [0.01] * len(model.groups)
 
 
@@ -138,9 +144,17 @@ def test_lr_schedules_run_on_across_stage_changes(
     spy = Spy()
     options = {"step_epochs": 1} if lr_schedule == "step" else {}
     result = fit(
-        tmp_path, image_folder, tiny, spy, schedule="gradual", epochs=3, optimizer=optimizer,
-        lr_schedule=lr_schedule, lr_schedule_opts=options, lr_decay=0.5,
-    )  # fmt: skip
+        tmp_path,
+        image_folder,
+        tiny,
+        spy,
+        schedule="gradual",
+        epochs=3,
+        optimizer=optimizer,
+        lr_schedule=lr_schedule,
+        lr_schedule_opts=options,
+        lr_decay=0.5,
+    )
     per_epoch = spy.run.step // 3
     params = [torch.nn.Parameter(torch.zeros(1)) for _ in GROUPS]
     reference = torch.optim.SGD(
@@ -158,10 +172,16 @@ def test_lr_schedules_run_on_across_stage_changes(
 def test_lp_ft_fine_tunes_at_the_scaled_lr(image_folder, tmp_path, tiny):
     spy = Spy()
     result = fit(
-        tmp_path, image_folder, tiny, spy, schedule="lp-ft",
-        schedule_opts={"probe_epochs": 1, "ft_lr_scale": 0.1}, lr_schedule="constant", lr=0.01,
+        tmp_path,
+        image_folder,
+        tiny,
+        spy,
+        schedule="lp-ft",
+        schedule_opts={"probe_epochs": 1, "ft_lr_scale": 0.1},
+        lr_schedule="constant",
+        lr=0.01,
         epochs=2,
-    )  # fmt: skip
+    )
     probe, tune = result.history
     assert probe["lr"]["head"] == 0.01 and probe["lr_scale"] == 1.0
     assert tune["lr_scale"] == 0.1 and tune["trainable_groups"] == GROUPS
@@ -242,9 +262,15 @@ def test_schedule_state_is_json_and_continues_exactly(lr_schedule, image_folder,
     the same stage and the same LR for every group in epochs 3 and 4 as the run had."""
     spy = Spy(keep=2)
     result = fit(
-        tmp_path, image_folder, tiny, spy, schedule="lp-ft", lr_schedule=lr_schedule,
-        epochs=4, lr_decay=0.7,
-    )  # fmt: skip
+        tmp_path,
+        image_folder,
+        tiny,
+        spy,
+        schedule="lp-ft",
+        lr_schedule=lr_schedule,
+        epochs=4,
+        lr_decay=0.7,
+    )
     run, engine_recipe = spy.run, spy.run.recipe
     engine = Engine.from_plugins(entrypoints=False, **engine_recipe.to_json())
     optimizer = build_optimizer(

@@ -5,7 +5,7 @@ from typing import Literal
 import pytest
 
 from tlplug.errors import OptionError
-from tlplug.options import coerce, options_of, parse_assignments, resolve_options
+from tlplug.plugins.options import coerce, options_of, parse_assignments, resolve_options
 
 
 def factory(

@@ -14,21 +14,37 @@ from PIL import Image
 from conftest import TINY, tlplug
 from tlplug import Engine, plotting
 from tlplug.builtin import plots
-from tlplug.schedule import Stage, stage_at
+from tlplug.train.stages import Stage, stage_at
 
 PLOTS = ["curves.png", "confusion.png", "schedule.png"]
-TINY_ARGS = ["--backbone", "timm:resnet10t", "--no-pretrained", "--img-size", "32",
-             "--batch-size", "8", "--workers", "0"]  # fmt: skip
+TINY_ARGS = [
+    "--backbone",
+    "timm:resnet10t",
+    "--no-pretrained",
+    "--img-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--workers",
+    "0",
+]
 
 
 def record(epoch, stage, name, trainable, biases=(), lr=None, val=True, best=False):
     """A metrics record as epoch_record writes it, with only the keys the plots read."""
     return {
-        "epoch": epoch, "stage": stage, "stage_name": name, "trainable_groups": list(trainable),
-        "bias_groups": list(biases), "train_loss": 2.0 / epoch, "train_acc": 0.2 * epoch,
-        "val_loss": 2.5 / epoch if val else None, "val_acc": 0.15 * epoch if val else None,
-        "lr": lr or {"stem": 1e-4, "layer1": 1e-4, "head": 1e-3}, "is_best": best,
-    }  # fmt: skip
+        "epoch": epoch,
+        "stage": stage,
+        "stage_name": name,
+        "trainable_groups": list(trainable),
+        "bias_groups": list(biases),
+        "train_loss": 2.0 / epoch,
+        "train_acc": 0.2 * epoch,
+        "val_loss": 2.5 / epoch if val else None,
+        "val_acc": 0.15 * epoch if val else None,
+        "lr": lr or {"stem": 1e-4, "layer1": 1e-4, "head": 1e-3},
+        "is_best": best,
+    }
 
 
 # Four epochs over three groups: the head, then biases below it, then everything; the LR
@@ -36,11 +52,23 @@ def record(epoch, stage, name, trainable, biases=(), lr=None, val=True, best=Fal
 HISTORY = [
     record(1, 0, "head", ["head"], val=False),
     record(2, 1, "biases+head", ["head"], ["stem", "layer1"], best=True),
-    record(3, 2, "full", ["stem", "layer1", "head"], val=False,
-           lr={"stem": 5e-5, "layer1": 5e-5, "head": 5e-4}),
-    record(4, 2, "full", ["stem", "layer1", "head"], best=True,
-           lr={"stem": 0.0, "layer1": 0.0, "head": 0.0}),
-]  # fmt: skip
+    record(
+        3,
+        2,
+        "full",
+        ["stem", "layer1", "head"],
+        val=False,
+        lr={"stem": 5e-5, "layer1": 5e-5, "head": 5e-4},
+    ),
+    record(
+        4,
+        2,
+        "full",
+        ["stem", "layer1", "head"],
+        best=True,
+        lr={"stem": 0.0, "layer1": 0.0, "head": 0.0},
+    ),
+]
 
 
 def assert_png(path: Path) -> None:
@@ -56,8 +84,14 @@ def resumed(image_folder, tmp_path_factory) -> tuple[Path, list[list[int]]]:
     """A freeze-unfreeze run of two epochs that validates the second only, resumed for a
     third; with the epochs of the history each schedule chart was drawn from."""
     out, drawn = tmp_path_factory.mktemp("plots") / "run", []
-    recipe = {**TINY, "epochs": 2, "val_every": 2, "schedule": "freeze-unfreeze",
-              "keep_state": True, "plots": True}  # fmt: skip
+    recipe = {
+        **TINY,
+        "epochs": 2,
+        "val_every": 2,
+        "schedule": "freeze-unfreeze",
+        "keep_state": True,
+        "plots": True,
+    }
     draw = plotting.draw_schedule
 
     def spy(history, *args):
@@ -102,8 +136,9 @@ def test_the_schedule_grid_of_a_run_is_its_plan(run_dir):
 
 def test_no_plots_writes_none(capsys, image_folder, tmp_path):
     out = tmp_path / "run"
-    code, stdout, stderr = tlplug(capsys, "run", "--data", image_folder, *TINY_ARGS, "--epochs", 1,
-                             "--no-plots", "--out", out)  # fmt: skip
+    code, stdout, stderr = tlplug(
+        capsys, "run", "--data", image_folder, *TINY_ARGS, "--epochs", 1, "--no-plots", "--out", out
+    )
     assert code == 0, stdout + stderr
     assert not list(out.glob("*.png"))
     assert "plots" not in json.loads((out / "summary.json").read_text())
@@ -113,15 +148,22 @@ def fake_run(tmp_path: Path, plots_on: bool = True) -> SimpleNamespace:
     """What the plugin reads of a :class:`tlplug.run.Run`, with a console that keeps lines."""
     said = []
     return SimpleNamespace(
-        recipe=SimpleNamespace(plots=plots_on, schedule="bitfit"), history=HISTORY,
+        recipe=SimpleNamespace(plots=plots_on, schedule="bitfit"),
+        history=HISTORY,
         config={"resolved": {"groups": [{"name": g} for g in ("stem", "layer1", "head")]}},
-        classes=("a", "b"), run_dir=tmp_path, console=SimpleNamespace(say=said.append),
+        classes=("a", "b"),
+        run_dir=tmp_path,
+        console=SimpleNamespace(say=said.append),
         said=said,
-    )  # fmt: skip
+    )
 
 
-SUMMARY = {"best_epoch": 4, "best_val_acc": 0.6, "classes": ["a", "b"],
-           "confusion_matrix": [[3, 1], [0, 4]]}  # fmt: skip
+SUMMARY = {
+    "best_epoch": 4,
+    "best_val_acc": 0.6,
+    "classes": ["a", "b"],
+    "confusion_matrix": [[3, 1], [0, 4]],
+}
 
 
 def test_a_plot_that_fails_is_one_warning_and_the_others_are_written(tmp_path, monkeypatch):
@@ -150,10 +192,16 @@ def test_plots_off_does_nothing(tmp_path):
 
 
 def test_importing_the_plugin_loads_neither_matplotlib_nor_torch():
-    code = ("import sys, tlplug.builtin.plots; "
-            "print(sorted({'matplotlib', 'torch'} & set(sys.modules)))")  # fmt: skip
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True).stdout.strip() == "[]"  # fmt: skip
+    code = (
+        "import sys, tlplug.builtin.plots; "
+        "print(sorted({'matplotlib', 'torch'} & set(sys.modules)))"
+    )
+    assert (
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        == "[]"
+    )
 
 
 def test_the_schedule_grid_is_the_plan_exactly():

@@ -12,7 +12,7 @@ import timm
 
 from conftest import TINY, tlplug
 from tlplug import Backbone, DataConfig, Engine, TlplugError, hookimpl
-from tlplug.backbone import groups_from_children
+from tlplug.model.backbone import groups_from_children
 
 
 class Reader:
@@ -52,12 +52,25 @@ def test_a_plugin_reads_the_run_through_its_accessors(image_folder, tmp_path):
         image_folder, out=tmp_path / "run", quiet=True
     )
     assert reader.seen == {
-        "kinds": ["adapters", "augmentations", "backbones", "heads", "loggers",
-                  "lr-schedules", "regularizers", "schedules"],
-        "schedule": "gradual", "by_field": "gradual", "attribute": "cosine",
-        "augment": ["crop", "flip"], "plugin": "heads", "penalties": (), "as_json": "linear",
+        "kinds": [
+            "adapters",
+            "augmentations",
+            "backbones",
+            "heads",
+            "loggers",
+            "lr-schedules",
+            "regularizers",
+            "schedules",
+        ],
+        "schedule": "gradual",
+        "by_field": "gradual",
+        "attribute": "cosine",
+        "augment": ["crop", "flip"],
+        "plugin": "heads",
+        "penalties": (),
+        "as_json": "linear",
         "epochs": 2,
-    }  # fmt: skip
+    }
 
 
 class Zoo:
@@ -75,10 +88,13 @@ class Zoo:
     def create(self, model, pretrained, img_size, *, width: int = 1):
         net = timm.create_model("resnet10t", num_classes=0)
         return Backbone(
-            module=net, num_features=net.num_features,
+            module=net,
+            num_features=net.num_features,
             groups=groups_from_children(net),
-            data_config=DataConfig(input_size=32), weights="zoo v1", pretrained=self.trained,
-        )  # fmt: skip
+            data_config=DataConfig(input_size=32),
+            weights="zoo v1",
+            pretrained=self.trained,
+        )
 
 
 class ZooPlugin:
@@ -91,10 +107,15 @@ class ZooPlugin:
 
 
 @pytest.mark.parametrize("trained", [False, None])
-def test_the_pretrained_field_decides_not_the_weights_line(trained, image_folder, tmp_path,
-                                                            capsys):  # fmt: skip
-    recipe = {**TINY, "backbone": "zoo:tiny", "pretrained": True, "epochs": 1,
-              "schedule": "linear-probe", "probe": "converge"}  # fmt: skip
+def test_the_pretrained_field_decides_not_the_weights_line(trained, image_folder, tmp_path, capsys):
+    recipe = {
+        **TINY,
+        "backbone": "zoo:tiny",
+        "pretrained": True,
+        "epochs": 1,
+        "schedule": "linear-probe",
+        "probe": "converge",
+    }
     Engine.from_plugins(ZooPlugin(trained), entrypoints=False, **recipe).fit(
         image_folder, out=tmp_path / "run", quiet=False
     )
@@ -147,10 +168,25 @@ def test_the_python_api_words_its_advice_for_python(image_folder, tmp_path, caps
     assert "(pretrained=True, weights)" in said and "schedule='full'" in said
     assert "--pretrained" not in said and "--schedule" not in said
     code, out, _ = tlplug(
-        capsys, "run", "--data", image_folder, "--out", tmp_path / "b", "--epochs", "1",
-        "--schedule", "linear-probe", "--backbone", "timm:resnet10t", "--no-pretrained",
-        "--img-size", "32", "--workers", "0", "--no-plots",
-    )  # fmt: skip
+        capsys,
+        "run",
+        "--data",
+        image_folder,
+        "--out",
+        tmp_path / "b",
+        "--epochs",
+        "1",
+        "--schedule",
+        "linear-probe",
+        "--backbone",
+        "timm:resnet10t",
+        "--no-pretrained",
+        "--img-size",
+        "32",
+        "--workers",
+        "0",
+        "--no-plots",
+    )
     assert code == 0 and "(--pretrained, --weights)" in out and "--schedule full" in out
 
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tlplug import Engine, Stage, TlplugError, hookimpl, hookspecs
+from tlplug import Engine, Stage, TlplugError, hookimpl
 from tlplug.builtin import BUILTIN_PLUGINS
-from tlplug.plugins import PluginHost
+from tlplug.plugins import hookspecs
+from tlplug.plugins.host import PluginHost
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = Path(__file__).parent / "fixtures" / "tlplug-demo-plugin"
@@ -108,9 +109,14 @@ def test_environment_chooses_which_installed_plugins_load(demo_site):
     assert only["demo"] == "loaded" and only["broken"] == "disabled"
     assert only["timm"] == only["heads"] == "loaded"  # built-ins always load
     result = tlplug(
-        "run", "--head", "zero-linear", "--epochs", "1", site=demo_site,
+        "run",
+        "--head",
+        "zero-linear",
+        "--epochs",
+        "1",
+        site=demo_site,
         TLPLUG_DISABLE_PLUGINS="demo",
-    )  # fmt: skip
+    )
     assert result.returncode == 1
     assert result.stderr.startswith("Error: unknown head 'zero-linear'")
     assert "demo (disabled)" in result.stderr and "Traceback" not in result.stderr

@@ -15,13 +15,13 @@ from PIL import Image
 from torch import nn
 
 from conftest import TINY, tlplug
-from tlplug.backbone import DataConfig
+from tlplug.compute.precision import Numerics
 from tlplug.engine import Engine
 from tlplug.errors import TlplugError
-from tlplug.evaluation import evaluate_run
-from tlplug.precision import Numerics
-from tlplug.predict import Classifier
-from tlplug.tta import VIEWS, view_probs
+from tlplug.model.backbone import DataConfig
+from tlplug.ship.evaluate import evaluate_run
+from tlplug.ship.predict import Classifier
+from tlplug.ship.tta import VIEWS, view_probs
 
 
 @pytest.fixture(scope="module")

@@ -7,22 +7,34 @@ import torch
 from safetensors.torch import load_file
 
 from tlplug import Engine, Stage
-from tlplug.build import build_backbone, build_model
-from tlplug.prefix_cache import Replay, find_cut, prefix_output
-from tlplug.schedule import top_groups
+from tlplug.plugins.resolve import build_backbone, build_model
+from tlplug.train.prefix_cache import Replay, find_cut, prefix_output
+from tlplug.train.stages import top_groups
 
 GRADUAL = dict(
-    backbone="timm:resnet10t", pretrained=False, img_size=32, batch_size=8, workers=0,
-    schedule="gradual", augment=(), epochs=4, optimizer="sgd", lr=0.05, keep_state=True,
+    backbone="timm:resnet10t",
+    pretrained=False,
+    img_size=32,
+    batch_size=8,
+    workers=0,
+    schedule="gradual",
+    augment=(),
+    epochs=4,
+    optimizer="sgd",
+    lr=0.05,
+    keep_state=True,
     probe="epochs",  # the head stage takes steps, so cached and plain runs can be compared
-)  # fmt: skip
+)
 
 
 def model_of(backbone: str, img_size: int, **opts):
     engine = Engine.from_plugins(
-        entrypoints=False, backbone=backbone, pretrained=False, img_size=img_size,
+        entrypoints=False,
+        backbone=backbone,
+        pretrained=False,
+        img_size=img_size,
         backbone_opts=opts,
-    )  # fmt: skip
+    )
     built, _ = build_backbone(engine.parts.provider, engine.recipe)
     return build_model(engine.parts.head, built, 3).eval()
 

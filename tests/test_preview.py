@@ -4,8 +4,8 @@ import torch
 from PIL import Image
 
 from conftest import tlplug
+from tlplug.data.preview import write_preview
 from tlplug.engine import Engine
-from tlplug.preview import write_preview
 
 
 def grid_size(count: int, columns: int, size: int) -> tuple[int, int]:
@@ -39,10 +39,26 @@ def test_write_preview_of_the_synthetic_set(tiny, tmp_path):
 def test_cli_preview_same_seed_same_grid_and_no_overwrite(capsys, image_folder, tmp_path):
     out = tmp_path / "grid.png"
     args = [
-        "augment-preview", "--data", image_folder, "--backbone", "timm:resnet10t",
-        "--img-size", 32, "--augment", "flip", "--augment", "crop", "--augment", "mixup",
-        "--augment-opt", "mixup.alpha=0.4", "--count", 5, "--out", out,
-    ]  # fmt: skip
+        "augment-preview",
+        "--data",
+        image_folder,
+        "--backbone",
+        "timm:resnet10t",
+        "--img-size",
+        32,
+        "--augment",
+        "flip",
+        "--augment",
+        "crop",
+        "--augment",
+        "mixup",
+        "--augment-opt",
+        "mixup.alpha=0.4",
+        "--count",
+        5,
+        "--out",
+        out,
+    ]
     code, stdout, stderr = tlplug(capsys, *args)
     assert code == 0, stderr
     assert f"wrote {out} " in stdout and "pixels crop, flip; batch mixup" in stdout
@@ -66,18 +82,38 @@ def test_cli_preview_errors(capsys, tmp_path):
     code, _, stderr = tlplug(capsys, "augment-preview", "--out", tmp_path / "grid.jpg")
     assert code != 0 and ".png" in stderr and stderr.count("\n") == 1
     code, _, stderr = tlplug(
-        capsys, "augment-preview", "--augment", "mixup", "--augment-opt", "mixup.alpha=0",
-        "--backbone", "timm:resnet10t", "--img-size", 32, "--out", tmp_path / "grid.png",
-    )  # fmt: skip
+        capsys,
+        "augment-preview",
+        "--augment",
+        "mixup",
+        "--augment-opt",
+        "mixup.alpha=0",
+        "--backbone",
+        "timm:resnet10t",
+        "--img-size",
+        32,
+        "--out",
+        tmp_path / "grid.png",
+    )
     assert code != 0 and "'mixup' option 'alpha' must be greater than 0" in stderr
     assert not (tmp_path / "grid.png").exists()
 
 
 def test_cli_preview_without_augmentation(capsys, tmp_path):
     code, stdout, stderr = tlplug(
-        capsys, "augment-preview", "--augment", "none", "--backbone", "timm:resnet10t",
-        "--img-size", 32, "--count", 1, "--out", tmp_path / "one.png",
-    )  # fmt: skip
+        capsys,
+        "augment-preview",
+        "--augment",
+        "none",
+        "--backbone",
+        "timm:resnet10t",
+        "--img-size",
+        32,
+        "--count",
+        1,
+        "--out",
+        tmp_path / "one.png",
+    )
     assert code == 0, stderr
     assert "1 training image at 32px" in stdout and "augmentations: none" in stdout
     with Image.open(tmp_path / "one.png") as image:

@@ -1,4 +1,4 @@
-"""The converged linear probe (tlplug.probe) reaches the optimum of its objective."""
+"""The converged linear probe (tlplug.train.probe) reaches the optimum of its objective."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from torch.nn import functional
 
 from conftest import TINY
 from tlplug import Engine, hookimpl
-from tlplug.feature_cache import Features
-from tlplug.probe import Scored, choose_l2, fit_probe
+from tlplug.train.feature_cache import Features
+from tlplug.train.probe import Scored, choose_l2, fit_probe
 
 
 def _problem(views: int = 2, images: int = 60, dim: int = 12, classes: int = 3):
@@ -61,8 +61,9 @@ def test_the_probe_reaches_the_optimum_of_a_reference_solver():
     # The fit layer acts on raw features; on scaled ones its weight is W * std.
     weight = layer.weight.detach().double() * std
     bias = layer.bias.detach().double() + layer.weight.detach().double() @ mean
-    assert torch.allclose(raw @ layer.weight.double().T + layer.bias.double(), x @ weight.T + bias,
-                          atol=1e-4)  # fmt: skip
+    assert torch.allclose(
+        raw @ layer.weight.double().T + layer.bias.double(), x @ weight.T + bias, atol=1e-4
+    )
     found = _objective(x, y, weight, bias, fit.l2, smoothing).item()
     best = _reference(x, y, classes, fit.l2, smoothing)
     assert found <= best + 1e-4, (found, best)
@@ -139,8 +140,9 @@ class Anchor:
 
 
 @pytest.mark.parametrize("keeps", [True, False])
-def test_a_regularizer_keeps_the_probe_only_when_it_says_it_may(keeps, image_folder, tmp_path,
-                                                                  capsys):  # fmt: skip
+def test_a_regularizer_keeps_the_probe_only_when_it_says_it_may(
+    keeps, image_folder, tmp_path, capsys
+):
     recipe = {**TINY, "probe": "converge", "schedule": "linear-probe", "epochs": 1}
     Engine.from_plugins(Anchor(keeps), entrypoints=False, regularizer=("anchor",), **recipe).fit(
         image_folder, out=tmp_path / "run", quiet=False

@@ -4,8 +4,8 @@ import pytest
 
 from tlplug import Engine, TlplugError, UnknownNameError, hookimpl
 from tlplug.errors import OptionError
-from tlplug.plugins import PluginHost
-from tlplug.registry import split_backbone
+from tlplug.plugins.host import PluginHost
+from tlplug.plugins.registry import split_backbone
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_duplicate_name_is_an_error_naming_both_plugins_and_can_be_qualified():
 
 
 def test_descriptions_are_whole_sentences():
-    from tlplug.registry import summary_of
+    from tlplug.plugins.registry import summary_of
 
     def two(groups, epochs):
         """Train the head for a while, e.g. two epochs, then

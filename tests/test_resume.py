@@ -17,15 +17,23 @@ from safetensors.torch import load_file
 
 from conftest import tlplug
 from tlplug import Engine, hookimpl
-from tlplug.checkpoint import read_resume
+from tlplug.rundir.checkpoint import read_resume
 
 TINY_ARGS = ["--no-pretrained", "--img-size", "32", "--batch-size", "8", "--workers", "0"]
 RUN_RECIPE = dict(
-    backbone="timm:resnet10t", pretrained=False, img_size=32, batch_size=8, workers=0,
-    schedule="gradual", optimizer="adamw", augment=("flip", "crop"), epochs=4,
-    keep_state=True, plots=False,  # the tests compare the final states of finished runs
+    backbone="timm:resnet10t",
+    pretrained=False,
+    img_size=32,
+    batch_size=8,
+    workers=0,
+    schedule="gradual",
+    optimizer="adamw",
+    augment=("flip", "crop"),
+    epochs=4,
+    keep_state=True,
+    plots=False,  # the tests compare the final states of finished runs
     probe="epochs",  # every stage takes steps, as the step-by-step comparisons need
-)  # fmt: skip
+)
 
 
 def epochs_of(run_dir: Path) -> list[int]:
@@ -115,10 +123,25 @@ def wait_for_epochs(run_dir: Path, count: int, process: subprocess.Popen) -> Non
 
 
 KILL_ARGS = [
-    "--backbone", "timm:resnet10t", "--no-pretrained", "--img-size", "32", "--workers", "0",
-    "--schedule", "freeze-unfreeze", "--augment", "flip", "--augment", "crop", "--epochs", "3",
-    "--quiet", "--keep-state", "--no-plots",
-]  # fmt: skip
+    "--backbone",
+    "timm:resnet10t",
+    "--no-pretrained",
+    "--img-size",
+    "32",
+    "--workers",
+    "0",
+    "--schedule",
+    "freeze-unfreeze",
+    "--augment",
+    "flip",
+    "--augment",
+    "crop",
+    "--epochs",
+    "3",
+    "--quiet",
+    "--keep-state",
+    "--no-plots",
+]
 
 
 @pytest.mark.slow

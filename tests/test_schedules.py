@@ -9,8 +9,8 @@ from safetensors.torch import save_file
 from tlplug import Engine, Stage, TlplugError, hookimpl
 from tlplug.builtin import schedules
 from tlplug.errors import OptionError
-from tlplug.freezing import is_bias
-from tlplug.schedule import check_plan, stage_at
+from tlplug.train.freezing import is_bias
+from tlplug.train.stages import check_plan, stage_at
 
 GROUPS = ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
 

@@ -12,12 +12,12 @@ import pytest
 
 from conftest import TINY, tlplug
 from tlplug import Engine
-from tlplug.candidates import FEW_SHOT, FEW_SHOT_PRIORITY, PRIORITY, searchable
 from tlplug.errors import OptionError
-from tlplug.halving import Plan, parse_budget, plan_rungs, successive_halving
-from tlplug.leaderboard import tie_warning
-from tlplug.plugins import PluginHost
-from tlplug.search import search_and_fit
+from tlplug.plugins.host import PluginHost
+from tlplug.search.candidates import FEW_SHOT, FEW_SHOT_PRIORITY, PRIORITY, searchable
+from tlplug.search.driver import search_and_fit
+from tlplug.search.halving import Plan, parse_budget, plan_rungs, successive_halving
+from tlplug.search.leaderboard import tie_warning
 
 # Candidate -> (score after many epochs, how much it lacks after one): score = final - lag/e.
 # "sprinter" leads after one epoch but ends low; "stayer" starts slowly and ends best of
@@ -47,9 +47,12 @@ def rigged_score(calls):
 def test_halving_keeps_the_best_third_of_each_rung_and_ranks_everyone():
     calls, reported = [], []
     board = successive_halving(
-        list(RIGGED), rigged_score(calls), [1, 3, 9], eta=3,
+        list(RIGGED),
+        rigged_score(calls),
+        [1, 3, 9],
+        eta=3,
         report=lambda rung, entry: reported.append((rung, entry.candidate)),
-    )  # fmt: skip
+    )
     # Rung 1 (1 epoch): sprinter 0.70, stayer 0.65, steady 0.60 lead. Rung 2 (3 epochs):
     # stayer 0.85, steady 0.77, sprinter 0.70 -> stayer alone goes on and wins.
     assert [c for c, e in calls if e == 1] == list(RIGGED)
@@ -88,8 +91,13 @@ def test_a_tie_at_the_top_is_reported_with_the_held_out_size():
     def entry(schedule, acc, epochs=10, error=None):
         return {"schedule": schedule, "best_val_acc": acc, "epochs": epochs, "error": error}
 
-    tied = [entry("gradual", 1.0), entry("lp-ft", 1.0), entry("full", 1.0, epochs=3),
-            entry("bitfit", None, error="boom"), entry("full", 0.9)]  # fmt: skip
+    tied = [
+        entry("gradual", 1.0),
+        entry("lp-ft", 1.0),
+        entry("full", 1.0, epochs=3),
+        entry("bitfit", None, error="boom"),
+        entry("full", 0.9),
+    ]
     warning = tie_warning(tied, 12, "the strongest usual choices first")
     assert "2 candidates tie at held-out accuracy 1.0000 on 12 images (gradual, lp-ft)" in warning
     assert "order (the strongest usual choices first) chose gradual" in warning
@@ -104,12 +112,21 @@ def test_plan_prefers_full_length_and_halving_runs_it():
     assert plan_rungs(21, 10, 3.0, cost, cover=6) == Plan(3, (10,), (3,), 2.5)
     # 8 buy the 6 leading ones at 10 epochs, and halving for 8 more, whose best joins them.
     plan = plan_rungs(21, 10, 8.0, cost, eta=3, cover=6)
-    assert (plan.candidates, plan.seeded, plan.epochs, plan.counts) == (14, 6, (2, 3, 10),
-                                                                        (8, 3, 7))  # fmt: skip
+    assert (plan.candidates, plan.seeded, plan.epochs, plan.counts) == (
+        14,
+        6,
+        (2, 3, 10),
+        (8, 3, 7),
+    )
     assert plan.cost <= 8.0 and "the first 6 straight to rung 3" in plan.describe()
     calls = []
-    successive_halving(list(range(plan.candidates)), lambda c, e: calls.append(e) or -c,
-                       plan.epochs, eta=3, seeded=plan.seeded)  # fmt: skip
+    successive_halving(
+        list(range(plan.candidates)),
+        lambda c, e: calls.append(e) or -c,
+        plan.epochs,
+        eta=3,
+        seeded=plan.seeded,
+    )
     assert [calls.count(e) for e in plan.epochs] == list(plan.counts)
     assert plan_rungs(21, 10, 50.0, cost, cover=6).counts == (21,)  # enough for all, in full
     assert plan_rungs(21, 10, 1.0, cost, cover=6) == Plan(3, (3,), (3,), 0.75)
@@ -122,9 +139,15 @@ def test_plan_prefers_full_length_and_halving_runs_it():
 
 @pytest.mark.parametrize(
     "text, runs, seconds",
-    [("3x", 3.0, None), ("1.5X", 1.5, None), ("600s", None, 600.0), ("10m", None, 600.0),
-     (" 1h ", None, 3600.0), ("auto", None, None)],
-)  # fmt: skip
+    [
+        ("3x", 3.0, None),
+        ("1.5X", 1.5, None),
+        ("600s", None, 600.0),
+        ("10m", None, 600.0),
+        (" 1h ", None, 3600.0),
+        ("auto", None, None),
+    ],
+)
 def test_budget_parses(text, runs, seconds):
     budget = parse_budget(text)
     assert (budget.runs, budget.seconds) == (runs, seconds)
@@ -148,13 +171,37 @@ def test_cli_bad_budget_is_one_line(capsys):
 
 def test_search_trains_the_winner_on_the_real_split(image_folder, tmp_path, capsys):
     out = tmp_path / "run"
-    flags = ["--backbone", TINY["backbone"], "--no-pretrained", "--img-size", "32",
-             "--batch-size", "8", "--workers", "0", "--epochs", "1", "--no-plots",
-             "--probe", "epochs"]  # fmt: skip
+    flags = [
+        "--backbone",
+        TINY["backbone"],
+        "--no-pretrained",
+        "--img-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--epochs",
+        "1",
+        "--no-plots",
+        "--probe",
+        "epochs",
+    ]
     code, printed, err = tlplug(
-        capsys, "search", "--data", image_folder, "--out", out, "--budget", "2x",
-        "--folds", "1", "--schedules", "full,linear-probe", *flags,
-    )  # fmt: skip
+        capsys,
+        "search",
+        "--data",
+        image_folder,
+        "--out",
+        out,
+        "--budget",
+        "2x",
+        "--folds",
+        "1",
+        "--schedules",
+        "full,linear-probe",
+        *flags,
+    )
     assert code == 0, err
     assert "search: 2 candidates; rung 1: 2 x 1 epoch" in printed
     assert "rung 1/1: full lr 0.001, 1 epoch: held-out acc" in printed
@@ -180,11 +227,17 @@ def test_search_trains_the_winner_on_the_real_split(image_folder, tmp_path, caps
 
 
 @pytest.mark.slow
-def test_a_time_budget_times_a_candidate_first_and_keeps_its_result(image_folder, tmp_path,
-                                                                     capsys):  # fmt: skip
+def test_a_time_budget_times_a_candidate_first_and_keeps_its_result(image_folder, tmp_path, capsys):
     engine = Engine.from_plugins(entrypoints=False, **{**TINY, "epochs": 1, "schedule": "auto"})
-    search_and_fit(Engine, engine.plugins, engine.recipe, image_folder, budget="1h",
-                   schedules=["linear-probe"], out=tmp_path / "run")  # fmt: skip
+    search_and_fit(
+        Engine,
+        engine.plugins,
+        engine.recipe,
+        image_folder,
+        budget="1h",
+        schedules=["linear-probe"],
+        out=tmp_path / "run",
+    )
     printed = capsys.readouterr().out
     assert "timing: linear-probe lr 0.001 for 1 epoch(s) took" in printed
     run = tmp_path / "run"
@@ -197,8 +250,13 @@ def test_a_time_budget_times_a_candidate_first_and_keeps_its_result(image_folder
     assert len(list((run / "search" / "metrics").glob("*-fold[1-5].jsonl"))) == 3 * 5
     held = list(csv.DictReader((run / "search" / "holdout.csv").open()))
     assert len({r["path"] for r in held}) == len(held) == 36  # each training image once
-    assert Counter(r["split"] for r in held) == {"fold1": 8, "fold2": 7, "fold3": 7, "fold4": 7,
-                                                 "fold5": 7}  # fmt: skip
+    assert Counter(r["split"] for r in held) == {
+        "fold1": 8,
+        "fold2": 7,
+        "fold3": 7,
+        "fold4": 7,
+        "fold5": 7,
+    }
     for entry in entries:  # the score: each fold's accuracy weighted by its held-out images
         folds = entry["rungs"][0]["folds"]
         pooled = sum(f["best_val_acc"] * n for f, n in zip(folds, (8, 7, 7, 7, 7), strict=True))

@@ -13,7 +13,7 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from tlplug import Adapter, Backbone, DataConfig, Engine, Splits, TlplugError, hookimpl
-from tlplug.backbone import groups_by_prefix
+from tlplug.model.backbone import groups_by_prefix
 
 
 class TinyProvider:
@@ -201,11 +201,22 @@ def solid_colours(location, seed, val_split, *, count: int = 16):
 def test_data_source_adapter_and_regularizer_from_a_plugin(tmp_path):
     plugin = MoreKinds()
     engine = Engine.from_plugins(
-        plugin, ThirdParty(), entrypoints=False, backbone="tiny:cnn8", pretrained=False, epochs=2,
-        batch_size=8, workers=0, schedule="gradual", adapter="channel-scales",
-        regularizer=["head-l2"], regularizer_opts={"head-l2": {"alpha": "0.01"}},
-        data_opts={"count": "24"}, augment=(), cache_features="off",
-    )  # fmt: skip
+        plugin,
+        ThirdParty(),
+        entrypoints=False,
+        backbone="tiny:cnn8",
+        pretrained=False,
+        epochs=2,
+        batch_size=8,
+        workers=0,
+        schedule="gradual",
+        adapter="channel-scales",
+        regularizer=["head-l2"],
+        regularizer_opts={"head-l2": {"alpha": "0.01"}},
+        data_opts={"count": "24"},
+        augment=(),
+        cache_features="off",
+    )
     result = engine.fit("solid:", out=tmp_path / "run", quiet=True)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     data = config["resolved"]["data"]
@@ -222,7 +233,7 @@ def test_data_source_adapter_and_regularizer_from_a_plugin(tmp_path):
 
 
 def test_provider_failure_is_a_clear_error():
-    from tlplug.build import build_backbone
+    from tlplug.plugins.resolve import build_backbone
 
     engine = Engine.from_plugins(
         ThirdParty(), entrypoints=False, backbone="tiny:cnn8", backbone_opts={"depth": 0}

@@ -43,8 +43,13 @@ def test_patience_stops_when_validation_stops_improving(image_folder, tmp_path):
 
 
 def test_accumulating_two_half_batches_steps_like_one_whole_batch(image_folder, tmp_path):
-    recipe = FAST | {"epochs": 1, "optimizer": "sgd", "momentum": 0.0, "bn_policy": "eval",
-                     "precision": "fp32"}  # fmt: skip
+    recipe = FAST | {
+        "epochs": 1,
+        "optimizer": "sgd",
+        "momentum": 0.0,
+        "bn_policy": "eval",
+        "precision": "fp32",
+    }
     whole = Engine.from_plugins(entrypoints=False, **(recipe | {"batch_size": 12}))
     half = Engine.from_plugins(entrypoints=False, **(recipe | {"batch_size": 6, "accumulate": 2}))
     whole.fit(image_folder, out=tmp_path / "whole", quiet=True)
@@ -58,10 +63,25 @@ def test_accumulating_two_half_batches_steps_like_one_whole_batch(image_folder, 
 
 def test_without_validation_the_last_weights_are_kept(image_folder, tmp_path, capsys):
     code, out, err = tlplug(
-        capsys, "run", "--data", image_folder, "--backbone", "timm:resnet10t", "--no-pretrained",
-        "--img-size", 32, "--workers", 0, "--epochs", 2, "--val-split", 0, "--no-plots",
-        "--out", tmp_path,
-    )  # fmt: skip
+        capsys,
+        "run",
+        "--data",
+        image_folder,
+        "--backbone",
+        "timm:resnet10t",
+        "--no-pretrained",
+        "--img-size",
+        32,
+        "--workers",
+        0,
+        "--epochs",
+        2,
+        "--val-split",
+        0,
+        "--no-plots",
+        "--out",
+        tmp_path,
+    )
     assert code == 0, err
     assert "(no validation)" in out and "12 validation images left out" in out
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -79,9 +99,15 @@ def test_a_recipe_file_and_a_run_config_repeat_a_run(image_folder, tmp_path, cap
         "[head_opts]\nhidden = [16]\ndropout = 0.1\n"
     )
     code, _, err = tlplug(
-        capsys, "run", "--config", tmp_path / "recipe.toml", "--head-opt", "dropout=0.2",
-        "--out", tmp_path / "a",
-    )  # fmt: skip
+        capsys,
+        "run",
+        "--config",
+        tmp_path / "recipe.toml",
+        "--head-opt",
+        "dropout=0.2",
+        "--out",
+        tmp_path / "a",
+    )
     assert code == 0, err
     first = json.loads((tmp_path / "a" / "config.json").read_text())
     assert first["recipe"]["head_opts"] == {"hidden": [16], "dropout": 0.2, "activation": "relu"}

@@ -19,8 +19,13 @@ from PIL import Image
 from tlplug import Engine
 
 pytestmark = pytest.mark.slow
-COMMON = {"backbone": "timm:resnet10t", "img_size": 32, "batch_size": 32, "workers": 0,
-          "plots": False}  # fmt: skip
+COMMON = {
+    "backbone": "timm:resnet10t",
+    "img_size": 32,
+    "batch_size": 32,
+    "workers": 0,
+    "plots": False,
+}
 
 
 def write_digits(root: Path, digits: range, train: int, val: int) -> Path:
@@ -46,9 +51,14 @@ def pretrained(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("digits")
     source = write_digits(root / "source", range(5), 100, 20)
     engine = Engine.from_plugins(
-        entrypoints=False, **COMMON, pretrained=False, schedule="full", epochs=4, augment=(),
+        entrypoints=False,
+        **COMMON,
+        pretrained=False,
+        schedule="full",
+        epochs=4,
+        augment=(),
         lr=2e-3,
-    )  # fmt: skip
+    )
     result = engine.fit(source, out=root / "pretrain", quiet=True)
     assert result.final_val_acc > 0.9
     return result.run_dir / "model.safetensors"

@@ -17,9 +17,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tlplug import Engine, WeightsError
-from tlplug.plugins import PluginHost
-from tlplug.pretrained import check_safe_pickle
-from tlplug.weights import read_state_dict
+from tlplug.model.pretrained_cache import check_safe_pickle
+from tlplug.plugins.host import PluginHost
+from tlplug.rundir.weights import read_state_dict
 
 
 class Payload:
@@ -71,7 +71,7 @@ def create_with_weights(path: Path, backbone: str = "timm:resnet10t"):
     engine = Engine.from_plugins(
         entrypoints=False, backbone=backbone, weights=str(path), img_size=32
     )
-    from tlplug.build import build_backbone
+    from tlplug.plugins.resolve import build_backbone
 
     return build_backbone(engine.parts.provider, engine.recipe)
 
@@ -108,10 +108,13 @@ def test_a_file_for_a_deeper_sibling_is_refused_unless_partial(tmp_path):
     assert "80 tensors this model does not have (layer1.2." in message
     assert "weights_partial" in message and "\n" not in message
     engine = Engine.from_plugins(
-        entrypoints=False, backbone="timm:resnet18", weights=str(tmp_path / "r34.safetensors"),
-        weights_partial=True, img_size=32,
-    )  # fmt: skip
-    from tlplug.build import build_backbone
+        entrypoints=False,
+        backbone="timm:resnet18",
+        weights=str(tmp_path / "r34.safetensors"),
+        weights_partial=True,
+        img_size=32,
+    )
+    from tlplug.plugins.resolve import build_backbone
 
     backbone, report = build_backbone(engine.parts.provider, engine.recipe)
     own = backbone.module.state_dict()
@@ -127,10 +130,13 @@ def test_a_partial_load_of_a_file_of_another_model_loads_what_fits(tmp_path):
     del state["layer1.0.conv1.weight"]
     save_file(state, tmp_path / "w.safetensors")
     engine = Engine.from_plugins(
-        entrypoints=False, backbone="timm:resnet10t", weights=str(tmp_path / "w.safetensors"),
-        weights_partial=True, img_size=32,
-    )  # fmt: skip
-    from tlplug.build import build_backbone
+        entrypoints=False,
+        backbone="timm:resnet10t",
+        weights=str(tmp_path / "w.safetensors"),
+        weights_partial=True,
+        img_size=32,
+    )
+    from tlplug.plugins.resolve import build_backbone
 
     backbone, report = build_backbone(engine.parts.provider, engine.recipe)
     assert report.missing == ("layer1.0.conv1.weight", "layer4.0.conv1.weight")
@@ -138,9 +144,12 @@ def test_a_partial_load_of_a_file_of_another_model_loads_what_fits(tmp_path):
     assert torch.equal(backbone.module.state_dict()["conv1.0.weight"], state["conv1.0.weight"])
     save_file({"other.weight": torch.zeros(2)}, tmp_path / "none.safetensors")
     engine = Engine.from_plugins(
-        entrypoints=False, backbone="timm:resnet10t", weights=str(tmp_path / "none.safetensors"),
-        weights_partial=True, img_size=32,
-    )  # fmt: skip
+        entrypoints=False,
+        backbone="timm:resnet10t",
+        weights=str(tmp_path / "none.safetensors"),
+        weights_partial=True,
+        img_size=32,
+    )
     with pytest.raises(WeightsError, match="has no tensor of this model"):
         build_backbone(engine.parts.provider, engine.recipe)
 

@@ -9,7 +9,7 @@ import torchvision
 from safetensors.torch import save_file
 
 from tlplug import Engine
-from tlplug.build import build_backbone
+from tlplug.plugins.resolve import build_backbone
 
 
 def built_with_weights(path, backbone: str, img_size: int | None):

@@ -20,8 +20,8 @@ from tlplug.data.folders import read_folder
 from tlplug.data.images import open_rgb
 from tlplug.data.loaders import EpochSampler, balanced_weights
 from tlplug.data.manifest import read_manifest
-from tlplug.loss import class_weights
-from tlplug.plugins import PluginHost
+from tlplug.plugins.host import PluginHost
+from tlplug.train.loss import class_weights
 
 
 def odd_images(folder: Path) -> dict[str, tuple[int, int, int]]:
@@ -128,9 +128,22 @@ def test_a_run_on_wild_data_completes_and_lists_every_skipped_file(wild, tmp_pat
 def test_console_reports_counts_skips_and_left_out_classes(wild, tmp_path, capsys):
     root, _ = wild
     code, out, err = tlplug(
-        capsys, "run", "--data", str(root), "--backbone", "timm:resnet10t", "--no-pretrained",
-        "--img-size", "32", "--epochs", "1", "--workers", "0", "--out", str(tmp_path / "r"),
-    )  # fmt: skip
+        capsys,
+        "run",
+        "--data",
+        str(root),
+        "--backbone",
+        "timm:resnet10t",
+        "--no-pretrained",
+        "--img-size",
+        "32",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--out",
+        str(tmp_path / "r"),
+    )
     assert code == 0, err
     assert "per class (train/val): checker 20/3, stripes 10/3" in out
     assert "warning: skipped 3 file(s) that are not readable images" in out

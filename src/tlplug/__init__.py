@@ -5,16 +5,24 @@ The public face: :class:`Engine` to train and load, :data:`hookimpl` to write pl
 (:class:`Stage`, :class:`Backbone`, :class:`Splits`, :class:`Adapter`; :class:`Batch` for
 regularizers; :func:`augmentation` to mark an augmentation), :class:`Kind` and
 :data:`hookspec` for a kind of strategy of a plugin's own, and the errors a user can act
-on. Names that need torch are imported on first use, so a plugin importing only
+on, and helpers plugins share (:func:`close_matches`, :func:`groups_by_prefix`). Names
+that need torch are imported on first use, so a plugin importing only
 ``hookimpl`` stays light.
 """
 
-from tlplug.errors import DataError, OptionError, TlplugError, UnknownNameError, WeightsError
-from tlplug.hookspecs import HOOK_API, hookimpl, hookspec
-from tlplug.kinds import Kind
-from tlplug.marks import augmentation
+from tlplug.errors import (
+    DataError,
+    OptionError,
+    TlplugError,
+    UnknownNameError,
+    WeightsError,
+    close_matches,
+)
+from tlplug.plugins.hookspecs import HOOK_API, hookimpl, hookspec
+from tlplug.plugins.kinds import Kind
+from tlplug.plugins.marks import augmentation
 from tlplug.recipe import Recipe
-from tlplug.schedule import Stage
+from tlplug.train.stages import Stage
 
 __version__ = "0.1.0"
 
@@ -44,7 +52,9 @@ __all__ = [
     "WeightsError",
     "__version__",
     "augmentation",
+    "close_matches",
     "evaluate_run",
+    "groups_by_prefix",
     "hookimpl",
     "hookspec",
 ]
@@ -52,18 +62,19 @@ __all__ = [
 # Names that pull in torch (or the data stack) on first use, so that a plugin importing
 # only ``hookimpl`` stays light.
 _LAZY = {
-    "Backbone": "tlplug.backbone",
-    "BackboneProvider": "tlplug.backbone",
-    "DataConfig": "tlplug.backbone",
-    "LayerGroup": "tlplug.backbone",
+    "Backbone": "tlplug.model.backbone",
+    "BackboneProvider": "tlplug.model.backbone",
+    "DataConfig": "tlplug.model.backbone",
+    "groups_by_prefix": "tlplug.model.backbone",
+    "LayerGroup": "tlplug.model.backbone",
     "Engine": "tlplug.engine",
-    "EvalReport": "tlplug.evaluation",
-    "evaluate_run": "tlplug.evaluation",
+    "EvalReport": "tlplug.ship.evaluate",
+    "evaluate_run": "tlplug.ship.evaluate",
     "FitResult": "tlplug.engine",
-    "Classifier": "tlplug.predict",
-    "Adapter": "tlplug.adapters",
-    "Batch": "tlplug.loss",
-    "TransferModel": "tlplug.model",
+    "Classifier": "tlplug.ship.predict",
+    "Adapter": "tlplug.model.adapters",
+    "Batch": "tlplug.train.loss",
+    "TransferModel": "tlplug.model.transfer",
     "Splits": "tlplug.data.sources",
     "Skipped": "tlplug.data.sources",
     "DecodeError": "tlplug.data.sources",

@@ -1,7 +1,7 @@
 """The engine: a recipe bound to a set of plugins; it trains runs and loads them back.
 
 Resolving names happens here, so a bad recipe fails before any data is read; assembling a
-run is :mod:`tlplug.assemble`, training it :mod:`tlplug.loop`.
+run is :mod:`tlplug.train.assemble`, training it :mod:`tlplug.train.loop`.
 """
 
 from __future__ import annotations
@@ -13,26 +13,26 @@ from typing import Any
 
 import attrs
 
-from tlplug import rundir
-from tlplug.assemble import assemble
-from tlplug.backbone import DataConfig
-from tlplug.batchnorm_stats import estimate_batchnorm
-from tlplug.build import resolve, resolved_recipe
-from tlplug.candidates import AUTO
 from tlplug.console import Console
 from tlplug.data.pipeline import build_pipeline
 from tlplug.data.sources import write_image_list
 from tlplug.errors import OptionError, TlplugError
-from tlplug.loop import FitResult, train
-from tlplug.lr_curve import END_LR, START_LR, STEPS, RangeTest, save_range_test
-from tlplug.lr_find import check_sweep, range_test, tune_lr
-from tlplug.plugins import PluginHost
-from tlplug.predict import load_classifier
+from tlplug.model.backbone import DataConfig
+from tlplug.plugins.host import PluginHost
+from tlplug.plugins.resolve import resolve, resolved_recipe
 from tlplug.recipe import Recipe
-from tlplug.resume import resumed_run
-from tlplug.runconfig import read_saved_run
-from tlplug.search import search_and_fit
-from tlplug.tally import Tally
+from tlplug.rundir import layout as rundir
+from tlplug.rundir.config_record import read_saved_run
+from tlplug.rundir.resume import resumed_run
+from tlplug.search.candidates import AUTO
+from tlplug.search.driver import search_and_fit
+from tlplug.search.lr_curve import END_LR, START_LR, STEPS, RangeTest, save_range_test
+from tlplug.search.lr_find import check_sweep, range_test, tune_lr
+from tlplug.ship.predict import load_classifier
+from tlplug.train.assemble import assemble
+from tlplug.train.best_so_far import Tally
+from tlplug.train.loop import FitResult, train
+from tlplug.train.norm_stats import estimate_batchnorm
 
 __all__ = ["Engine", "FitResult"]
 
@@ -42,7 +42,7 @@ class Engine:
 
     def __init__(self, plugins: PluginHost, recipe: Recipe):
         self.plugins = plugins
-        auto = recipe.schedule == AUTO  # searched when the engine fits (tlplug.search)
+        auto = recipe.schedule == AUTO  # searched when the engine fits (tlplug.search.driver)
         if auto and recipe.schedule_opts:
             raise OptionError("--schedule auto searches the schedules; drop --schedule-opt")
         self.parts = resolve(plugins, attrs.evolve(recipe, schedule=None) if auto else recipe)
@@ -74,8 +74,16 @@ class Engine:
         recipe = attrs.evolve(self.recipe, epochs=epochs) if epochs is not None else self.recipe
         recipe.check()
         if recipe.schedule == AUTO:  # search with the default budget, then train the winner
-            return search_and_fit(type(self), self.plugins, recipe, data, out=out,
-                                  overwrite=overwrite, quiet=quiet, command=command)  # fmt: skip
+            return search_and_fit(
+                type(self),
+                self.plugins,
+                recipe,
+                data,
+                out=out,
+                overwrite=overwrite,
+                quiet=quiet,
+                command=command,
+            )
         out_dir = Path(out) if out is not None else rundir.default_run_dir(recipe.backbone)
         rundir.check_run_dir(out_dir, overwrite)
         run = assemble(self.plugins, self.parts, recipe, data, out_dir, Console(quiet))
@@ -107,7 +115,7 @@ class Engine:
         steps: int = STEPS,
         quiet: bool = False,
     ) -> RangeTest:
-        """Run the LR range test (:mod:`tlplug.lr_find`) of this recipe on ``data``: stage
+        """Run the LR range test (:mod:`tlplug.search.lr_find`) of this recipe on ``data``: stage
         ``stage`` (from 1; None: the first whose LR matters), the base LR from ``start_lr``
         to ``end_lr`` over ``steps`` steps; write lr_find.png and lr_find.json into ``out``
         (default ``runs/<time>-lr-find-<backbone>``). Nothing is trained."""

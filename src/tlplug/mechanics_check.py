@@ -16,13 +16,13 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from tlplug.backbone import Backbone
 from tlplug.builtin.schedules import gradual
-from tlplug.freezing import apply_stage, train_mode
-from tlplug.model import TransferModel
-from tlplug.optim import build_optimizer, lr_multipliers
+from tlplug.model.backbone import Backbone
+from tlplug.model.transfer import TransferModel
 from tlplug.recipe import Recipe
-from tlplug.schedule import check_plan
+from tlplug.train.freezing import apply_stage, train_mode
+from tlplug.train.optimizer import build_optimizer, lr_multipliers
+from tlplug.train.stages import check_plan
 
 
 def check_mechanics(

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from tlplug.rundir import write_atomic
+from tlplug.rundir.layout import write_atomic
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -85,23 +85,38 @@ def draw_curves(history: Sequence[Record], title: str = "Training curves") -> Fi
     fig = new_figure(12, 8, 100)
     loss, acc, lr = fig.subplots(3, 1, sharex=True, height_ratios=(1, 1, 0.9))
     for ax, key, label in ((loss, "loss", "loss"), (acc, "acc", "accuracy")):
-        for name, style, what in (("train", "o-", "train {}"), ("val", "s-", "val {}"),
-                                  ("ema_val", "d--", "val {} (weight average)")):  # fmt: skip
+        for name, style, what in (
+            ("train", "o-", "train {}"),
+            ("val", "s-", "val {}"),
+            ("ema_val", "d--", "val {} (weight average)"),
+        ):
             epochs, values = _series(history, f"{name}_{key}")
             if values:
                 ax.plot(epochs, values, style, ms=4, label=what.format(label))
         ax.set_ylabel(label)
     best = best_point(history)
     if best:
-        acc.plot(*best, "*", ms=16, color="gold", markeredgecolor="black", zorder=5,
-                 label=f"best val {best[1]:.4f} (epoch {best[0]})")  # fmt: skip
+        acc.plot(
+            *best,
+            "*",
+            ms=16,
+            color="gold",
+            markeredgecolor="black",
+            zorder=5,
+            label=f"best val {best[1]:.4f} (epoch {best[0]})",
+        )
     _draw_lrs(lr, history)
     for ax in (loss, acc, lr):
         ax.grid(alpha=0.3)
         _mark_stages(ax, history, label=ax is loss)
         entries = len(ax.get_legend_handles_labels()[1])
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0,
-                  fontsize=9 if entries <= 8 else 8, ncol=1 + (entries - 1) // 12)  # fmt: skip
+        ax.legend(
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1),
+            borderaxespad=0,
+            fontsize=9 if entries <= 8 else 8,
+            ncol=1 + (entries - 1) // 12,
+        )
     lr.set_xlabel("epoch")
     _epoch_axis(lr, history)
     fig.suptitle(title)
@@ -134,8 +149,14 @@ def draw_confusion(
     names = [classes[i] for i in ticks]
     size = max(5.0, min(10.0, 240 / len(ticks)))
     long = n > 8 or max(len(c) for c in classes) > 8
-    ax.set_xticks(ticks, names, fontsize=size, rotation=45 if long else 0,
-                  ha="right" if long else "center", rotation_mode="anchor")  # fmt: skip
+    ax.set_xticks(
+        ticks,
+        names,
+        fontsize=size,
+        rotation=45 if long else 0,
+        ha="right" if long else "center",
+        rotation_mode="anchor",
+    )
     ax.set_yticks(ticks, names, fontsize=size)
     ax.set(xlabel="predicted class", ylabel="true class", title=title)
     return fig
@@ -168,31 +189,50 @@ def draw_schedule(
     edges = {"edgecolors": "white", "linewidth": 0.8} if cols <= 60 else {}
     cells = np.ma.masked_invalid(np.clip(values, lo, None))
     mesh = ax.pcolormesh(x, np.arange(rows + 1) - 0.5, cells, cmap="viridis", norm=norm, **edges)
-    fig.colorbar(mesh, ax=ax, extend="min" if clipped else "neither",
-                 label="learning rate (end of epoch)")  # fmt: skip
+    fig.colorbar(
+        mesh, ax=ax, extend="min" if clipped else "neither", label="learning rate (end of epoch)"
+    )
     small = cols <= 12 and rows <= 16
     for (g, e), value in np.ndenumerate(values):
         if grid.biases[g][e]:
-            ax.add_patch(Rectangle((x[e], g - 0.5), 1, 1, fill=False, hatch="//",
-                                   edgecolor="white", linewidth=0))  # fmt: skip
+            ax.add_patch(
+                Rectangle(
+                    (x[e], g - 0.5), 1, 1, fill=False, hatch="//", edgecolor="white", linewidth=0
+                )
+            )
         if np.isfinite(value) and (small or value <= 0):
             shade = norm(max(value, lo))
             box = {"facecolor": mesh.cmap(shade), "edgecolor": "none", "pad": 1.5}
-            ax.text(x[e] + 0.5, g, f"{value:.1e}" if value > 0 else "0", ha="center",
-                    va="center", fontsize=8, color="white" if shade < 0.6 else "black",
-                    bbox=box if grid.biases[g][e] else None)  # fmt: skip
+            ax.text(
+                x[e] + 0.5,
+                g,
+                f"{value:.1e}" if value > 0 else "0",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if shade < 0.6 else "black",
+                bbox=box if grid.biases[g][e] else None,
+            )
     ax.set_yticks(range(rows), grid.groups, fontsize=max(6.0, min(10.0, 300 / rows)))
     ax.set_ylim(-0.5, rows - 0.5)
     ax.set(xlabel="epoch", ylabel="layer group", title=title)
     _epoch_axis(ax, history)
     _mark_stages(ax, history, label=True, line={**STAGE_LINE, "color": "black", "linestyle": "-"})
-    legend = [Patch(facecolor=FROZEN, edgecolor="0.6", label="frozen"),
-              Patch(facecolor="#21918c", label="trains (colour: LR)")]  # fmt: skip
+    legend = [
+        Patch(facecolor=FROZEN, edgecolor="0.6", label="frozen"),
+        Patch(facecolor="#21918c", label="trains (colour: LR)"),
+    ]
     if np.any(grid.biases):
-        legend.append(Patch(facecolor="#21918c", hatch="//", edgecolor="white",
-                            label="only the biases train"))  # fmt: skip
-    ax.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, -0.08),
-              ncol=len(legend), frameon=False)  # fmt: skip
+        legend.append(
+            Patch(facecolor="#21918c", hatch="//", edgecolor="white", label="only the biases train")
+        )
+    ax.legend(
+        handles=legend,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.08),
+        ncol=len(legend),
+        frameon=False,
+    )
     return fig
 
 
@@ -234,8 +274,16 @@ def _draw_lrs(ax: Axes, history: Sequence[Record]) -> None:
         ax.plot(epochs, ys, "o-", ms=3, color=cmap(index), label=_group_label(names))
     zeros = sorted({r["epoch"] for r in history if 0 in r["lr"].values()})
     if zeros:
-        ax.plot(zeros, [0] * len(zeros), "v", ms=8, color="0.2", clip_on=False,
-                transform=ax.get_xaxis_transform(), label="LR 0 (off the log scale)")  # fmt: skip
+        ax.plot(
+            zeros,
+            [0] * len(zeros),
+            "v",
+            ms=8,
+            color="0.2",
+            clip_on=False,
+            transform=ax.get_xaxis_transform(),
+            label="LR 0 (off the log scale)",
+        )
     if any(v > 0 for values in series for v in values):
         ax.set_yscale("log")
     ax.set_ylabel("learning rate\n(end of epoch)")
@@ -260,9 +308,14 @@ def _mark_stages(ax: Axes, history: Sequence[Record], label: bool, line: dict | 
     px = 0.7 * ax.figure.get_figwidth() * ax.figure.dpi / len(history)
     tilt = any(width * px < 6 * len(name) + 8 for _, width, name in spans)
     top = ax.secondary_xaxis("top")
-    top.set_xticks([start + (width - 1) / 2 for start, width, _ in spans],
-                   [name for _, _, name in spans], fontsize=8, rotation=30 if tilt else 0,
-                   ha="left" if tilt else "center", rotation_mode="anchor")  # fmt: skip
+    top.set_xticks(
+        [start + (width - 1) / 2 for start, width, _ in spans],
+        [name for _, _, name in spans],
+        fontsize=8,
+        rotation=30 if tilt else 0,
+        ha="left" if tilt else "center",
+        rotation_mode="anchor",
+    )
     top.tick_params(length=0)
     top.set_xlabel("stage", fontsize=9)
 

@@ -1,7 +1,7 @@
 """The recipe: every choice a run makes, mirrored one for one by the ``tlplug run`` options.
 
 A recipe holds the strategies a run uses (a name and options per kind: ``head``,
-``head_opts``), generated from the rows of :mod:`tlplug.kinds`, plus the general settings
+``head_opts``), generated from the rows of :mod:`tlplug.plugins.kinds`, plus the general settings
 of :class:`Settings`, each with the help text its CLI option shows. A run's config.json
 stores the recipe with what the engine resolved from it, which is enough to rebuild the
 trained model with no other input.
@@ -17,9 +17,8 @@ from typing import Any, Literal
 import attrs
 
 from tlplug.errors import OptionError, close_matches, flag
-from tlplug.kinds import BUILTIN_KINDS, Kind
-from tlplug.options import coerce
-from tlplug.recipe_checks import check_settings
+from tlplug.plugins.kinds import BUILTIN_KINDS, Kind
+from tlplug.plugins.options import coerce
 
 Optimizer = Literal["sgd", "adam", "adamw"]
 BnPolicy = Literal["frozen", "eval", "train"]
@@ -49,9 +48,11 @@ class Settings:
         None, "Backbone weights file (.safetensors, or a state-dict .pth/.pt).", path=True
     )
     weights_partial: bool = setting(
-        False, "Load a --weights file made for another architecture in part: the tensors "
-        "whose names and shapes match; the rest of the backbone stays as built.", shown="",
-    )  # fmt: skip
+        False,
+        "Load a --weights file made for another architecture in part: the tensors "
+        "whose names and shapes match; the rest of the backbone stays as built.",
+        shown="",
+    )
     label_smoothing: float = setting(0.0, "Label smoothing of the cross-entropy loss.")
     balance: Balance = setting(
         "off",
@@ -68,9 +69,11 @@ class Settings:
         None, "Layer-wise LR decay G: group i below the head trains at lr x G^i.", shown=""
     )
     lr_mult: tuple[float, ...] = setting(
-        (), "LR multiplier per group, stem to head (see 'tlplug groups BACKBONE').",
-        metavar="M,M,...", shown="",
-    )  # fmt: skip
+        (),
+        "LR multiplier per group, stem to head (see 'tlplug groups BACKBONE').",
+        metavar="M,M,...",
+        shown="",
+    )
     weight_decay: float | None = setting(
         None, "Weight decay.", shown="sgd 5e-4, adam 0, adamw 0.01"
     )
@@ -84,9 +87,10 @@ class Settings:
         "BatchNorm in eval mode) or train (statistics follow the data).",
     )
     max_groups: int | None = setting(
-        None, "Merge the backbone's layer groups into at most this many (stem included).",
+        None,
+        "Merge the backbone's layer groups into at most this many (stem included).",
         shown="",
-    )  # fmt: skip
+    )
     epochs: int = setting(5, "Epochs to train.")
     val_every: int = setting(
         1, "Validate (and keep the best weights) every N epochs and after the last.", metavar="N"
@@ -96,9 +100,10 @@ class Settings:
     seed: int = setting(0, "Random seed.")
     device: str = setting("auto", "auto, cpu or cuda.")
     workers: int | None = setting(
-        None, "Data loader processes.",
+        None,
+        "Data loader processes.",
         shown="GPU cores - 1 up to 8; CPU 0 up to 4 cores, then a quarter of them up to 4",
-    )  # fmt: skip
+    )
     val_split: float | None = setting(
         None,
         "Fraction held out for validation when DATA has no val/ folder; 0 trains "
@@ -115,11 +120,12 @@ class Settings:
         "augmentation (mixup, cutmix) needs the images; on: even then, without it.",
     )
     cache_views: int | None = setting(
-        None, "Augmented views of each image the feature cache holds.",
+        None,
+        "Augmented views of each image the feature cache holds.",
         shown="a converged probe: every outcome of the augmentations if they list them, "
         "else 4; else one per epoch of the stage, at most 4",
         metavar="K",
-    )  # fmt: skip
+    )
     probe: Probe = setting(
         "converge",
         "How a stage that trains only a linear head on cached features trains it: converge "
@@ -142,26 +148,34 @@ class Settings:
         False, "Halve --batch-size until a training step fits in memory.", shown=""
     )
     accumulate: int = setting(
-        1, "Add up the gradients of N batches per optimizer step (a batch N times larger).",
+        1,
+        "Add up the gradients of N batches per optimizer step (a batch N times larger).",
         metavar="N",
-    )  # fmt: skip
+    )
     ema: float | None = setting(
-        None, "Keep an exponential moving average of the weights with this decay (0.999); it "
+        None,
+        "Keep an exponential moving average of the weights with this decay (0.999); it "
         "is validated every epoch and its weights are saved when they score best.",
-        metavar="DECAY", shown="",
-    )  # fmt: skip
+        metavar="DECAY",
+        shown="",
+    )
     patience: int | None = setting(
-        None, "Stop early when validation accuracy has not improved for N validations.",
-        metavar="N", shown="",
-    )  # fmt: skip
+        None,
+        "Stop early when validation accuracy has not improved for N validations.",
+        metavar="N",
+        shown="",
+    )
     plots: bool = setting(
-        True, "Draw training curves, the confusion matrix and the schedule into the run "
-        "directory.", shown="plots",
-    )  # fmt: skip
+        True,
+        "Draw training curves, the confusion matrix and the schedule into the run directory.",
+        shown="plots",
+    )
     keep_state: bool = setting(
-        False, "Keep the resume state once the run has finished, to continue it exactly "
-        "later; otherwise a finished run keeps what predict, eval and export need.", shown="",
-    )  # fmt: skip
+        False,
+        "Keep the resume state once the run has finished, to continue it exactly "
+        "later; otherwise a finished run keeps what predict, eval and export need.",
+        shown="",
+    )
 
     @classmethod
     def from_kwargs(cls, **given: Any) -> Settings:
@@ -203,6 +217,63 @@ class Settings:
         if not strict:
             data = {k: v for k, v in data.items() if k in field_types(cls)}
         return cls.from_kwargs(**data)
+
+
+def check_settings(settings: Settings) -> None:
+    """Raise :class:`OptionError` for the first value of ``settings`` no run can use."""
+    positive = {
+        "epochs": settings.epochs,
+        "batch_size": settings.batch_size,
+        "lr": settings.lr,
+        "val_every": settings.val_every,
+    }
+    for name, value in positive.items():
+        if value != "auto" and value <= 0:  # --lr auto: a range test chooses it
+            raise OptionError(f"{flag(name)} must be positive, got {value}")
+    if settings.img_size is not None and settings.img_size < 16:
+        raise OptionError(f"{flag('img_size')} must be at least 16, got {settings.img_size}")
+    if settings.val_split is not None and not 0 <= settings.val_split < 1:
+        raise OptionError(
+            f"{flag('val_split')} must be at least 0 (0: no validation) and below 1, "
+            f"got {settings.val_split}"
+        )
+    if settings.cache_views is not None and settings.cache_views < 1:
+        raise OptionError(f"{flag('cache_views')} must be at least 1, got {settings.cache_views}")
+    if settings.accumulate < 1:
+        raise OptionError(f"{flag('accumulate')} must be at least 1, got {settings.accumulate}")
+    if settings.ema is not None and not 0 < settings.ema < 1:
+        raise OptionError(
+            f"{flag('ema')} must be a decay between 0 and 1 (0.999), got {settings.ema}"
+        )
+    if settings.patience is not None and settings.patience < 1:
+        raise OptionError(f"{flag('patience')} must be at least 1, got {settings.patience}")
+    if settings.val_split == 0 and (settings.patience or settings.ema):
+        used = flag("patience") if settings.patience else flag("ema")
+        raise OptionError(f"{used} needs validation; drop it or {flag('val_split', 0)}")
+    if settings.lr_decay is not None and not 0 < settings.lr_decay <= 1:
+        raise OptionError(f"{flag('lr_decay')} must be in (0, 1], got {settings.lr_decay}")
+    if settings.lr_decay is not None and settings.lr_mult:
+        raise OptionError(f"give {flag('lr_decay')} or {flag('lr_mult')}, not both")
+    if any(not m >= 0 for m in settings.lr_mult):
+        raise OptionError(
+            f"{flag('lr_mult')} multipliers must be >= 0, got {list(settings.lr_mult)}"
+        )
+    if settings.max_groups is not None and settings.max_groups < 1:
+        raise OptionError(f"{flag('max_groups')} must be at least 1, got {settings.max_groups}")
+    if settings.weight_decay is not None and settings.weight_decay < 0:
+        raise OptionError(f"{flag('weight_decay')} must be >= 0, got {settings.weight_decay}")
+    if settings.skip_nonfinite < 0:
+        raise OptionError(f"{flag('skip_nonfinite')} must be >= 0, got {settings.skip_nonfinite}")
+    if settings.workers is not None and settings.workers < 0:
+        raise OptionError(f"{flag('workers')} must be >= 0, got {settings.workers}")
+    if settings.weights is not None and "\x00" in settings.weights:
+        raise OptionError(f"{flag('weights')} contains a NUL byte; give the path of a weights file")
+    if not 0 <= settings.label_smoothing < 1:
+        raise OptionError(
+            f"{flag('label_smoothing')} must be in [0, 1), got {settings.label_smoothing}"
+        )
+    if settings.device not in ("auto", "cpu") and not settings.device.startswith("cuda"):
+        raise OptionError(f"{flag('device')} must be auto, cpu or cuda, got {settings.device!r}")
 
 
 def recipe_class(kinds: Iterable[Kind], base: type[Settings] = Settings) -> type[Settings]:

@@ -53,11 +53,15 @@ def merged(from_file: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
     for key, value in given.items():
         old = recipe.get(key)
         if key.endswith("_opts") and isinstance(old, dict) and isinstance(value, dict):
-            recipe[key] = {**old, **{
-                name: {**old[name], **opts}
-                if isinstance(opts, dict) and isinstance(old.get(name), dict) else opts
-                for name, opts in value.items()
-            }}  # fmt: skip
+            recipe[key] = {
+                **old,
+                **{
+                    name: {**old[name], **opts}
+                    if isinstance(opts, dict) and isinstance(old.get(name), dict)
+                    else opts
+                    for name, opts in value.items()
+                },
+            }
         else:
             recipe[key] = value
     return recipe

@@ -8,22 +8,22 @@ from typing import TYPE_CHECKING, Any, Literal
 import attrs
 import torch
 
-from tlplug.adapters import Adapter
+from tlplug.compute.precision import FP32, Compiled, Numerics
 from tlplug.console import Console
-from tlplug.ema import WeightAverage
 from tlplug.errors import TlplugError
-from tlplug.loss import TrainingLoss
-from tlplug.model import TransferModel
-from tlplug.precision import FP32, Compiled, Numerics
+from tlplug.model.adapters import Adapter
+from tlplug.model.transfer import TransferModel
 from tlplug.recipe import Recipe
-from tlplug.schedule import Stage
+from tlplug.train.ema import WeightAverage
+from tlplug.train.loss import TrainingLoss
+from tlplug.train.stages import Stage
 
 if TYPE_CHECKING:
-    from tlplug.build import Parts
     from tlplug.data.loaders import Loaders
     from tlplug.data.pipeline import Pipeline
     from tlplug.data.sources import Splits
-    from tlplug.plugins import PluginHost
+    from tlplug.plugins.host import PluginHost
+    from tlplug.plugins.resolve import Parts
 
 
 @attrs.frozen
@@ -58,7 +58,7 @@ class Source:
 
 @attrs.frozen
 class Step:
-    """One training step as :func:`tlplug_step_end <tlplug.hookspecs.tlplug_step_end>`
+    """One training step as :func:`tlplug_step_end <tlplug.plugins.hookspecs.tlplug_step_end>`
     sees it: the epoch, the step's number in it (from 1) and in the run, the images it
     trained on and their mean loss; ``skipped`` when the loss was not finite."""
 

@@ -25,7 +25,7 @@ import attrs
 import pytest
 import torch
 
-from tlplug.hookspecs import hookimpl
+from tlplug.plugins.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from tlplug.engine import Engine, FitResult

@@ -65,7 +65,7 @@ def test_a_run_in_the_default_store(image_folder, tiny, tmp_path, monkeypatch):
     assert found.data.params["augment"] == "[]"
     tags = found.data.tags
     assert tags["tlplug.version"] == config["tlplug_version"]
-    assert tags["tlplug.backbone"] == "timm:resnet10t"
+    assert tags["tlplug.model.backbone"] == "timm:resnet10t"
     assert tags["tlplug.run_dir"] == str(run_dir.resolve())
 
     records = result.history
@@ -85,8 +85,14 @@ def test_a_run_in_the_default_store(image_folder, tiny, tmp_path, monkeypatch):
 
 
 def test_a_failed_run_resumed_continues_its_mlflow_run(image_folder, tiny, tmp_path, file_store):
-    options = {"mlflow": {"tracking_uri": file_store, "experiment": "pets", "artifacts": False,
-                          "model": False}}  # fmt: skip
+    options = {
+        "mlflow": {
+            "tracking_uri": file_store,
+            "experiment": "pets",
+            "artifacts": False,
+            "model": False,
+        }
+    }
     engine = make_engine(tlplug_loggers, FailAt(2), logger=("mlflow",), logger_opts=options, **tiny)
     run_dir = tmp_path / "run"
     with pytest.raises(RuntimeError, match="planned failure at epoch 2"):

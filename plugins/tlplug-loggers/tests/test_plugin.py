@@ -28,20 +28,42 @@ def test_the_entry_point_is_installed_and_lists_both_loggers(capsys):
 
 
 def test_the_recipe_flattened_and_the_numbers_of_a_record():
-    recipe = {"lr": 0.1, "augment": ["flip"], "augment_opts": {"flip": {"p": 0.5}},
-              "data_opts": {}, "weights": None, "compile": False}  # fmt: skip
+    recipe = {
+        "lr": 0.1,
+        "augment": ["flip"],
+        "augment_opts": {"flip": {"p": 0.5}},
+        "data_opts": {},
+        "weights": None,
+        "compile": False,
+    }
     assert flat_recipe(recipe) == {
-        "lr": 0.1, "augment": '["flip"]', "augment_opts.flip.p": 0.5, "data_opts": "{}",
-        "weights": "None", "compile": False,
-    }  # fmt: skip
-    record = {"epoch": 3, "stage_name": "head", "stage_start": True, "stage_lr": {"head": 1.0},
-              "train_loss": 0.5, "val_acc": None, "lr": {"stem": 0.0, "head": 0.01},
-              "penalty": {"l2-sp": 0.25}, "trainable_groups": ["head"], "is_best": True,
-              "trainable_params": 10}  # fmt: skip
+        "lr": 0.1,
+        "augment": '["flip"]',
+        "augment_opts.flip.p": 0.5,
+        "data_opts": "{}",
+        "weights": "None",
+        "compile": False,
+    }
+    record = {
+        "epoch": 3,
+        "stage_name": "head",
+        "stage_start": True,
+        "stage_lr": {"head": 1.0},
+        "train_loss": 0.5,
+        "val_acc": None,
+        "lr": {"stem": 0.0, "head": 0.01},
+        "penalty": {"l2-sp": 0.25},
+        "trainable_groups": ["head"],
+        "is_best": True,
+        "trainable_params": 10,
+    }
     assert epoch_numbers(record) == [
-        ("train_loss", None, 0.5), ("lr", "stem", 0.0), ("lr", "head", 0.01),
-        ("penalty", "l2-sp", 0.25), ("trainable_params", None, 10.0),
-    ]  # fmt: skip
+        ("train_loss", None, 0.5),
+        ("lr", "stem", 0.0),
+        ("lr", "head", 0.01),
+        ("penalty", "l2-sp", 0.25),
+        ("trainable_params", None, 10.0),
+    ]
 
 
 def test_the_event_folder_of_a_run(tmp_path):

@@ -54,8 +54,15 @@ def test_a_run_writes_steps_epochs_and_the_recipe(image_folder, tiny, tmp_path):
     total = 2 * STEPS_PER_EPOCH
     assert steps(found["step/train_loss"]) == list(range(1, total + 1))
     ends = [STEPS_PER_EPOCH, total]  # an epoch's numbers sit at the step that ended it
-    for tag in ("epoch/train_loss", "epoch/train_acc", "epoch/val_loss", "epoch/val_acc",
-                "epoch/seconds", "lr/head", "lr/stem"):  # fmt: skip
+    for tag in (
+        "epoch/train_loss",
+        "epoch/train_acc",
+        "epoch/val_loss",
+        "epoch/val_acc",
+        "epoch/seconds",
+        "lr/head",
+        "lr/stem",
+    ):
         assert steps(found[tag]) == ends, tag
     assert [v for _, v in found["epoch/epoch"]] == [1.0, 2.0]
     records = result.history
@@ -114,13 +121,37 @@ def test_a_resumed_run_continues_its_curves_without_doubling_an_epoch(image_fold
 def test_command_line_with_options(image_folder, tmp_path, capsys):
     run_dir = tmp_path / "run"
     code, _, err = cli(
-        capsys, "run", "--data", image_folder, "--backbone", "timm:resnet10t",
-        "--no-pretrained", "--img-size", "32", "--batch-size", "8", "--workers", "0",
-        "--epochs", "1", "--augment", "none", "--no-plots", "--out", run_dir,
-        "--logger", "tensorboard", "--logger", "csv",
-        "--logger-opt", "tensorboard.dir=tb", "--logger-opt", "tensorboard.steps=false",
-        "--logger-opt", "tensorboard.hparams=no",
-    )  # fmt: skip
+        capsys,
+        "run",
+        "--data",
+        image_folder,
+        "--backbone",
+        "timm:resnet10t",
+        "--no-pretrained",
+        "--img-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--epochs",
+        "1",
+        "--augment",
+        "none",
+        "--no-plots",
+        "--out",
+        run_dir,
+        "--logger",
+        "tensorboard",
+        "--logger",
+        "csv",
+        "--logger-opt",
+        "tensorboard.dir=tb",
+        "--logger-opt",
+        "tensorboard.steps=false",
+        "--logger-opt",
+        "tensorboard.hparams=no",
+    )
     assert code == 0, err
     assert (run_dir / "metrics.csv").is_file()
     found = scalars(run_dir / "tb")

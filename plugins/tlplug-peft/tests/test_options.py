@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from tlplug import Engine, OptionError
 from tlplug.cli import main
-from tlplug.plugins import PluginHost
+from tlplug.plugins.host import PluginHost
 
 from conftest import FAST, RESNET, VIT
 

@@ -7,8 +7,8 @@ import timm
 import torch
 from safetensors.torch import load_file
 from tlplug import Engine, hookimpl
-from tlplug.checkpoint import read_resume
 from tlplug.cli import main
+from tlplug.rundir.checkpoint import read_resume
 
 from conftest import FAST, RESNET, VIT, Watch, changed, head_names, lora_names
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tlplug.build import build_backbone, build_model, resolve
-from tlplug.plugins import PluginHost
+from tlplug.plugins.host import PluginHost
+from tlplug.plugins.resolve import build_backbone, build_model, resolve
 from tlplug.recipe import Recipe
 from tlplug.testing import FAST_RECIPE, write_images
 
@@ -29,7 +29,7 @@ def tiny() -> dict:
 
 
 def make_model(backbone: str = "timm:resnet10t", classes: int = 3, seed: int = 0):
-    """A real :class:`tlplug.model.TransferModel` built as the engine builds it."""
+    """A real :class:`tlplug.model.transfer.TransferModel` built as the engine builds it."""
     import torch
 
     torch.manual_seed(seed)

@@ -11,8 +11,8 @@ import torch
 
 from conftest import read_run
 from tlplug import Engine, OptionError, hookimpl
-from tlplug.interrupt import Interrupted
 from tlplug.testing import run_cli as cli
+from tlplug.train.interrupt import Interrupted
 
 
 class Drift:
@@ -128,10 +128,25 @@ def test_a_bad_option_stops_the_run_with_one_line(image_folder, tiny, tmp_path, 
     assert not (tmp_path / "run").exists()
     code, _, err = cli(
         capsys,
-        "run", "--data", image_folder, "--backbone", "timm:resnet10t", "--no-pretrained",
-        "--img-size", 32, "--workers", 0, "--epochs", 1, "--out", tmp_path / "cli",
-        "--regularizer", "bss", "--regularizer-opt", "bss.k=0",
-    )  # fmt: skip
+        "run",
+        "--data",
+        image_folder,
+        "--backbone",
+        "timm:resnet10t",
+        "--no-pretrained",
+        "--img-size",
+        32,
+        "--workers",
+        0,
+        "--epochs",
+        1,
+        "--out",
+        tmp_path / "cli",
+        "--regularizer",
+        "bss",
+        "--regularizer-opt",
+        "bss.k=0",
+    )
     assert code != 0
     assert "regularizer 'bss' option 'k' must be at least 1, got 0" in err
     assert len(err.strip().splitlines()) == 1

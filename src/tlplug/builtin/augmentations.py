@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 from tlplug import hookimpl
 from tlplug.errors import OptionError
-from tlplug.marks import augmentation
+from tlplug.plugins.marks import augmentation
 
 if TYPE_CHECKING:
     import torch

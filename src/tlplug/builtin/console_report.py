@@ -18,16 +18,20 @@ from tlplug import __version__, hookimpl
 def tlplug_run_start(run) -> None:
     say, resolved, recipe = run.console.say, run.config["resolved"], run.recipe
     weights = resolved["backbone"]["weights"]
-    say(f"tlplug {__version__}: {recipe.backbone} ({weights}) on {run.device}, "
-        f"{resolved['img_size']}px")  # fmt: skip
+    say(
+        f"tlplug {__version__}: {recipe.backbone} ({weights}) on {run.device}, "
+        f"{resolved['img_size']}px"
+    )
     if resolved["backbone"]["weights_report"]:
         say(f"weights {recipe.weights}: {resolved['backbone']['weights_report']}")
     for line in _data_lines(run):
         say(line)
     groups = ", ".join(f"{g['name']} {g['params']:,}" for g in resolved["groups"])
     say(f"groups: {groups}")
-    say(f"schedule {recipe.schedule}: " + "; ".join(
-        f"epoch {s.start + 1}: {s.name}" for s in run.plan))  # fmt: skip
+    say(
+        f"schedule {recipe.schedule}: "
+        + "; ".join(f"epoch {s.start + 1}: {s.name}" for s in run.plan)
+    )
     say(f"run directory: {run.run_dir}")
     for line in resolved.get("warnings", []):
         say(f"warning: {line}")
@@ -36,16 +40,20 @@ def tlplug_run_start(run) -> None:
     extended = run.config.get("extended", [])
     if run.epoch and extended and extended[-1]["after_epoch"] == run.epoch:
         last = extended[-1]
-        say(f"extending the run from {last['from_epochs']} to {last['to_epochs']} epochs: the "
+        say(
+            f"extending the run from {last['from_epochs']} to {last['to_epochs']} epochs: the "
             f"schedule and the LR schedule now span {last['to_epochs']} epochs; continuing "
-            f"from {last['from']}")  # fmt: skip
+            f"from {last['from']}"
+        )
     decoded = resolved["decoded_images"]
     if decoded["kept"]:
         say(f"images are decoded once and kept ({decoded['bytes'] / 2**20:.0f} MiB)")
     else:
-        say(f"decoded-image cache off: the pixels would take {decoded['bytes'] / 2**30:.1f} "
+        say(
+            f"decoded-image cache off: the pixels would take {decoded['bytes'] / 2**30:.1f} "
             "GiB, more than a quarter of this machine's memory; images are decoded every "
-            "epoch")  # fmt: skip
+            "epoch"
+        )
 
 
 def _data_lines(run) -> list[str]:
@@ -78,7 +86,7 @@ def _data_lines(run) -> list[str]:
 
 @hookimpl(trylast=True)
 def tlplug_stage_start(run, stage) -> None:
-    from tlplug.optim import stage_lrs
+    from tlplug.train.optimizer import stage_lrs
 
     parts = [", ".join(stage.trainable)] if stage.trainable else []
     if stage.biases:
@@ -167,14 +175,18 @@ def epoch_line(record: dict[str, Any], epochs: int) -> str:
     """One epoch's line: stage, losses, accuracy (``*`` marks a new best), LR, speed."""
     lrs = sorted(set(record["lr"].values()))
     lr = f"{lrs[0]:.2e}" if len(lrs) == 1 else f"{lrs[0]:.2e}..{lrs[-1]:.2e}"
-    parts = [f"epoch {record['epoch']}/{epochs} [{record['stage_name']}]",
-             f"train_loss {record['train_loss']:.4f}"]  # fmt: skip
+    parts = [
+        f"epoch {record['epoch']}/{epochs} [{record['stage_name']}]",
+        f"train_loss {record['train_loss']:.4f}",
+    ]
     if record["val_acc"] is None:
         parts.append("(no validation)")
     else:
         best = record.get("best_source") if record.get("is_best") else None
-        parts.append(f"val_loss {record['val_loss']:.4f} val_acc {record['val_acc']:.4f}"
-                     + (" *" if best == "model" else ""))  # fmt: skip
+        parts.append(
+            f"val_loss {record['val_loss']:.4f} val_acc {record['val_acc']:.4f}"
+            + (" *" if best == "model" else "")
+        )
         if "ema_val_acc" in record:
             parts.append(
                 f"ema_val_acc {record['ema_val_acc']:.4f}" + (" *" if best == "ema" else "")
@@ -189,8 +201,7 @@ def epoch_line(record: dict[str, Any], epochs: int) -> str:
 def tlplug_run_end(run, summary) -> None:
     say = run.console.say
     if "test_acc" in summary:
-        say(f"test_acc {summary['test_acc']:.4f} ({summary['num_test']} test images, "
-            "best weights)")  # fmt: skip
+        say(f"test_acc {summary['test_acc']:.4f} ({summary['num_test']} test images, best weights)")
     more = len(summary["skipped_files"]) - len(run.skipped)
     if more > 0:
         say(
@@ -205,5 +216,7 @@ def tlplug_run_end(run, summary) -> None:
             f"best val_acc {summary['best_val_acc']:.4f} at epoch {summary['best_epoch']}{source}"
         )
     say(f"{best}; run saved in {run.run_dir}")
-    say(f"predict with: tlplug predict {run.run_dir} IMAGE...; evaluate with: tlplug eval "
-        f"{run.run_dir}")  # fmt: skip
+    say(
+        f"predict with: tlplug predict {run.run_dir} IMAGE...; evaluate with: tlplug eval "
+        f"{run.run_dir}"
+    )

@@ -28,7 +28,7 @@ from tlplug.errors import TlplugError
 if TYPE_CHECKING:  # torch loads when an export runs, not when plugins load
     import torch
 
-    from tlplug.predict import Classifier
+    from tlplug.ship.predict import Classifier
 
 #: What a factory returns: runs the written file on a float image batch, gives logits.
 Runner = Callable[["torch.Tensor"], "torch.Tensor"]
@@ -86,9 +86,14 @@ def onnx(classifier: Classifier, out: Path, *, opset: int | None = None) -> Runn
             # refuses, rather than silently fixes, a batch size it cannot keep dynamic.
             batch = {0: torch.export.Dim("batch", min=1)}
             program = torch.onnx.export(
-                classifier.model, (example,), dynamo=True, dynamic_shapes=(batch,),
-                external_data=False, verbose=False, **names,
-            )  # fmt: skip
+                classifier.model,
+                (example,),
+                dynamo=True,
+                dynamic_shapes=(batch,),
+                external_data=False,
+                verbose=False,
+                **names,
+            )
             written = program.model.opset_imports.get("")
             if opset is not None and written != opset:
                 raise TlplugError(f"the ONNX exporter wrote opset {written}, not {opset}")
@@ -98,9 +103,13 @@ def onnx(classifier: Classifier, out: Path, *, opset: int | None = None) -> Runn
             # Below 18 it would convert its own opset down, which fails on common models
             # (resnets) and keeps 18: the TorchScript-based exporter writes those itself.
             torch.onnx.export(
-                classifier.model, (example,), str(out), dynamo=False,
-                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, **names,
-            )  # fmt: skip
+                classifier.model,
+                (example,),
+                str(out),
+                dynamo=False,
+                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                **names,
+            )
             model = onnx_lib.load(str(out))
             onnx_lib.helper.set_model_props(model, metadata(classifier))
             onnx_lib.save(model, str(out))
@@ -150,8 +159,8 @@ def safetensors(classifier: Classifier, out: Path) -> Runner:
     model.safetensors, with the preprocessing and classes in its metadata."""
     import torch
 
-    from tlplug.model import BACKBONE_PREFIX, HEAD_PREFIX
-    from tlplug.weights import load_state, read_state_dict, save_atomic
+    from tlplug.model.transfer import BACKBONE_PREFIX, HEAD_PREFIX
+    from tlplug.rundir.weights import load_state, read_state_dict, save_atomic
 
     prefixes = {"backbone_prefix": BACKBONE_PREFIX, "head_prefix": HEAD_PREFIX}
     facts = {"format": "pt", **prefixes, **metadata(classifier)}  # a run's keys, and more

@@ -11,7 +11,8 @@ from __future__ import annotations
 import csv
 from typing import Any
 
-from tlplug import hookimpl, rundir
+from tlplug import hookimpl
+from tlplug.rundir import layout as rundir
 
 METRICS_CSV = "metrics.csv"
 
@@ -91,9 +92,16 @@ class CsvLog:
     a resumed one keeps the rows of the epochs it keeps."""
 
     COLUMNS = (
-        "epoch", "stage_name", "train_loss", "train_acc", "val_loss", "val_acc",
-        "seconds", "images_per_s", "is_best",
-    )  # fmt: skip
+        "epoch",
+        "stage_name",
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "seconds",
+        "images_per_s",
+        "is_best",
+    )
 
     def run_start(self, run) -> None:
         self.path = run.run_dir / METRICS_CSV

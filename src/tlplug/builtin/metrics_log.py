@@ -7,7 +7,8 @@ it is published: the resume state never names an epoch whose line could be lost.
 
 from __future__ import annotations
 
-from tlplug import hookimpl, rundir
+from tlplug import hookimpl
+from tlplug.rundir import layout as rundir
 
 
 @hookimpl(trylast=True)

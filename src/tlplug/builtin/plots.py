@@ -18,7 +18,7 @@ from typing import Any
 
 from tlplug import hookimpl
 from tlplug.plotting import save_png
-from tlplug.rundir import PLOTS
+from tlplug.rundir.layout import PLOTS
 
 CURVES, CONFUSION, SCHEDULE = PLOTS
 
@@ -56,9 +56,16 @@ def _drawings(run, summary: dict[str, Any]) -> list[tuple[str, Callable[[], Any]
     epochs = f"{len(history)} epoch{'s' * (len(history) != 1)}"
     drawings = [
         (CURVES, partial(plotting.draw_curves, history, f"Training curves ({epochs})")),
-        (SCHEDULE, partial(plotting.draw_schedule, history, groups,
-                           f"Freeze schedule ({run.recipe.schedule}, {epochs})")),
-    ]  # fmt: skip
+        (
+            SCHEDULE,
+            partial(
+                plotting.draw_schedule,
+                history,
+                groups,
+                f"Freeze schedule ({run.recipe.schedule}, {epochs})",
+            ),
+        ),
+    ]
     if summary.get("confusion_matrix"):  # empty when no epoch was validated
         weights = "weight average" if summary.get("best_source") == "ema" else "best weights"
         acc = summary.get("best_val_acc")
@@ -66,7 +73,16 @@ def _drawings(run, summary: dict[str, Any]) -> list[tuple[str, Callable[[], Any]
             f": val_acc {acc:.4f}" if acc is not None else ""
         )
         classes = summary.get("classes") or list(run.classes)
-        drawings.insert(1, (CONFUSION, partial(plotting.draw_confusion,
-                            summary["confusion_matrix"], classes,
-                            f"Confusion matrix on val ({where})")))  # fmt: skip
+        drawings.insert(
+            1,
+            (
+                CONFUSION,
+                partial(
+                    plotting.draw_confusion,
+                    summary["confusion_matrix"],
+                    classes,
+                    f"Confusion matrix on val ({where})",
+                ),
+            ),
+        )
     return drawings

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from tlplug import Stage, hookimpl
 from tlplug.errors import OptionError
-from tlplug.schedule import top_groups
+from tlplug.train.stages import top_groups
 
 
 @hookimpl

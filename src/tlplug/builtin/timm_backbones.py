@@ -5,15 +5,20 @@ from __future__ import annotations
 import fnmatch
 
 from tlplug import hookimpl
-from tlplug.backbone import (
+from tlplug.errors import UnknownNameError, WeightsError, flag
+from tlplug.model.backbone import (
     RANDOM_INIT,
     Backbone,
     DataConfig,
     groups_from_children,
     groups_from_lists,
 )
-from tlplug.errors import UnknownNameError, WeightsError, flag
-from tlplug.pretrained import hf_cached_file, host_reachable, hub_offline, offline_message
+from tlplug.model.pretrained_cache import (
+    hf_cached_file,
+    host_reachable,
+    hub_offline,
+    offline_message,
+)
 
 _HUB_FILES = ["model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin"]
 

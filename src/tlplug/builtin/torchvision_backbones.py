@@ -12,9 +12,9 @@ import warnings
 from typing import TYPE_CHECKING
 
 from tlplug import hookimpl
-from tlplug.backbone import RANDOM_INIT, Backbone, DataConfig, groups_by_prefix, has_params
 from tlplug.errors import TlplugError, UnknownNameError
-from tlplug.pretrained import torch_hub_file
+from tlplug.model.backbone import RANDOM_INIT, Backbone, DataConfig, groups_by_prefix, has_params
+from tlplug.model.pretrained_cache import torch_hub_file
 
 if TYPE_CHECKING:
     from torch import nn

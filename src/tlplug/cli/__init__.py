@@ -37,8 +37,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def _main(args: list[str]) -> None:
     try:
-        cli.main(args=args, prog_name="tlplug", standalone_mode=False,
-                 obj={"command": ["tlplug", *args]})  # fmt: skip
+        cli.main(
+            args=args, prog_name="tlplug", standalone_mode=False, obj={"command": ["tlplug", *args]}
+        )
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from tlplug.cli.options import kind_options
+from tlplug.cli.flags import kind_options
 from tlplug.errors import TlplugError
-from tlplug.kinds import KINDS
+from tlplug.plugins.kinds import KINDS
 
 if TYPE_CHECKING:
-    from tlplug.plugins import PluginHost
+    from tlplug.plugins.host import PluginHost
 
 
 class TlplugGroup(click.Group):
@@ -35,7 +35,7 @@ class TlplugGroup(click.Group):
         """Load the plugins once (or take ``host``'s) and add what they bring; return them."""
         if self.host is not None:
             return self.host
-        from tlplug.plugins import PluginHost
+        from tlplug.plugins.host import PluginHost
 
         self.host = host = host or PluginHost()
         for key, kind in host.kinds.items():

@@ -9,15 +9,17 @@ import click
 
 from tlplug.cli.group import cli, current_host
 from tlplug.errors import TlplugError
-from tlplug.options import parse_assignments
+from tlplug.plugins.options import parse_assignments
 
 
 @cli.command()
 @click.option(
-    "--json", "as_json", is_flag=True,
+    "--json",
+    "as_json",
+    is_flag=True,
     help="Print JSON: per plugin its name, distribution, version, status, error, the names "
     "it registers by kind and the lifecycle hooks it implements.",
-)  # fmt: skip
+)
 def plugins(as_json) -> None:
     """List plugins, what they register and the hooks they use.
 
@@ -49,19 +51,22 @@ def groups(backbone, backbone_opt, img_size, max_groups, verbose) -> None:
 
     BACKBONE is PROVIDER:NAME; groups are listed stem to top with their parameter counts,
     and with --verbose the modules (paths in the provider's own model) each one holds."""
-    from tlplug.backbone import module_paths
-    from tlplug.build import build_backbone
     from tlplug.engine import Engine
-    from tlplug.model import count_params
+    from tlplug.model.backbone import module_paths
+    from tlplug.model.transfer import count_params
+    from tlplug.plugins.resolve import build_backbone
 
     host = current_host()
-    engine = Engine(host, host.recipe_type.from_kwargs(
-        backbone=backbone,
-        backbone_opts=parse_assignments(backbone_opt, "--backbone-opt"),
-        pretrained=False,
-        img_size=img_size,
-        max_groups=max_groups,
-    ))  # fmt: skip
+    engine = Engine(
+        host,
+        host.recipe_type.from_kwargs(
+            backbone=backbone,
+            backbone_opts=parse_assignments(backbone_opt, "--backbone-opt"),
+            pretrained=False,
+            img_size=img_size,
+            max_groups=max_groups,
+        ),
+    )
     built, _ = build_backbone(engine.parts["backbones"], engine.recipe)
     params = dict(built.module.named_parameters())
     modules = module_paths([group.params for group in built.groups])
@@ -69,8 +74,9 @@ def groups(backbone, backbone_opt, img_size, max_groups, verbose) -> None:
         count = count_params([params[name] for name in group.params])
         click.echo(f"{group.name:<32} {count:>12,}")
         if verbose:
-            click.echo(textwrap.fill(", ".join(paths), 96, initial_indent="    ",
-                                     subsequent_indent="    "))  # fmt: skip
+            click.echo(
+                textwrap.fill(", ".join(paths), 96, initial_indent="    ", subsequent_indent="    ")
+            )
     click.echo(f"{'head':<32} {'(--head)':>12}")
 
 

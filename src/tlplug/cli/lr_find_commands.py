@@ -7,11 +7,11 @@ from pathlib import Path
 import attrs
 import click
 
+from tlplug.cli.flags import data_and_config, recipe_and_data, recipe_options
 from tlplug.cli.group import cli, current_host
-from tlplug.cli.options import data_and_config, recipe_and_data, recipe_options
 from tlplug.cli.run_commands import RUN_KINDS
-from tlplug.lr_curve import END_LR, START_LR, STEPS
 from tlplug.recipe import Settings
+from tlplug.search.lr_curve import END_LR, START_LR, STEPS
 
 
 @cli.command(name="lr-find")
@@ -23,12 +23,27 @@ from tlplug.recipe import Settings
     help="Stage of the freeze plan to test, from 1. [default: the first whose LR matters: "
     "after a head fit by L-BFGS (--probe converge), the next]",
 )
-@click.option("--start-lr", type=float, default=START_LR, show_default=True,
-              help="Learning rate of the first step.")  # fmt: skip
-@click.option("--end-lr", type=float, default=END_LR, show_default=True,
-              help="Learning rate of the last step.")  # fmt: skip
-@click.option("--steps", type=click.IntRange(min=2), default=STEPS, show_default=True,
-              help="Optimizer steps; an epoch's batches repeat if it has fewer.")  # fmt: skip
+@click.option(
+    "--start-lr",
+    type=float,
+    default=START_LR,
+    show_default=True,
+    help="Learning rate of the first step.",
+)
+@click.option(
+    "--end-lr",
+    type=float,
+    default=END_LR,
+    show_default=True,
+    help="Learning rate of the last step.",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=2),
+    default=STEPS,
+    show_default=True,
+    help="Optimizer steps; an epoch's batches repeat if it has fewer.",
+)
 @click.option(
     "--out",
     type=click.Path(path_type=Path),

@@ -7,10 +7,10 @@ from pathlib import Path
 import attrs
 import click
 
+from tlplug.cli.flags import data_and_config, recipe_and_data, recipe_from_cli, recipe_options
 from tlplug.cli.group import cli, current_host
-from tlplug.cli.options import data_and_config, recipe_and_data, recipe_from_cli, recipe_options
 from tlplug.errors import OptionError
-from tlplug.kinds import KINDS
+from tlplug.plugins.kinds import KINDS
 from tlplug.recipe import Settings
 
 RUN_KINDS = [kind for kind in KINDS.values() if kind.command == "run"]
@@ -50,9 +50,10 @@ def run(data, config_file, out, overwrite, resume, quiet, **options) -> None:
     if resume is not None:
         epochs = recipe.pop("epochs", None)
         given = [f"--{k.replace('_', '-')}" for k in recipe] + [
-            flag for flag, value in (("--data", data), ("--out", out), ("--overwrite", overwrite))
+            flag
+            for flag, value in (("--data", data), ("--out", out), ("--overwrite", overwrite))
             if value
-        ]  # fmt: skip
+        ]
         if given:
             raise OptionError(
                 f"--resume continues {resume} with the recipe and data in its config.json "
@@ -81,8 +82,8 @@ def augment_preview(data, out, count, overwrite, **options) -> None:
 
     The grid shows what the model will see: the first images of a run's first epoch,
     augmented as the run would augment them."""
+    from tlplug.data.preview import write_preview
     from tlplug.engine import Engine
-    from tlplug.preview import write_preview
 
     host = current_host()
     kinds = [KINDS["data-sources"], KINDS["augmentations"], KINDS["backbones"]]

@@ -8,11 +8,11 @@ from pathlib import Path
 import attrs
 import click
 
+from tlplug.cli.flags import data_and_config, recipe_and_data, recipe_options
 from tlplug.cli.group import cli, current_host
-from tlplug.cli.options import data_and_config, recipe_and_data, recipe_options
 from tlplug.cli.run_commands import RUN_KINDS
-from tlplug.halving import BUDGET_HELP
 from tlplug.recipe import Settings
+from tlplug.search.halving import BUDGET_HELP
 
 SEARCH_KINDS = [kind for kind in RUN_KINDS if kind.key != "schedules"]
 
@@ -59,8 +59,9 @@ SEARCH_KINDS = [kind for kind in RUN_KINDS if kind.key != "schedules"]
 )
 @click.option("--overwrite", is_flag=True, help="Replace the run in a non-empty --out.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing while searching and training.")
-def search(data, config_file, budget, folds, schedules, eta, out, overwrite, quiet,
-           **options) -> None:  # fmt: skip
+def search(
+    data, config_file, budget, folds, schedules, eta, out, overwrite, quiet, **options
+) -> None:
     """Search freeze schedules, learning rates and LR decay, then train the winner.
 
     Candidates train on the training images with a fifth of them held out to score them
@@ -71,9 +72,9 @@ def search(data, config_file, budget, folds, schedules, eta, out, overwrite, qui
     leaderboard.json and leaderboard.csv into the run directory; its config.json repeats
     the winner."""
     from tlplug.engine import Engine
-    from tlplug.halving import parse_budget
-    from tlplug.holdout import choose_folds
-    from tlplug.search import search_and_fit
+    from tlplug.search.driver import search_and_fit
+    from tlplug.search.halving import parse_budget
+    from tlplug.search.holdout import choose_folds
 
     parse_budget(budget)  # a bad budget or --folds fails before plugins or data load
     choose_folds(folds, 0)
@@ -85,9 +86,19 @@ def search(data, config_file, budget, folds, schedules, eta, out, overwrite, qui
     names = [n.strip() for n in schedules.split(",") if n.strip()] if schedules else None
     command = click.get_current_context().find_root().obj["command"]
     search_and_fit(
-        Engine, host, engine.recipe, data, budget=budget, folds=folds, eta=eta, schedules=names,
-        out=out, overwrite=overwrite, quiet=quiet, command=command,
-    )  # fmt: skip
+        Engine,
+        host,
+        engine.recipe,
+        data,
+        budget=budget,
+        folds=folds,
+        eta=eta,
+        schedules=names,
+        out=out,
+        overwrite=overwrite,
+        quiet=quiet,
+        command=command,
+    )
 
 
 search.kinds_of = "run"  # a plugin's kind of strategy adds its options here as on 'tlplug run'

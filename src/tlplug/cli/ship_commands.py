@@ -11,8 +11,8 @@ import click
 
 from tlplug.cli.group import cli, current_host
 from tlplug.errors import TlplugError
-from tlplug.kinds import KINDS
-from tlplug.options import parse_assignments
+from tlplug.plugins.kinds import KINDS
+from tlplug.plugins.options import parse_assignments
 
 EXPORTERS = KINDS["exporters"]
 SKIPS_SHOWN = 10  # unreadable files named on stderr one by one; more are counted
@@ -44,8 +44,8 @@ def predict(run_dir, images, topk, as_json, as_csv, tta, device) -> None:
     IMAGES are files or folders; RUN_DIR is a run directory. A file that cannot be read or
     does not exist is skipped: named on stderr, and in --json listed with its "error" and
     no classes. The exit status is 0 when at least one image was classified."""
-    from tlplug.device import pick_device
-    from tlplug.predict import CHECK, expand_images, load_classifier
+    from tlplug.compute.device import pick_device
+    from tlplug.ship.predict import CHECK, expand_images, load_classifier
 
     if as_json and as_csv:
         raise click.UsageError("give --json or --csv, not both")
@@ -111,15 +111,20 @@ def eval_command(run_dir, data, as_json, tta, batch_size, out, device) -> None:
     classes: its validation split where it has one of its own (DIR/train/ + DIR/val/, a
     manifest with val rows), else all its images. eval.json, confusion_matrix.png and
     worst_images.png go to --out; eval replaces only those files, and only its own."""
-    from tlplug.device import pick_device
-    from tlplug.evaluation import evaluate_run
+    from tlplug.compute.device import pick_device
+    from tlplug.ship.evaluate import evaluate_run
 
     if device is not None:
         pick_device(device)
     report = evaluate_run(
-        run_dir, data, tta=tta, batch_size=batch_size, out=out, device=device,
+        run_dir,
+        data,
+        tta=tta,
+        batch_size=batch_size,
+        out=out,
+        device=device,
         plugins=current_host(),
-    )  # fmt: skip
+    )
     if report.train_overlap:
         click.echo(f"warning: {overlap_line(report)}", err=True)
     click.echo(json.dumps(report.to_json(), indent=2) if as_json else eval_table(report))
@@ -135,7 +140,7 @@ def overlap_line(report) -> str:
 
 
 def eval_table(report) -> str:
-    """The console summary of an :class:`~tlplug.evaluation.EvalReport`: the headline
+    """The console summary of an :class:`~tlplug.ship.evaluate.EvalReport`: the headline
     figures, then precision, recall, F1 and support per class."""
     s = report.settings
     how = f"{s['precision']}{', channels-last' if s['channels_last'] else ''}"
@@ -166,9 +171,12 @@ def eval_table(report) -> str:
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option(EXPORTERS.flag, "format_name", required=True, help=EXPORTERS.help)
 @click.option(
-    EXPORTERS.options_flag, "format_opt", multiple=True, metavar="KEY=VALUE",
+    EXPORTERS.options_flag,
+    "format_opt",
+    multiple=True,
+    metavar="KEY=VALUE",
     help="Option of the export format (repeatable); see 'tlplug list exporters'.",
-)  # fmt: skip
+)
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
@@ -179,7 +187,7 @@ def export(run_dir, format_name, format_opt, out, overwrite) -> None:
     """Export the best model of a run to another format.
 
     The exported file is run on sample images and checked against the PyTorch model."""
-    from tlplug.export import export_run
+    from tlplug.ship.export import export_run
 
     options = parse_assignments(format_opt, EXPORTERS.options_flag)
     exported = export_run(

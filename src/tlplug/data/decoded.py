@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from tlplug.data.mapped import mapped_tensor
 from tlplug.data.sources import ImageList
-from tlplug.mapped import mapped_tensor
 
 
 class DecodedImages:

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from tlplug.compute.seeding import epoch_seed
 from tlplug.data.sources import DecodeError, ImageList, Splits
 from tlplug.errors import DataError
-from tlplug.seeding import epoch_seed
 
 if TYPE_CHECKING:
     from tlplug.data.pipeline import Pipeline
@@ -198,9 +198,14 @@ def outcome_loader(plain: DataLoader, transforms: list) -> OutcomeLoader:
     dataset = copy.copy(plain.dataset)  # its own transform; the decoded images shared
     dataset.random = False
     return OutcomeLoader(
-        dataset, transforms, batch_size=plain.batch_size, sampler=plain.sampler,
-        num_workers=plain.num_workers, pin_memory=plain.pin_memory, worker_init_fn=_seed_worker,
-    )  # fmt: skip
+        dataset,
+        transforms,
+        batch_size=plain.batch_size,
+        sampler=plain.sampler,
+        num_workers=plain.num_workers,
+        pin_memory=plain.pin_memory,
+        worker_init_fn=_seed_worker,
+    )
 
 
 def default_workers(device_type: str = "cuda") -> int:

@@ -21,7 +21,6 @@ from typing import Any
 
 import attrs
 
-from tlplug.backbone import DataConfig
 from tlplug.data.transforms import (
     BaseTransform,
     Normalize,
@@ -30,7 +29,8 @@ from tlplug.data.transforms import (
     build_transforms,
     normalize,
 )
-from tlplug.marks import PHASES, is_random, phase_of, runs_always
+from tlplug.model.backbone import DataConfig
+from tlplug.plugins.marks import PHASES, is_random, phase_of, runs_always
 
 
 @attrs.frozen(eq=False)

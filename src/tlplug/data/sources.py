@@ -17,10 +17,10 @@ import attrs
 from PIL import Image
 
 from tlplug.errors import DataError, TlplugError, flag
-from tlplug.rundir import write_atomic
+from tlplug.rundir.layout import write_atomic
 
 if TYPE_CHECKING:
-    from tlplug.plugins import PluginHost
+    from tlplug.plugins.host import PluginHost
     from tlplug.recipe import Recipe
 
 
@@ -105,7 +105,7 @@ def split_data_spec(data: str | os.PathLike | None, names: Sequence[str]) -> tup
 
 def load_data(plugins: PluginHost, data: str | os.PathLike | None, recipe: Recipe) -> Splits:
     """Read ``data`` with the source it names and check what the source returns."""
-    from tlplug.build import choose
+    from tlplug.plugins.resolve import choose
 
     registry = plugins.registry("data-sources")
     name, location = split_data_spec(data, registry.names())
@@ -125,9 +125,12 @@ def load_data(plugins: PluginHost, data: str | os.PathLike | None, recipe: Recip
     if name in ("folder", "csv"):  # a path that reads the same from any working directory
         location = str(Path(location).resolve())
     info = {
-        **splits.info, "source": name, "plugin": choice.strategy.plugin,
-        "options": choice.options, "location": location,
-    }  # fmt: skip
+        **splits.info,
+        "source": name,
+        "plugin": choice.strategy.plugin,
+        "options": choice.options,
+        "location": location,
+    }
     return attrs.evolve(splits, info=info)
 
 

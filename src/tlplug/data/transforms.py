@@ -4,7 +4,7 @@ Every image is resized (shorter side to ``img_size / crop_pct``) and center-crop
 ``img_size`` as a uint8 tensor; training augmentations act on that tensor. Images travel
 to the device as uint8 batches (a quarter of the bytes) and are normalized there with the
 backbone's mean and std (:class:`Normalize`, applied by
-:meth:`~tlplug.precision.Numerics.inputs`); only a tensor-phase augmentation, which works on
+:meth:`~tlplug.compute.precision.Numerics.inputs`); only a tensor-phase augmentation, which works on
 normalized images, has them normalized one by one in the loader.
 """
 
@@ -19,8 +19,8 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.functional import pil_modes_mapping
 
-from tlplug.backbone import DataConfig
-from tlplug.marks import augmentation
+from tlplug.model.backbone import DataConfig
+from tlplug.plugins.marks import augmentation
 
 __all__ = [
     "BaseTransform",

@@ -138,7 +138,7 @@ class MlflowLog:
         experiment_id = self._experiment(uri, artifact_location)
         tags = {
             "tlplug.version": run.config.get("tlplug_version", ""),
-            "tlplug.backbone": run.recipe.backbone,
+            "tlplug.model.backbone": run.recipe.backbone,
             "tlplug.run_dir": str(Path(run.run_dir).resolve()),
             "tlplug-loggers.version": __version__,
         }

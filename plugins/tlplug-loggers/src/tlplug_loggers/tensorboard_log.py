@@ -103,8 +103,10 @@ class TensorBoardLog:
         from torch.utils.tensorboard.summary import hparams
 
         recipe = run.config.get("recipe", {})
-        values = {k: v if isinstance(v, (int, float, str)) else str(v)
-                  for k, v in flat_recipe(recipe).items()}  # fmt: skip
+        values = {
+            k: v if isinstance(v, (int, float, str)) else str(v)
+            for k, v in flat_recipe(recipe).items()
+        }
         experiment, start, _ = hparams(values, dict.fromkeys(HPARAM_METRICS, 0.0))
         self.writer.file_writer.add_summary(experiment, 0)
         self.writer.file_writer.add_summary(start, 0)

@@ -12,9 +12,7 @@ from __future__ import annotations
 import re
 
 import torch
-from tlplug.adapters import Adapter
-from tlplug.errors import OptionError, TlplugError
-from tlplug.model import BACKBONE_PREFIX, TransferModel
+from tlplug import Adapter, OptionError, TlplugError, TransferModel
 from torch import nn
 
 from tlplug_peft.targets import select_targets
@@ -48,9 +46,9 @@ def lora(
     pinned = frozenset(
         name
         for name, param in model.named_parameters()
-        if name.startswith(BACKBONE_PREFIX) and id(param) in original
+        if name.startswith(TransferModel.BACKBONE_PREFIX) and id(param) in original
     )
-    layers = tuple(BACKBONE_PREFIX + p for p in paths)
+    layers = tuple(TransferModel.BACKBONE_PREFIX + p for p in paths)
     return Adapter(pinned=pinned, export=MergedExport.build(model, layers, plain_keys))
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from tlplug.errors import OptionError, close_matches
+from tlplug import OptionError, close_matches
 from torch import nn
 
 _REGEX_CHARS = set("*+?[](){}|^$\\")

@@ -1,0 +1,1 @@
+"""Where and in what numbers a run computes: device, precision, memory, seeds."""

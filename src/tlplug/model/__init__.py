@@ -1,0 +1,1 @@
+"""The model a run trains: backbones, the transfer model, adapters, pretrained caches."""

@@ -1,0 +1,1 @@
+"""The plugin system: hook specs, the host, registries, kinds and strategy options."""

@@ -1,0 +1,139 @@
+"""Assembling a run: data, backbone, model, plan, optimizer, loaders and config, once.
+
+Nothing here writes to the run directory, so a run that cannot be assembled leaves a
+user's files as they were.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import attrs
+
+from tlplug.compute.device import pick_device
+from tlplug.compute.precision import compile_for_training, numerics_for
+from tlplug.compute.seeding import seed_everything
+from tlplug.console import Console
+from tlplug.data import load_data
+from tlplug.data.decoded import decoding_plan
+from tlplug.data.loaders import make_loaders
+from tlplug.data.pipeline import build_pipeline, image_size
+from tlplug.model.adapters import Adapter, attach_adapter
+from tlplug.model.transfer import TransferModel
+from tlplug.plugins.host import PluginHost
+from tlplug.plugins.resolve import Parts, build_backbone, build_model, make_plan, probe
+from tlplug.recipe import Recipe
+from tlplug.run import Run
+from tlplug.rundir.config_record import describe_run
+from tlplug.search.lr_find import DEFAULT_LR
+from tlplug.train.ema import WeightAverage
+from tlplug.train.loss import TrainingLoss, class_weights
+from tlplug.train.optimizer import build_optimizer, build_scheduler, lr_multipliers
+from tlplug.train.preflight import random_features, unreached_groups, upscaled
+from tlplug.train.step import fit_batch_size
+
+
+def assemble(
+    plugins: PluginHost,
+    parts: Parts,
+    recipe: Recipe,
+    data: str | os.PathLike | None,
+    run_dir: Path,
+    console: Console,
+) -> Run:
+    """Build everything a run of ``recipe`` on ``data`` needs, writing nothing."""
+    seed_everything(recipe.seed)
+    splits = load_data(plugins, data, recipe)
+    device = pick_device(recipe.device)
+    backbone, report = build_backbone(parts["backbones"], recipe)
+    config = backbone.data_config
+    img_size = image_size(recipe.img_size, splits.img_size, config)
+    probe(backbone, img_size, recipe.backbone)
+    model = build_model(parts["heads"], backbone, len(splits.classes))
+    adapter = _adapter(parts, model)
+    plan, planned = make_plan(parts["schedules"], model.group_names(), recipe.epochs)
+    model.to(device)
+    loss = _loss(parts, model, splits, recipe)  # penalties see the starting weights
+    pipeline = build_pipeline(parts["augmentations"], config, img_size)
+    numerics = numerics_for(recipe, model, device, img_size, pipeline.normalize)
+    batch_size = recipe.batch_size
+    if recipe.auto_batch_size:
+        batch_size = fit_batch_size(
+            model, batch_size, img_size, len(splits.classes), device, numerics
+        )
+    loaders = make_loaders(splits, pipeline, recipe, device, batch_size)
+    multipliers = lr_multipliers(model.group_names(), recipe)
+    # --lr auto: built again once the range test has chosen (tlplug.search.lr_find.tune_lr)
+    optimizer = build_optimizer(model, _settled(recipe), multipliers)
+    steps = -(-len(loaders.train) // recipe.accumulate)  # optimizer steps per epoch
+    run = Run(
+        recipe,
+        {},
+        model,
+        optimizer,
+        build_scheduler(parts["lr-schedules"], optimizer, recipe.epochs, steps),
+        plan,
+        splits.classes,
+        run_dir,
+        device,
+        numerics,
+        adapter=adapter,
+        loss=loss,
+        parts=parts,
+        data=splits,
+        loaders=loaders,
+        pipeline=pipeline,
+        console=console,
+        plugins=plugins,
+        compiled=compile_for_training(model, device) if recipe.compile else None,
+        ema=WeightAverage(model, recipe.ema) if recipe.ema else None,
+    )
+    run.config = describe_run(
+        run,
+        backbone,
+        report,
+        {
+            "img_size": img_size,
+            "workers": loaders.workers,
+            "device": str(device),
+            "lr_multipliers": multipliers,
+            "batch_size": batch_size,
+            "steps_per_epoch": steps,
+            "decoded_images": decoding_plan(loaders.all(), img_size),
+            "warnings": [
+                line
+                for line in (
+                    unreached_groups(plan, planned, model.group_names(), recipe.epochs),
+                    random_features(plan, backbone.trained, model.group_names()[-1]),
+                    upscaled(splits.train, img_size, splits.img_size, recipe.img_size),
+                )
+                if line
+            ],
+        },
+    )
+    return run
+
+
+def _settled(recipe: Recipe) -> Recipe:
+    """``recipe`` with a number for the LR: with ``lr="auto"`` the default, for now."""
+    if recipe.lr != "auto":
+        return recipe
+    return attrs.evolve(recipe, lr=DEFAULT_LR)
+
+
+def _adapter(parts: Parts, model: TransferModel) -> Adapter | None:
+    choice = parts["adapters"]
+    if choice is None:
+        return None
+    return attach_adapter(model, choice.strategy.factory, choice.options, choice.strategy.name)
+
+
+def _loss(parts: Parts, model: TransferModel, splits, recipe: Recipe) -> TrainingLoss:
+    """Cross-entropy with the recipe's smoothing and class weights, plus the regularizers'
+    penalties, made while the model holds its starting weights."""
+    penalties = [c.strategy.factory(model, **c.options) for c in parts["regularizers"]]
+    weights = None
+    if recipe.balance == "loss":
+        weights = class_weights(splits.train.labels, len(splits.classes))
+    return TrainingLoss(len(splits.classes), recipe.label_smoothing, weights, penalties)

@@ -1,0 +1,258 @@
+"""One training epoch and one evaluation pass."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import attrs
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from tlplug.compute.precision import FP32, Numerics
+from tlplug.console import Console
+from tlplug.errors import TlplugError
+from tlplug.run import Step
+from tlplug.train.loss import Batch, TrainingLoss
+
+_OOM_ERRORS = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), MemoryError)
+
+
+class Diverged(TlplugError):
+    """The loss stopped being finite."""
+
+
+class OutOfMemory(TlplugError):
+    """A training step ran out of memory."""
+
+
+@attrs.frozen
+class EpochStats:
+    """Mean loss, accuracy, images seen and wall time of one pass over a loader; ``complete``
+    is False when a stop request ended the pass early."""
+
+    loss: float
+    acc: float
+    images: int
+    seconds: float
+    complete: bool = True
+    norm_images: int = 0  # images the norm layers' statistics were recomputed from after it
+
+
+@attrs.define
+class NonFinite:
+    """How many batches with a non-finite loss a run may skip, and how many it has."""
+
+    allowed: int = 0
+    skipped: int = 0
+
+
+def train_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    device: torch.device,
+    console: Console,
+    epoch: int,
+    *,
+    stop=None,
+    nonfinite: NonFinite | None = None,
+    numerics: Numerics = FP32,
+    loss: TrainingLoss,
+    batch_augment: Callable | None = None,
+    cached: bool = False,
+    replay: bool = False,
+    on_step: Callable[[Step], None] | None = None,
+    first_step: int = 1,
+    accumulate: int = 1,
+    after_step: Callable[[], None] | None = None,
+) -> EpochStats:
+    """Train for one pass over ``loader``, stepping the optimizer and the LR schedule after
+    every ``accumulate`` batches (and after the last).
+
+    ``model`` has a ``backbone`` and a ``head``; with ``cached`` the batches are backbone
+    features and only the head runs; with ``replay`` they are a frozen prefix's outputs
+    (``model`` is a :class:`~tlplug.train.prefix_cache.Replay`). ``batch_augment`` mixes
+    ``(images, targets)`` batches (mixup, cutmix). A batch whose loss is NaN or infinite
+    adds no gradient; it is skipped while ``nonfinite`` allows, else the run stops with
+    :class:`Diverged`. ``stop`` (a :class:`~tlplug.train.interrupt.StopRequest`) ends the pass
+    after the batch in progress. ``on_step`` gets a :class:`~tlplug.run.Step` after every
+    batch; ``first_step`` numbers the first one in the run. ``after_step`` runs after every
+    optimizer step (the weight average's update).
+    """
+    nonfinite = nonfinite if nonfinite is not None else NonFinite()
+    scaler = torch.amp.GradScaler(device.type, enabled=numerics.dtype == torch.float16)
+    total_loss, correct, seen, pending = 0.0, 0, 0, 0
+    start = time.perf_counter()
+    batches = console.progress(loader, len(loader), f"epoch {epoch} train")
+    for step, (images, labels) in enumerate(batches, start=1):
+        images = numerics.inputs(images, device)
+        labels = labels.to(device, non_blocking=True)
+        targets = loss.targets(labels)
+        if batch_augment is not None and not cached:
+            images, targets = batch_augment(images, targets)
+        try:
+            with numerics.autocast(device):
+                features = images if cached else model.backbone(images)
+                logits = model.head(features)
+            shown = None if cached or replay else images
+            value_t = loss(Batch(shown, features, logits, targets))
+            value = value_t.item()
+            finite = math.isfinite(value)
+            if finite:
+                scaler.scale(value_t / accumulate if accumulate > 1 else value_t).backward()
+                pending += 1
+            if step % accumulate == 0 or step == len(loader):
+                if pending:
+                    scaler.step(optimizer)
+                    scaler.update()
+                    if after_step is not None:
+                        after_step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                pending = 0
+        except (*_OOM_ERRORS, RuntimeError) as exc:
+            if not _is_oom(exc):
+                raise
+            raise OutOfMemory(_oom_message(len(labels), epoch, step)) from None
+        if not finite:
+            _skip_or_stop(value, epoch, step, nonfinite)
+        else:
+            total_loss += value * len(labels)
+            correct += (logits.argmax(1) == targets.argmax(1)).sum().item()
+            seen += len(labels)
+        if on_step is not None:
+            on_step(Step(epoch, step, first_step + step - 1, len(labels), value, not finite))
+        if stop is not None and stop.requested:
+            break
+    return EpochStats(
+        total_loss / max(1, seen),
+        correct / max(1, seen),
+        seen,
+        time.perf_counter() - start,
+        complete=stop is None or not stop.requested,
+    )
+
+
+def fit_batch_size(
+    model: nn.Module,
+    batch_size: int,
+    img_size: int,
+    num_classes: int,
+    device: torch.device,
+    numerics: Numerics = FP32,
+) -> int:
+    """The largest batch size, halving from ``batch_size``, at which a training step of the
+    whole model fits in memory. The model's weights and statistics are left as they were."""
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
+    size = batch_size
+    try:
+        while True:
+            try:
+                model.train()
+                for param in model.parameters():
+                    param.requires_grad_(True)
+                images = numerics.inputs(torch.randn(size, 3, img_size, img_size), device)
+                labels = torch.arange(size, device=device) % num_classes
+                with numerics.autocast(device):
+                    logits = model(images)
+                nn.functional.cross_entropy(logits.float(), labels).backward()
+                return size
+            except (*_OOM_ERRORS, RuntimeError) as exc:
+                if isinstance(exc, RuntimeError) and not _is_oom(exc):
+                    raise
+                if size == 1:
+                    raise OutOfMemory(
+                        "out of memory even at batch size 1; try a smaller --img-size or "
+                        "a smaller --backbone"
+                    ) from None
+                size //= 2
+            finally:
+                model.zero_grad(set_to_none=True)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+    finally:
+        model.load_state_dict(saved)
+        for param, flag in zip(model.parameters(), flags, strict=True):
+            param.requires_grad_(flag)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, _OOM_ERRORS) or (
+        "out of memory" in str(exc) or "can't allocate memory" in str(exc)
+    )
+
+
+def _skip_or_stop(value: float, epoch: int, step: int, nonfinite: NonFinite) -> None:
+    if nonfinite.skipped < nonfinite.allowed:
+        nonfinite.skipped += 1
+        return
+    hint = " or --skip-nonfinite N to step over a few bad batches" if not nonfinite.allowed else ""
+    raise Diverged(f"the loss became {value} at epoch {epoch}, step {step}; try a lower --lr{hint}")
+
+
+def _oom_message(batch_size: int, epoch: int, step: int) -> str:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return (
+        f"out of memory in a training step at batch size {batch_size} (epoch {epoch}, step "
+        f"{step}); try --batch-size {max(1, batch_size // 2)}, a smaller --img-size, "
+        "or --auto-batch-size to find the largest batch that fits"
+    )
+
+
+@attrs.frozen
+class Evaluation:
+    """Loss and accuracy of an evaluation pass, and its confusion matrix: ``confusion[i, j]``
+    counts the images of class ``i`` predicted as ``j``."""
+
+    stats: EpochStats
+    confusion: torch.Tensor
+
+    @property
+    def correct(self) -> list[int]:
+        """Correct predictions per class."""
+        return self.confusion.diagonal().tolist()
+
+    @property
+    def count(self) -> list[int]:
+        """Images per class."""
+        return self.confusion.sum(1).tolist()
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    num_classes: int,
+    numerics: Numerics = FP32,
+    progress: Callable | None = None,
+) -> Evaluation:
+    """Loss, accuracy and confusion matrix on ``loader``, in eval mode; ``progress`` wraps
+    the batches (a progress bar: ``progress(batches, total)``)."""
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    model.eval()
+    total_loss, seen = 0.0, 0
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.long)
+    start = time.perf_counter()
+    batches = progress(loader, len(loader)) if progress else loader
+    for images, labels in batches:
+        images = numerics.inputs(images, device)
+        labels = labels.to(device, non_blocking=True)
+        with numerics.autocast(device):
+            logits = model(images).float()
+        total_loss += loss_fn(logits, labels).item()
+        pairs = (labels * num_classes + logits.argmax(1)).cpu()
+        confusion += torch.bincount(pairs, minlength=num_classes * num_classes)
+        seen += len(labels)
+    confusion = confusion.view(num_classes, num_classes)
+    correct = int(confusion.diagonal().sum())
+    stats = EpochStats(
+        total_loss / max(1, seen), correct / max(1, seen), seen, time.perf_counter() - start
+    )
+    return Evaluation(stats, confusion)
