@@ -21,8 +21,14 @@ from tlplug.recipe import Recipe
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src" / "tlplug"
 GUIDE = (ROOT / "docs" / "plugins.md").read_text()
-# What the tests run: their own files and the guide's examples (tests/test_docs*.py run them).
-TESTS = "".join(p.read_text() for p in Path(__file__).parent.rglob("*.py")) + GUIDE
+TEST_FILES = "".join(p.read_text() for p in Path(__file__).parent.rglob("*.py"))
+# What the tests run: their own files, and those of the guide's examples a test loads
+# (tests/test_docs*.py run them with load("name")); an example no test runs does not count.
+EXAMPLE = re.compile(r"^<!-- example: ([\w-]+) -->\n```python\n(.*?)^```$", re.M | re.S)
+EXAMPLES = dict(EXAMPLE.findall(GUIDE))
+TESTS = TEST_FILES + "".join(
+    code for name, code in EXAMPLES.items() if f'load("{name}")' in TEST_FILES
+)
 HOOKS = {
     n: f for n, f in inspect.getmembers(hookspecs, inspect.isfunction) if n.startswith("tlplug_")
 }
@@ -102,7 +108,8 @@ def test_each_kind_has_fields_flags_a_test_and_docs(kind):
     assert {kind.flag, kind.options_flag} <= flags, f"'tlplug {kind.command}' lacks its flags"
     assert f"def {kind.hook}(" in TESTS, f"no test plugin implements {kind.hook}"
     assert f"### `{kind.hook}`" in GUIDE, f"docs/plugins.md has no entry for {kind.hook}"
-    assert kind.key in GUIDE
+    # The guide shows how a user picks a strategy of the kind: its flag, in code quotes.
+    assert f"`{kind.flag}" in GUIDE, f"docs/plugins.md never shows {kind.flag}"
 
 
 @pytest.mark.parametrize("name", sorted(HOOKS))

@@ -117,6 +117,9 @@ def test_any_command_line_ends_in_success_or_one_error_line(
         assert len(lines) == 1 and lines[0].startswith("Error: "), err
         assert "Traceback" not in err and "unexpected" not in err, err
         assert not out.exists() or not any(out.iterdir()), "a failed start left files"
+    else:  # a run that started finished: its weights and records are there
+        for name in ("config.json", "metrics.jsonl", "summary.json", "model.safetensors"):
+            assert (out / name).is_file(), f"{name} missing after a successful run"
 
 
 @settings(max_examples=200, deadline=None)
