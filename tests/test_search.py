@@ -230,7 +230,6 @@ def test_search_trains_the_winner_on_the_real_split(image_folder, tmp_path, caps
 def test_a_time_budget_times_a_candidate_first_and_keeps_its_result(image_folder, tmp_path, capsys):
     engine = Engine.from_plugins(entrypoints=False, **{**TINY, "epochs": 1, "schedule": "auto"})
     search_and_fit(
-        Engine,
         engine.plugins,
         engine.recipe,
         image_folder,
@@ -268,14 +267,14 @@ def test_a_time_budget_times_a_candidate_first_and_keeps_its_result(image_folder
 def test_schedule_auto_searches_then_trains(monkeypatch, tmp_path):
     called = {}
 
-    def fake(engine_type, plugins, recipe, data, **given):
-        called.update(engine_type=engine_type, schedule=recipe.schedule, data=data, **given)
+    def fake(plugins, recipe, data, **given):
+        called.update(plugins=plugins, schedule=recipe.schedule, data=data, **given)
         return "fitted"
 
     monkeypatch.setattr("tlplug.engine.search_and_fit", fake)
     engine = Engine.from_plugins(entrypoints=False, **{**TINY, "schedule": "auto"})
     assert engine.fit("somewhere", out=tmp_path / "x", epochs=3) == "fitted"
-    assert called["engine_type"] is Engine and called["schedule"] == "auto"
+    assert called["plugins"] is engine.plugins and called["schedule"] == "auto"
     assert called["out"] == tmp_path / "x" and called["data"] == "somewhere"
     with pytest.raises(OptionError, match="drop --schedule-opt"):
         Engine.from_plugins(entrypoints=False, schedule="auto", schedule_opts={"a": 1})

@@ -7,19 +7,14 @@ run is :mod:`tlplug.train.assemble`, training it :mod:`tlplug.train.loop`.
 from __future__ import annotations
 
 import os
-import shlex
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from tlplug.console import Console
-from tlplug.data.pipeline import build_pipeline
-from tlplug.data.sources import write_image_list
 from tlplug.errors import OptionError, TlplugError
-from tlplug.model.backbone import DataConfig
 from tlplug.plugins.host import PluginHost
-from tlplug.plugins.resolve import resolve, resolved_recipe
 from tlplug.recipe import Recipe
 from tlplug.rundir import layout as rundir
 from tlplug.rundir.config_record import read_saved_run
@@ -27,10 +22,10 @@ from tlplug.rundir.resume import resumed_run
 from tlplug.search.candidates import AUTO
 from tlplug.search.driver import search_and_fit
 from tlplug.search.lr_curve import END_LR, START_LR, STEPS, RangeTest, save_range_test
-from tlplug.search.lr_find import check_sweep, range_test, tune_lr
+from tlplug.search.lr_find import check_sweep, range_test
 from tlplug.ship.predict import load_classifier
 from tlplug.train.assemble import assemble
-from tlplug.train.best_so_far import Tally
+from tlplug.train.fit import fit_run, prepare
 from tlplug.train.loop import FitResult, train
 from tlplug.train.norm_stats import estimate_batchnorm
 
@@ -42,15 +37,9 @@ class Engine:
 
     def __init__(self, plugins: PluginHost, recipe: Recipe):
         self.plugins = plugins
-        auto = recipe.schedule == AUTO  # searched when the engine fits (tlplug.search.driver)
-        if auto and recipe.schedule_opts:
-            raise OptionError("--schedule auto searches the schedules; drop --schedule-opt")
-        self.parts = resolve(plugins, attrs.evolve(recipe, schedule=None) if auto else recipe)
         # Options typed as the strategies declare them, defaults included: config.json is
         # exact, and a run reloads the same way after a plugin changes a default.
-        self.recipe = resolved_recipe(recipe, self.parts, plugins.kinds)
-        # The augmentations' factories check their option values.
-        build_pipeline(self.parts["augmentations"], DataConfig(), recipe.img_size or 32)
+        self.parts, self.recipe = prepare(plugins, recipe)
 
     @classmethod
     def from_plugins(cls, *plugins: Any, entrypoints: bool = True, **recipe: Any) -> Engine:
@@ -75,7 +64,6 @@ class Engine:
         recipe.check()
         if recipe.schedule == AUTO:  # search with the default budget, then train the winner
             return search_and_fit(
-                type(self),
                 self.plugins,
                 recipe,
                 data,
@@ -85,24 +73,16 @@ class Engine:
                 command=command,
             )
         out_dir = Path(out) if out is not None else rundir.default_run_dir(recipe.backbone)
-        rundir.check_run_dir(out_dir, overwrite)
-        run = assemble(self.plugins, self.parts, recipe, data, out_dir, Console(quiet))
-        rundir.claim_run_dir(out_dir, overwrite)
-        try:
-            estimate_batchnorm(run)
-            tested = tune_lr(run) if recipe.lr == "auto" else None  # the range test chooses
-            if command:
-                run.config["command"] = shlex.join(command)
-            run.hook.tlplug_run_start(run=run)
-            rundir.write_json(out_dir / rundir.CONFIG, run.config)
-            for problem in save_range_test(tested, out_dir) if tested else ():
-                run.console.say(f"warning: {problem}")
-            write_image_list(out_dir / rundir.VAL_LIST, run.data.val, run.classes)
-            write_image_list(out_dir / rundir.TRAIN_LIST, run.data.train, run.classes)
-            return train(run, Tally())
-        except BaseException:  # before its first epoch was kept: the replaced run comes back
-            rundir.restore_replaced(out_dir)
-            raise
+        return fit_run(
+            self.plugins,
+            self.parts,
+            recipe,
+            data,
+            out_dir,
+            overwrite=overwrite,
+            quiet=quiet,
+            command=command,
+        )
 
     def lr_find(
         self,
@@ -151,7 +131,7 @@ class Engine:
         ``entrypoints`` unused)."""
         host = host or PluginHost(plugins, entrypoints=entrypoints)
         saved = read_saved_run(Path(run_dir), host.recipe_type)
-        run, tally = resumed_run(cls, host, saved, epochs, quiet)
+        run, tally = resumed_run(host, saved, epochs, quiet)
         run.hook.tlplug_run_start(run=run)
         return train(run, tally)
 

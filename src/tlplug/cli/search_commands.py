@@ -86,7 +86,6 @@ def search(
     names = [n.strip() for n in schedules.split(",") if n.strip()] if schedules else None
     command = click.get_current_context().find_root().obj["command"]
     search_and_fit(
-        Engine,
         host,
         engine.recipe,
         data,

@@ -25,11 +25,10 @@ from tlplug.rundir.config_record import SavedRun, check_same_run
 from tlplug.rundir.weights import load_state, read_state_dict
 from tlplug.train.assemble import assemble
 from tlplug.train.best_so_far import Tally
+from tlplug.train.fit import prepare
 
 
-def resumed_run(
-    engine_type: Any, host: Any, saved: SavedRun, epochs: int | None, quiet: bool
-) -> tuple[Run, Tally]:
+def resumed_run(host: Any, saved: SavedRun, epochs: int | None, quiet: bool) -> tuple[Run, Tally]:
     """The run of ``saved`` assembled again and brought to where it stopped (its epochs
     extended to ``epochs`` when given), with its tally."""
     run_dir = saved.path
@@ -58,10 +57,10 @@ def resumed_run(
     if recipe.lr == "auto":  # config.json keeps the LR the range test chose
         raise TlplugError(f"{run_dir / rundir.CONFIG} says lr auto but not the LR it chose")
     try:
-        engine = engine_type(host, recipe)
+        parts, recipe = prepare(host, recipe)
     except UnknownNameError as exc:
         raise TlplugError(f"cannot resume {run_dir}: {exc}; {_missing(host, saved)}") from None
-    run = assemble(host, engine.parts, engine.recipe, saved.data_spec, run_dir, Console(quiet))
+    run = assemble(host, parts, recipe, saved.data_spec, run_dir, Console(quiet))
     check_same_run(run.config["resolved"], saved.resolved, run_dir, plan=epochs is None)
     fresh_config, run.config = run.config, saved.config
     if epochs is None:

@@ -44,6 +44,7 @@ from tlplug.search.halving import (
 )
 from tlplug.search.holdout import AUTO, choose_folds, write_folds
 from tlplug.search.leaderboard import JSON, leaderboard, table, tie_warning, write_leaderboard
+from tlplug.train.fit import fit_recipe
 
 DEFAULT_BUDGET = "auto"  # 3 full runs a fold
 RUNS_PER_FOLD = 3.0
@@ -52,7 +53,6 @@ SEARCH_DIR = "search"  # in the run directory: the manifest and the candidates' 
 
 
 def search_and_fit(
-    engine_type: Any,
     plugins: PluginHost,
     recipe: Any,
     data: str | os.PathLike | None = None,
@@ -68,8 +68,9 @@ def search_and_fit(
 ) -> Any:
     """Search ``recipe``'s schedule, LR and LR decay within ``budget`` on ``data``'s
     training images (scored on ``folds`` held-out folds), then train the winner into
-    ``out``; return its FitResult. ``engine_type`` is :class:`tlplug.Engine` (passed in:
-    the engine calls this). The ``auto`` budget is 3 full runs a fold."""
+    ``out``; return its FitResult. Every candidate and the winner train as
+    :func:`tlplug.train.fit.fit_recipe`, the path ``Engine.fit`` takes. The ``auto`` budget
+    is 3 full runs a fold."""
     choose_folds(folds, 0)  # a bad --folds or --budget fails before the data loads
     limit = parse_budget(budget)
     if eta < 2:
@@ -96,9 +97,7 @@ def search_and_fit(
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.search-", dir=out.parent))
     try:
         manifests, holdout = write_folds(splits, work, folds, recipe.seed)
-        trials = Trials(
-            engine_type, plugins, recipe, work, recipe.img_size or splits.img_size, manifests
-        )
+        trials = Trials(plugins, recipe, work, recipe.img_size or splits.img_size, manifests)
         board, plan = _halve(trials, tried, names, limit, eta, console)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -114,8 +113,15 @@ def search_and_fit(
     winner = board[0].candidate
     console.say(f"winner: {winner.label()}; training it on the whole data, {recipe.epochs} epochs")
     try:
-        engine = engine_type(plugins, winner.recipe(recipe))
-        result = engine.fit(data, out=out, overwrite=overwrite, quiet=quiet, command=command)
+        result = fit_recipe(
+            plugins,
+            winner.recipe(recipe),
+            data,
+            out,
+            overwrite=overwrite,
+            quiet=quiet,
+            command=command,
+        )
     except BaseException:
         console.say(f"the search's leaderboard stays in {work}")
         raise
@@ -194,14 +200,13 @@ class Trials:
 
     def __init__(
         self,
-        engine_type: Any,
         plugins: PluginHost,
         recipe: Any,
         work: Path,
         img_size: int | None,
         folds: list[Path],
     ):
-        self.engine_type, self.plugins, self.recipe, self.work = engine_type, plugins, recipe, work
+        self.plugins, self.recipe, self.work = plugins, recipe, work
         self.img_size = img_size
         self.folds = folds  # a manifest per fold: its held-out images are "val"
         self.results: dict[tuple[Candidate, int], dict[str, Any]] = {}
@@ -285,8 +290,7 @@ class Trials:
         started = time.perf_counter()
         found: dict[str, Any] = {"best_val_acc": None, "val_loss": None, "error": None}
         try:
-            engine = self.engine_type(self.plugins, recipe)
-            fit = engine.fit(manifest, out=out, overwrite=True, quiet=True)
+            fit = fit_recipe(self.plugins, recipe, manifest, out, overwrite=True, quiet=True)
             best = [r for r in fit.history if r["epoch"] == fit.best_epoch] or fit.history[-1:]
             found |= {"best_val_acc": fit.best_val_acc, "val_loss": best[0].get("val_loss")}
             (self.work / "metrics").mkdir(exist_ok=True)
