@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from conftest import TINY
+from helpers import TINY
 from tlplug import Engine, hookimpl
 from tlplug.console import Console
 from tlplug.train.assemble import assemble

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from conftest import RunDirFiles
+from helpers import RunDirFiles
 from tlplug import Engine
 from tlplug.data.decoded import DecodedImages
 from tlplug.data.folders import FileImages, list_images

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY
+from helpers import TINY
 from tlplug import Engine, hookimpl
 from tlplug.data.synthetic import draw
 from tlplug.plugins import hookspecs

@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import TINY
+from helpers import TINY
 from test_docs import fit, load, plugin_of
 from test_resume import CrashAt
 from tlplug import Engine, TlplugError

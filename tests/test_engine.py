@@ -8,7 +8,7 @@ import attrs
 import pytest
 import torch
 
-from conftest import tlplug
+from helpers import tlplug
 from tlplug import Engine, TlplugError
 from tlplug.data import load_data
 from tlplug.data.folders import read_folder

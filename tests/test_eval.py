@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import TINY, tlplug
+from helpers import TINY, tlplug
 from tlplug.engine import Engine
 from tlplug.ship.evaluate import evaluate_run
 

@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import TINY
+from helpers import TINY
 from tlplug import Engine, TlplugError
 from tlplug.builtin import exporters
 from tlplug.plugins.host import PluginHost

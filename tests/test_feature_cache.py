@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from conftest import RunDirFiles
+from helpers import RunDirFiles
 from tlplug import Engine, augmentation, hookimpl
 from tlplug.rundir.checkpoint import read_resume
 from tlplug.train import feature_cache

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import TINY
+from helpers import TINY
 from tlplug import Engine, TlplugError, hookimpl
 
 RECIPE = TINY | {"augment": (), "schedule": "freeze-unfreeze", "lr_schedule": "cosine"}

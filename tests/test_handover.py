@@ -16,7 +16,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from conftest import TINY
+from helpers import TINY
 from tlplug import Engine, Stage, hookimpl
 
 FU = {**TINY, "probe": "converge", "precision": "fp32", "augment": ["flip"], "epochs": 3}

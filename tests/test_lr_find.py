@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, tlplug
+from helpers import TINY, tlplug
 from tlplug import Engine, OptionError
 from tlplug.console import Console
 from tlplug.recipe_file import read_recipe_file

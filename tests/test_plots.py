@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from conftest import TINY, tlplug
+from helpers import TINY, tlplug
 from tlplug import Engine, plotting
 from tlplug.builtin import plots
 from tlplug.train.stages import Stage, stage_at

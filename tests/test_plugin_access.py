@@ -10,7 +10,7 @@ import json
 import pytest
 import timm
 
-from conftest import TINY, tlplug
+from helpers import TINY, tlplug
 from tlplug import Backbone, DataConfig, Engine, TlplugError, hookimpl
 from tlplug.model.backbone import groups_from_children
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from conftest import TINY, tlplug
+from helpers import TINY, tlplug
 from tlplug.compute.precision import Numerics
 from tlplug.engine import Engine
 from tlplug.errors import TlplugError

@@ -3,7 +3,7 @@
 import torch
 from PIL import Image
 
-from conftest import tlplug
+from helpers import tlplug
 from tlplug.data.preview import write_preview
 from tlplug.engine import Engine
 

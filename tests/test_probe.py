@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from conftest import TINY
+from helpers import TINY
 from tlplug import Engine, hookimpl
 from tlplug.train.feature_cache import Features
 from tlplug.train.probe import Scored, choose_l2, fit_probe

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tlplug
+from helpers import tlplug
 from tlplug import Engine, hookimpl
 from tlplug.rundir.checkpoint import read_resume
 

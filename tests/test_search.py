@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, tlplug
+from helpers import TINY, tlplug
 from tlplug import Engine
 from tlplug.errors import OptionError
 from tlplug.plugins.host import PluginHost

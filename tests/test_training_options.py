@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY, tlplug
+from helpers import TINY, tlplug
 from tlplug import Engine, TlplugError
 from tlplug.recipe_file import read_recipe_file
 

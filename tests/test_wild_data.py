@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tlplug, write_images
+from helpers import tlplug, write_images
 from tlplug import DataError, Engine, Recipe
 from tlplug.data import load_data
 from tlplug.data.folders import read_folder
