@@ -15,11 +15,10 @@ import attrs
 from tlplug.console import Console
 from tlplug.errors import OptionError, TlplugError
 from tlplug.plugins.host import PluginHost
-from tlplug.recipe import Recipe
+from tlplug.recipe import AUTO, Recipe
 from tlplug.rundir import layout as rundir
 from tlplug.rundir.config_record import read_saved_run
 from tlplug.rundir.resume import resumed_run
-from tlplug.search.candidates import AUTO
 from tlplug.search.driver import search_and_fit
 from tlplug.search.lr_curve import END_LR, START_LR, STEPS, RangeTest, save_range_test
 from tlplug.search.lr_find import check_sweep, range_test
@@ -101,7 +100,7 @@ class Engine:
         (default ``runs/<time>-lr-find-<backbone>``). Nothing is trained."""
         self.recipe.check()
         check_sweep(start_lr, end_lr, steps)
-        if self.recipe.schedule == "auto":
+        if self.recipe.schedule == AUTO:
             raise OptionError("--schedule auto searches the schedules; lr-find tests one")
         backbone = self.recipe.backbone
         out_dir = Path(out) if out is not None else rundir.default_run_dir(f"lr-find-{backbone}")

@@ -20,6 +20,7 @@ from tlplug.errors import OptionError, close_matches, flag
 from tlplug.plugins.kinds import BUILTIN_KINDS, Kind
 from tlplug.plugins.options import coerce
 
+AUTO = "auto"  # the value that leaves a choice to tlplug: --lr, --schedule, --folds, ...
 Optimizer = Literal["sgd", "adam", "adamw"]
 BnPolicy = Literal["frozen", "eval", "train"]
 CacheMode = Literal["auto", "on", "off"]
@@ -228,7 +229,7 @@ def check_settings(settings: Settings) -> None:
         "val_every": settings.val_every,
     }
     for name, value in positive.items():
-        if value != "auto" and value <= 0:  # --lr auto: a range test chooses it
+        if value != AUTO and value <= 0:  # --lr auto: a range test chooses it
             raise OptionError(f"{flag(name)} must be positive, got {value}")
     if settings.img_size is not None and settings.img_size < 16:
         raise OptionError(f"{flag('img_size')} must be at least 16, got {settings.img_size}")

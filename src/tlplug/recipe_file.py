@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tlplug.errors import OptionError
+from tlplug.recipe import AUTO
 
 
 def read_recipe_file(path: str | os.PathLike) -> tuple[dict[str, Any], str | None]:
@@ -41,7 +42,7 @@ def read_recipe_file(path: str | os.PathLike) -> tuple[dict[str, Any], str | Non
 def chosen_lr(recipe: dict[str, Any], resolved: dict[str, Any]) -> dict[str, Any]:
     """A run's recipe with the LR that ``--lr auto`` chose (config.json's ``resolved.lr``)
     in place of ``auto``: the run repeats and resumes with it, testing nothing again."""
-    if recipe.get("lr") == "auto" and isinstance(resolved.get("lr"), (int, float)):
+    if recipe.get("lr") == AUTO and isinstance(resolved.get("lr"), (int, float)):
         return {**recipe, "lr": resolved["lr"]}
     return recipe
 

@@ -20,13 +20,14 @@ import torch
 from torch import nn
 
 from tlplug.errors import OptionError
+from tlplug.recipe import AUTO
 
 Precision = Literal["fp32", "bf16", "fp16", "auto"]
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``precision`` on ``device``; None for plain fp32."""
-    if precision == "auto":
+    if precision == AUTO:
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
         return torch.bfloat16 if cpu_has_bf16() else None

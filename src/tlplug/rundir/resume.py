@@ -18,6 +18,7 @@ import attrs
 
 from tlplug.console import Console
 from tlplug.errors import COMMAND_LINE, TlplugError, UnknownNameError
+from tlplug.recipe import AUTO
 from tlplug.run import Run
 from tlplug.rundir import checkpoint
 from tlplug.rundir import layout as rundir
@@ -54,7 +55,7 @@ def resumed_run(host: Any, saved: SavedRun, epochs: int | None, quiet: bool) -> 
         batch_size=saved.batch_size,
         auto_batch_size=False,
     )
-    if recipe.lr == "auto":  # config.json keeps the LR the range test chose
+    if recipe.lr == AUTO:  # config.json keeps the LR the range test chose
         raise TlplugError(f"{run_dir / rundir.CONFIG} says lr auto but not the LR it chose")
     try:
         parts, recipe = prepare(host, recipe)

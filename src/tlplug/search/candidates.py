@@ -13,7 +13,6 @@ from tlplug.errors import OptionError
 from tlplug.plugins.host import PluginHost
 from tlplug.plugins.resolve import choose, make_plan
 
-AUTO = "auto"  # --schedule auto: search the schedules, then train the winner
 LR_FACTORS = (1.0, 1 / 3, 3.0)  # times the recipe's LR, in the order they are tried
 LR_DECAY = 0.7  # the layer-wise LR decay tried beside none, where the backbone trains
 HOLD_OUT = 0.2  # of the training images, held out to score candidates on

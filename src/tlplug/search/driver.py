@@ -32,6 +32,7 @@ from tlplug.console import Console
 from tlplug.data import load_data
 from tlplug.errors import OptionError, TlplugError, one_line
 from tlplug.plugins.host import PluginHost
+from tlplug.recipe import AUTO
 from tlplug.rundir import layout as rundir
 from tlplug.search.candidates import PRIORITY, Candidate, candidates, cost, search_order, searchable
 from tlplug.search.halving import (
@@ -42,7 +43,7 @@ from tlplug.search.halving import (
     plan_rungs,
     successive_halving,
 )
-from tlplug.search.holdout import AUTO, choose_folds, write_folds
+from tlplug.search.holdout import choose_folds, write_folds
 from tlplug.search.leaderboard import JSON, leaderboard, table, tie_warning, write_leaderboard
 from tlplug.train.fit import fit_recipe
 

@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 
 from tlplug.errors import OptionError
+from tlplug.recipe import AUTO
 
 MAX_RUNGS = 4
 MIN_EPOCHS = 2  # a schedule that unfreezes after its first epoch needs two to show it
@@ -196,7 +197,7 @@ class Budget:
 
 def parse_budget(text: str) -> Budget:
     """Read ``3x`` (full runs), ``600s``, ``10m``, ``1h`` or ``auto``."""
-    if str(text).strip().lower() == "auto":
+    if str(text).strip().lower() == AUTO:
         return Budget("auto")
     match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([xsmh])\s*", str(text), re.I)
     value = float(match.group(1)) if match else 0.0

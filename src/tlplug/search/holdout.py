@@ -17,11 +17,11 @@ from pathlib import Path
 from tlplug.data.folders import stratified_split
 from tlplug.data.sources import DecodeError, Splits
 from tlplug.errors import DataError, OptionError
+from tlplug.recipe import AUTO
 from tlplug.search.candidates import HOLD_OUT
 
 FOLDS = round(1 / HOLD_OUT)  # a cross-validation's folds: each holds out a fifth
 CROSS_VALIDATE_BELOW = 40  # held-out images under which the search cross-validates
-AUTO = "auto"
 HEADER = ["path", "label", "split"]
 
 

@@ -23,7 +23,7 @@ from tlplug.model.adapters import Adapter, attach_adapter
 from tlplug.model.transfer import TransferModel
 from tlplug.plugins.host import PluginHost
 from tlplug.plugins.resolve import Parts, build_backbone, build_model, make_plan, probe
-from tlplug.recipe import Recipe
+from tlplug.recipe import AUTO, Recipe
 from tlplug.run import Run
 from tlplug.rundir.config_record import describe_run
 from tlplug.search.lr_find import DEFAULT_LR
@@ -117,7 +117,7 @@ def assemble(
 
 def _settled(recipe: Recipe) -> Recipe:
     """``recipe`` with a number for the LR: with ``lr="auto"`` the default, for now."""
-    if recipe.lr != "auto":
+    if recipe.lr != AUTO:
         return recipe
     return attrs.evolve(recipe, lr=DEFAULT_LR)
 

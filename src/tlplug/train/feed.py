@@ -22,6 +22,7 @@ import torch
 
 from tlplug.data.loaders import OutcomeLoader, ViewSampler, outcome_loader, view_loader
 from tlplug.model.transfer import HEAD_GROUP
+from tlplug.recipe import AUTO
 from tlplug.run import Run, Source
 from tlplug.train.feature_cache import Features, extract
 from tlplug.train.prefix_cache import PrefixCut, Replay, find_cut, prefix_output
@@ -77,7 +78,7 @@ def choose_source(run: Run, stage: Stage) -> tuple[Source, PrefixCut | None]:
         ("off", recipe.cache_features == "off", ()),
         ("bn-train", recipe.bn_policy == "train", ()),
         ("regularizer", bool(needing), needing),
-        ("augmentation", bool(needs_images) and recipe.cache_features == "auto", needs_images),
+        ("augmentation", bool(needs_images) and recipe.cache_features == AUTO, needs_images),
     ):
         if applies:
             return Source(cache, False, reason, names), None

@@ -17,9 +17,8 @@ from tlplug.errors import OptionError
 from tlplug.model.backbone import DataConfig
 from tlplug.plugins.host import PluginHost
 from tlplug.plugins.resolve import Parts, resolve, resolved_recipe
-from tlplug.recipe import Recipe
+from tlplug.recipe import AUTO, Recipe
 from tlplug.rundir import layout as rundir
-from tlplug.search.candidates import AUTO
 from tlplug.search.lr_curve import save_range_test
 from tlplug.search.lr_find import tune_lr
 from tlplug.train.assemble import assemble
@@ -78,7 +77,7 @@ def fit_run(
     rundir.claim_run_dir(out, overwrite)
     try:
         estimate_batchnorm(run)
-        tested = tune_lr(run) if recipe.lr == "auto" else None  # the range test chooses
+        tested = tune_lr(run) if recipe.lr == AUTO else None  # the range test chooses
         if command:
             run.config["command"] = shlex.join(command)
         run.hook.tlplug_run_start(run=run)
