@@ -12,7 +12,7 @@ import tlplug_loggers
 from mlflow.tracking import MlflowClient
 from tlplug_loggers.common import flat_recipe
 
-from conftest import STEPS_PER_EPOCH, FailAt, read_config
+from helpers import STEPS_PER_EPOCH, FailAt, read_config
 from tlplug import Engine, OptionError, TlplugError
 from tlplug.testing import make_engine
 

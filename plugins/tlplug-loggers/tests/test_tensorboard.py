@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorboard.plugins.hparams.api_pb2 import Status
 
-from conftest import STEPS_PER_EPOCH, FailingLogger, read_config
+from helpers import STEPS_PER_EPOCH, FailingLogger, read_config
 from tlplug import Engine
 from tlplug.testing import make_engine
 from tlplug.testing import run_cli as cli

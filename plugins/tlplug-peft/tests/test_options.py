@@ -7,7 +7,7 @@ from tlplug import Engine, OptionError
 from tlplug.cli import main
 from tlplug.plugins.host import PluginHost
 
-from conftest import FAST, RESNET, VIT
+from helpers import FAST, RESNET, VIT
 
 
 def test_entry_point_registers_the_adapter_and_the_schedule():

@@ -10,7 +10,7 @@ from tlplug import Engine, hookimpl
 from tlplug.cli import main
 from tlplug.rundir.checkpoint import read_resume
 
-from conftest import FAST, RESNET, VIT, Watch, changed, head_names, lora_names
+from helpers import FAST, RESNET, VIT, Watch, changed, head_names, lora_names
 
 
 @pytest.fixture(scope="module")

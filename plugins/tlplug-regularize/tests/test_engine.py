@@ -9,7 +9,7 @@ import signal
 import pytest
 import torch
 
-from conftest import read_run
+from helpers import read_run
 from tlplug import Engine, OptionError, hookimpl
 from tlplug.testing import run_cli as cli
 from tlplug.train.interrupt import Interrupted

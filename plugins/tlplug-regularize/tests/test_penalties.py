@@ -8,7 +8,7 @@ import pytest
 import torch
 from tlplug_regularize import bss, default_layers, delta, l2_sp
 
-from conftest import make_model
+from helpers import make_model
 from tlplug import Batch, OptionError
 
 
