@@ -21,6 +21,7 @@ from tlplug.plugins.kinds import BUILTIN_KINDS, Kind
 from tlplug.plugins.options import coerce
 
 AUTO = "auto"  # the value that leaves a choice to tlplug: --lr, --schedule, --folds, ...
+DEFAULT_VIEWS = 4  # augmented views a feature cache holds at most, unless --cache-views says
 Optimizer = Literal["sgd", "adam", "adamw"]
 BnPolicy = Literal["frozen", "eval", "train"]
 CacheMode = Literal["auto", "on", "off"]
@@ -124,7 +125,7 @@ class Settings:
         None,
         "Augmented views of each image the feature cache holds.",
         shown="a converged probe: every outcome of the augmentations if they list them, "
-        "else 4; else one per epoch of the stage, at most 4",
+        f"else {DEFAULT_VIEWS}; else one per epoch of the stage, at most {DEFAULT_VIEWS}",
         metavar="K",
     )
     probe: Probe = setting(

@@ -22,14 +22,12 @@ import torch
 
 from tlplug.data.loaders import OutcomeLoader, ViewSampler, outcome_loader, view_loader
 from tlplug.model.transfer import HEAD_GROUP
-from tlplug.recipe import AUTO
+from tlplug.recipe import AUTO, DEFAULT_VIEWS
 from tlplug.run import Run, Source
 from tlplug.train.feature_cache import Features, extract
 from tlplug.train.prefix_cache import PrefixCut, Replay, find_cut, prefix_output
 from tlplug.train.probe import MAX_ELEMENTS, fits, linear_layer
 from tlplug.train.stages import Stage
-
-DEFAULT_VIEWS = 4  # augmented views cached at most, unless --cache-views says otherwise
 
 
 @attrs.define
