@@ -130,3 +130,16 @@ def test_each_hook_says_when_and_what_and_is_tested(name):
 def test_lifecycle_hooks_are_the_documented_set():
     documented = set(re.findall(r"`(tlplug_\w+)\(run", GUIDE))
     assert documented >= LIFECYCLE
+
+
+def test_the_hook_reference_matches_the_hook_specs():
+    """docs/plugins.md's hook reference has a section for each hook of hookspecs.py and no
+    other, and each section's Arguments name the hook's parameters as the spec declares."""
+    documented = set(re.findall(r"^### `(tlplug_\w+)`", GUIDE, re.M))
+    assert documented == set(HOOKS)
+    for name, spec in HOOKS.items():
+        section = GUIDE.split(f"### `{name}`", 1)[1].split("\n### ", 1)[0]
+        arguments = re.search(r"\*\*Arguments:\*\*(.*?)(?=\n- \*\*|\Z)", section, re.S)
+        assert arguments, f"the reference of {name} has no Arguments"
+        for parameter in inspect.signature(spec).parameters:
+            assert f"`{parameter}" in arguments.group(1), f"{name}: {parameter} not described"
