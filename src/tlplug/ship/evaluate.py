@@ -34,6 +34,7 @@ from tlplug.data.loaders import TransformedImages, default_workers, make_loader
 from tlplug.data.sources import ImageList, listed_images, split_data_spec
 from tlplug.data.transforms import base_transform
 from tlplug.errors import DataError, TlplugError
+from tlplug.plotting import draw_confusion, save_png
 from tlplug.plugins.host import PluginHost
 from tlplug.rundir import layout as rundir
 from tlplug.rundir.config_record import SavedRun, read_saved_run
@@ -178,7 +179,7 @@ def evaluate_run(
         return report
     out.mkdir(parents=True, exist_ok=True)
     files = {"report": out / REPORT, "confusion_matrix": out / CONFUSION}
-    plot_confusion(out / CONFUSION, report.confusion, names)
+    save_png(draw_confusion(report.confusion, names), out / CONFUSION)
     (out / WORST).unlink(missing_ok=True)  # an earlier eval's
     if worst:
         tiles = [dataset.pixels(i) for i, *_ in worst]
@@ -304,27 +305,6 @@ def _worst(labels, preds, probs) -> list[tuple[int, int, int, float]]:
     wrong = (preds != labels).nonzero().squeeze(1)
     order = wrong[confidence[wrong].argsort(descending=True, stable=True)][:WORST_SHOWN]
     return [(i, labels[i].item(), preds[i].item(), confidence[i].item()) for i in order.tolist()]
-
-
-def plot_confusion(path: Path, confusion: list[list[int]], classes: tuple[str, ...]) -> None:
-    """Draw the confusion matrix (rows true, columns predicted) with its counts as a PNG."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    n, top = len(classes), max(1, max(map(max, confusion)))
-    figure = Figure(figsize=(min(16.0, 2.5 + 0.5 * n),) * 2)
-    FigureCanvasAgg(figure)  # Agg, without pyplot's global state
-    axes = figure.subplots()
-    axes.imshow(confusion, cmap="Blues")
-    axes.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true")
-    axes.set_xticklabels(classes, rotation=90)
-    axes.set_yticklabels(classes)
-    for i, row in enumerate(confusion if n <= 30 else []):
-        for j, value in enumerate(row):
-            color = "white" if value > top / 2 else "black"
-            axes.text(j, i, value, ha="center", va="center", color=color, fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
 
 
 def plot_worst(path: Path, tiles: list[torch.Tensor], captions: list[str]) -> None:
