@@ -67,9 +67,13 @@ def plain_resnet10t_state(seed: int = 7) -> dict[str, torch.Tensor]:
     return timm.create_model("resnet10t", num_classes=1000).state_dict()
 
 
-def create_with_weights(path: Path, backbone: str = "timm:resnet10t"):
+def create_with_weights(path: Path, backbone: str = "timm:resnet10t", partial: bool = False):
     engine = Engine.from_plugins(
-        entrypoints=False, backbone=backbone, weights=str(path), img_size=32
+        entrypoints=False,
+        backbone=backbone,
+        weights=str(path),
+        weights_partial=partial,
+        img_size=32,
     )
     from tlplug.plugins.resolve import build_backbone
 
@@ -107,16 +111,7 @@ def test_a_file_for_a_deeper_sibling_is_refused_unless_partial(tmp_path):
     message = str(refused.value)
     assert "80 tensors this model does not have (layer1.2." in message
     assert "weights_partial" in message and "\n" not in message
-    engine = Engine.from_plugins(
-        entrypoints=False,
-        backbone="timm:resnet18",
-        weights=str(tmp_path / "r34.safetensors"),
-        weights_partial=True,
-        img_size=32,
-    )
-    from tlplug.plugins.resolve import build_backbone
-
-    backbone, report = build_backbone(engine.parts.provider, engine.recipe)
+    backbone, report = create_with_weights(tmp_path / "r34.safetensors", "timm:resnet18", True)
     own = backbone.module.state_dict()
     assert report.loaded == len([k for k in own if k in deeper]) > 100
     assert all(torch.equal(own[k], deeper[k]) for k in own)
@@ -129,29 +124,13 @@ def test_a_partial_load_of_a_file_of_another_model_loads_what_fits(tmp_path):
     state["layer4.0.conv1.weight"] = torch.zeros(3, 3, 3, 3)
     del state["layer1.0.conv1.weight"]
     save_file(state, tmp_path / "w.safetensors")
-    engine = Engine.from_plugins(
-        entrypoints=False,
-        backbone="timm:resnet10t",
-        weights=str(tmp_path / "w.safetensors"),
-        weights_partial=True,
-        img_size=32,
-    )
-    from tlplug.plugins.resolve import build_backbone
-
-    backbone, report = build_backbone(engine.parts.provider, engine.recipe)
+    backbone, report = create_with_weights(tmp_path / "w.safetensors", partial=True)
     assert report.missing == ("layer1.0.conv1.weight", "layer4.0.conv1.weight")
     assert report.unexpected == ("layer4.0.conv1.weight",)
     assert torch.equal(backbone.module.state_dict()["conv1.0.weight"], state["conv1.0.weight"])
     save_file({"other.weight": torch.zeros(2)}, tmp_path / "none.safetensors")
-    engine = Engine.from_plugins(
-        entrypoints=False,
-        backbone="timm:resnet10t",
-        weights=str(tmp_path / "none.safetensors"),
-        weights_partial=True,
-        img_size=32,
-    )
     with pytest.raises(WeightsError, match="has no tensor of this model"):
-        build_backbone(engine.parts.provider, engine.recipe)
+        create_with_weights(tmp_path / "none.safetensors", partial=True)
 
 
 def test_weights_of_a_tlplug_run_start_a_new_run(image_folder, tmp_path, tiny):
