@@ -19,6 +19,7 @@ from tlplug.model.transfer import TransferModel
 from tlplug.plugins.host import PluginHost
 from tlplug.plugins.resolve import build_backbone, choose
 from tlplug.recipe import Recipe
+from tlplug.run import Progress
 from tlplug.train.optimizer import (
     StageScaledScheduler,
     build_optimizer,
@@ -282,9 +283,7 @@ def test_schedule_state_is_json_and_continues_exactly(lr_schedule, image_folder,
         optimizer=optimizer,
         lr_scheduler=build_scheduler(engine.parts.lr_schedule, optimizer, 4, per_epoch),
         history=[],
-        stage=-1,
-        epoch=0,
-        step=0,
+        progress=Progress(),
     )
     optimizer.load_state_dict(spy.optimizer_state)
     fresh.load_schedule_state(spy.state)

@@ -150,7 +150,7 @@ def fake_run(tmp_path: Path, plots_on: bool = True) -> SimpleNamespace:
     return SimpleNamespace(
         recipe=SimpleNamespace(plots=plots_on, schedule="bitfit"),
         history=HISTORY,
-        config={"resolved": {"groups": [{"name": g} for g in ("stem", "layer1", "head")]}},
+        resolved=SimpleNamespace(groups=[(g, 1000) for g in ("stem", "layer1", "head")]),
         classes=("a", "b"),
         run_dir=tmp_path,
         console=SimpleNamespace(say=said.append),

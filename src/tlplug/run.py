@@ -1,7 +1,11 @@
-"""The live state of a training run, as lifecycle hooks see it."""
+"""A training run as lifecycle hooks see it: what it was resolved to (:class:`Resolved`,
+fixed once assembled), how far it has come (:class:`Progress`) and the live parts that
+train (:class:`Run`)."""
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -70,6 +74,82 @@ class Step:
     skipped: bool = False
 
 
+@attrs.frozen
+class BackboneRecord:
+    """The backbone a run built: its timm/torchvision name, the weights it started from
+    (a description: ``pretrained``, a file or ``random``), whether those are trained
+    weights, the loading report of ``--weights``, its feature width and the keys of its
+    own classifier (dropped)."""
+
+    model: str
+    weights: str
+    pretrained: bool
+    weights_report: str | None
+    num_features: int
+    classifier_keys: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as config.json's ``resolved.backbone`` holds it."""
+        return {**attrs.asdict(self), "classifier_keys": list(self.classifier_keys)}
+
+
+@attrs.frozen
+class Resolved:
+    """What the engine made of a run's recipe, fixed once the run is assembled: what
+    config.json's ``resolved`` part is written from.
+
+    The fields the live run reads are typed; ``details`` holds the rest, JSON-ready (the
+    data config, the strategies chosen with their options, weight decay, numerics,
+    warnings), written and never read back while the run trains. The record is never
+    changed in place: ``--lr auto`` replaces it by one with the LR the range test chose.
+    """
+
+    backbone: BackboneRecord
+    img_size: int
+    classes: tuple[str, ...]
+    data: Mapping[str, Any]  # the source's description and the counts of images per split
+    groups: tuple[tuple[str, int], ...]  # (layer group, parameters), stem to head
+    plan: tuple[Stage, ...]
+    batch_size: int  # images per step, as --auto-batch-size left it
+    steps_per_epoch: int  # optimizer steps
+    lr_multipliers: Mapping[str, float]
+    decoded_images: Mapping[str, Any]  # the decode-once plan (``kept``: it is used)
+    lr: float | None = None  # the base LR --lr auto chose (None: the recipe's)
+    lr_find: Mapping[str, Any] | None = None  # --lr auto's range test, summarized
+    details: Mapping[str, Any] = attrs.field(factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """config.json's ``resolved`` part: a fresh, JSON-ready dict."""
+        details = copy.deepcopy(dict(self.details))
+        record = {
+            **details,
+            "backbone": {**self.backbone.to_json(), **details.get("backbone", {})},
+            "img_size": self.img_size,
+            "classes": list(self.classes),
+            "data": copy.deepcopy(dict(self.data)),
+            "groups": [{"name": name, "params": params} for name, params in self.groups],
+            "plan": [stage.to_json() for stage in self.plan],
+            "batch_size": self.batch_size,
+            "steps_per_epoch": self.steps_per_epoch,
+            "lr_multipliers": dict(self.lr_multipliers),
+            "decoded_images": copy.deepcopy(dict(self.decoded_images)),
+        }
+        if self.lr is not None:
+            record |= {"lr": self.lr, "lr_find": copy.deepcopy(self.lr_find)}
+        return record
+
+
+@attrs.define
+class Progress:
+    """How far a run has come: the epoch (1-based once training starts; between epochs,
+    the epochs completed), the stage in force (an index into the plan; -1 before the
+    first) and the optimizer steps taken."""
+
+    epoch: int = 0
+    stage: int = -1
+    step: int = 0
+
+
 @attrs.define
 class Run:
     """Everything a run is made of while it trains; passed to every lifecycle hook.
@@ -78,18 +158,15 @@ class Run:
     own (its name); it lives as long as the run object and is not saved."""
 
     recipe: Recipe
-    config: dict[str, Any]
+    resolved: Resolved
     model: TransferModel
     optimizer: torch.optim.Optimizer
     lr_scheduler: Any
-    plan: list[Stage]
-    classes: tuple[str, ...]
     run_dir: Path
     device: torch.device
     numerics: Numerics = FP32
-    epoch: int = 0  # 1-based once training starts; epochs completed between epochs
-    stage: int = -1  # index into plan; -1 before the first stage starts
-    step: int = 0  # optimizer steps taken
+    progress: Progress = attrs.field(factory=Progress)
+    config: dict[str, Any] = attrs.field(factory=dict)  # config.json, made as training starts
     history: list[dict[str, Any]] = attrs.field(factory=list)
     adapter: Adapter | None = None
     loss: TrainingLoss | None = None  # cross-entropy and the regularizers' penalties
@@ -103,6 +180,43 @@ class Run:
     plugins: PluginHost | None = None
     source: Source = attrs.field(factory=Source)  # where the current stage's inputs come from
     plugin_data: dict[str, Any] = attrs.field(factory=dict)  # plugins' own state, by their key
+
+    @property
+    def plan(self) -> tuple[Stage, ...]:
+        """The freeze plan: the stages in order."""
+        return self.resolved.plan
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The class names, in label order."""
+        return self.resolved.classes
+
+    @property
+    def epoch(self) -> int:
+        """:attr:`Progress.epoch`."""
+        return self.progress.epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self.progress.epoch = value
+
+    @property
+    def stage(self) -> int:
+        """:attr:`Progress.stage`."""
+        return self.progress.stage
+
+    @stage.setter
+    def stage(self, value: int) -> None:
+        self.progress.stage = value
+
+    @property
+    def step(self) -> int:
+        """:attr:`Progress.step`."""
+        return self.progress.step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self.progress.step = value
 
     @property
     def hook(self) -> Any:
@@ -141,7 +255,7 @@ class Run:
 
     def load_schedule_state(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`schedule_state` output taken in a run with the same plan."""
-        plan = [Stage.from_json(s) for s in state["plan"]]
+        plan = tuple(Stage.from_json(s) for s in state["plan"])
         if plan != self.plan:
             raise TlplugError("the saved schedule state is for a different freeze plan")
         self.stage, self.epoch, self.step = state["stage"], state["epoch"], state["step"]

@@ -16,24 +16,24 @@ from tlplug import __version__, hookimpl
 
 @hookimpl(trylast=True)
 def tlplug_run_start(run) -> None:
-    say, resolved, recipe = run.console.say, run.config["resolved"], run.recipe
-    weights = resolved["backbone"]["weights"]
+    say, resolved, recipe = run.console.say, run.resolved, run.recipe
+    backbone = resolved.backbone
     say(
-        f"tlplug {__version__}: {recipe.backbone} ({weights}) on {run.device}, "
-        f"{resolved['img_size']}px"
+        f"tlplug {__version__}: {recipe.backbone} ({backbone.weights}) on {run.device}, "
+        f"{resolved.img_size}px"
     )
-    if resolved["backbone"]["weights_report"]:
-        say(f"weights {recipe.weights}: {resolved['backbone']['weights_report']}")
+    if backbone.weights_report:
+        say(f"weights {recipe.weights}: {backbone.weights_report}")
     for line in _data_lines(run):
         say(line)
-    groups = ", ".join(f"{g['name']} {g['params']:,}" for g in resolved["groups"])
+    groups = ", ".join(f"{name} {params:,}" for name, params in resolved.groups)
     say(f"groups: {groups}")
     say(
         f"schedule {recipe.schedule}: "
         + "; ".join(f"epoch {s.start + 1}: {s.name}" for s in run.plan)
     )
     say(f"run directory: {run.run_dir}")
-    for line in resolved.get("warnings", []):
+    for line in resolved.details.get("warnings", []):
         say(f"warning: {line}")
     if run.epoch:
         say(f"resuming after epoch {run.epoch} of {recipe.epochs}")
@@ -45,7 +45,7 @@ def tlplug_run_start(run) -> None:
             f"schedule and the LR schedule now span {last['to_epochs']} epochs; continuing "
             f"from {last['from']}"
         )
-    decoded = resolved["decoded_images"]
+    decoded = resolved.decoded_images
     if decoded["kept"]:
         say(f"images are decoded once and kept ({decoded['bytes'] / 2**20:.0f} MiB)")
     else:

@@ -52,7 +52,7 @@ def _drawings(run, summary: dict[str, Any]) -> list[tuple[str, Callable[[], Any]
     from tlplug import plotting
 
     history = run.history
-    groups = [g["name"] for g in run.config.get("resolved", {}).get("groups", ())] or None
+    groups = [name for name, _ in run.resolved.groups] or None
     epochs = f"{len(history)} epoch{'s' * (len(history) != 1)}"
     drawings = [
         (CURVES, partial(plotting.draw_curves, history, f"Training curves ({epochs})")),

@@ -10,7 +10,7 @@ called; none uses first-result.
 
 The hook API is versioned (:data:`HOOK_API`, MAJOR.MINOR): a minor version adds hooks or
 arguments, a major version changes or removes them. A plugin states what it needs with a
-``TLPLUG_HOOK_API = "1.2"`` attribute; a plugin that needs another major version, or a
+``TLPLUG_HOOK_API = "1.3"`` attribute; a plugin that needs another major version, or a
 newer minor one, is reported as incompatible and not loaded.
 """
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 hookspec = pluggy.HookspecMarker("tlplug")
 hookimpl = pluggy.HookimplMarker("tlplug")
 
-HOOK_API = "1.2"
+HOOK_API = "1.3"
 
 #: ``register(name, factory, description=None)``: what every registration hook receives.
 Register = Callable[..., Any]
@@ -213,8 +213,9 @@ def tlplug_register_exporters(register: Register) -> None:
 def tlplug_run_start(run: Run) -> None:
     """Called once when a run has built its model, optimizer and data, before training.
 
-    ``run.config`` is what config.json holds and may still be extended with
-    JSON-serialisable entries (a fresh run writes it after this hook). A resumed run calls
+    ``run.config`` is what config.json holds, made from the recipe and ``run.resolved``;
+    it may still be extended with JSON-serialisable entries (a fresh run writes it after
+    this hook; the engine never reads it back while the run trains). A resumed run calls
     it again after restoring its state: ``run.epoch`` is then the last finished epoch
     (0 for a fresh run). Return value ignored.
     """

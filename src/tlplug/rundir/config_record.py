@@ -11,70 +11,93 @@ from __future__ import annotations
 
 import importlib.metadata as metadata
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from tlplug import __version__
+from tlplug.data.sources import Splits
 from tlplug.errors import TlplugError
-from tlplug.model.backbone import DataConfig
-from tlplug.model.transfer import BACKBONE_PREFIX, HEAD_PREFIX, count_params
-from tlplug.plugins.resolve import record_choices
+from tlplug.model.backbone import Backbone, DataConfig
+from tlplug.model.transfer import BACKBONE_PREFIX, HEAD_PREFIX, TransferModel, count_params
+from tlplug.plugins.kinds import Kind
+from tlplug.plugins.resolve import Parts, record_choices
 from tlplug.recipe import Recipe
 from tlplug.recipe_file import chosen_lr, read_recipe_file
+from tlplug.run import BackboneRecord, Resolved
 from tlplug.rundir import layout as rundir
+from tlplug.rundir.weights import LoadReport
+from tlplug.train.stages import Stage
 
 
-def describe_run(run: Any, backbone: Any, report: Any, extra: dict[str, Any]) -> dict[str, Any]:
-    """The config.json of ``run`` (a :class:`tlplug.run.Run` being assembled, with its
-    built ``backbone`` and the weights-loading ``report``); ``extra`` joins ``resolved``."""
-    model, splits = run.model, run.data
-    resolved = {
-        "backbone": {
-            "model": run.parts.model_name,
-            "weights": backbone.weights,
-            "pretrained": backbone.trained,
-            "weights_report": report.summary() if report else None,
-            "num_features": backbone.num_features,
-            "classifier_keys": list(backbone.classifier),
-        },
+def resolve_record(
+    recipe: Recipe,
+    parts: Parts,
+    kinds: Mapping[str, Kind],
+    model: TransferModel,
+    splits: Splits,
+    plan: Sequence[Stage],
+    backbone: Backbone,
+    report: LoadReport | None,
+    **fields: Any,
+) -> Resolved:
+    """The :class:`~tlplug.run.Resolved` record of a run being assembled: its built
+    ``backbone`` (with the weights-loading ``report``), ``model``, data and ``plan``, the
+    choices in ``parts``; ``fields`` are the record's other fields (``img_size``,
+    ``batch_size``, ...) and, under ``details``, more JSON-ready entries."""
+    details: dict[str, Any] = {
         "state_dict_prefixes": {"backbone": BACKBONE_PREFIX, "head": HEAD_PREFIX},
-        "img_size": extra.pop("img_size"),
         "data_config": backbone.data_config.to_json(),
-        "classes": list(splits.classes),
-        "data": {
-            **splits.info,
-            "num_train": len(splits.train),
-            "num_val": len(splits.val),
-            "num_test": len(splits.test) if splits.test is not None else 0,
-            "num_skipped": len(splits.skipped),
-        },
-        "groups": [
-            {"name": g.name, "params": count_params(model.group_params(g.name))}
-            for g in model.groups
-        ],
-        "plan": [s.to_json() for s in run.plan],
     }
-    record_choices(resolved, run.parts, run.plugins.kinds)
-    recipe = run.recipe
-    resolved |= {
+    record_choices(details, parts, kinds)
+    details |= {
         "weight_decay": recipe.resolved_weight_decay,
         "weight_decay_on_bias_and_norm": recipe.decay_norm_bias,
         "bn_policy": recipe.bn_policy,
         "pinned_params": count_params(
             [p for n, p in model.named_parameters() if n in model.pinned]
         ),
-        **extra,
-        **run.numerics.describe(),
+        **fields.pop("details", {}),
     }
-    return {
+    return Resolved(
+        backbone=BackboneRecord(
+            model=parts.model_name,
+            weights=backbone.weights,
+            pretrained=backbone.trained,
+            weights_report=report.summary() if report else None,
+            num_features=backbone.num_features,
+            classifier_keys=tuple(backbone.classifier),
+        ),
+        classes=tuple(splits.classes),
+        data={
+            **splits.info,
+            "num_train": len(splits.train),
+            "num_val": len(splits.val),
+            "num_test": len(splits.test) if splits.test is not None else 0,
+            "num_skipped": len(splits.skipped),
+        },
+        groups=tuple((g.name, count_params(model.group_params(g.name))) for g in model.groups),
+        plan=tuple(plan),
+        details=details,
+        **fields,
+    )
+
+
+def config_json(recipe: Recipe, resolved: Resolved, command: str | None = None) -> dict[str, Any]:
+    """config.json of a run of ``recipe`` resolved as ``resolved`` (and started by the
+    shell ``command``, when given)."""
+    config = {
         "tlplug_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "recipe": recipe.to_json(),
-        "resolved": resolved,
+        "resolved": resolved.to_json(),
         "versions": _versions(),
     }
+    if command:
+        config["command"] = command
+    return config
 
 
 @attrs.frozen
@@ -160,11 +183,10 @@ def read_saved_run(
     return saved
 
 
-def check_same_run(
-    now: dict[str, Any], then: dict[str, Any], run_dir: Path, plan: bool = True
-) -> None:
+def check_same_run(now: Resolved, then: dict[str, Any], run_dir: Path, plan: bool = True) -> None:
     """Refuse to resume when the data or the model (or, with ``plan``, the freeze plan)
-    would differ from the run's own."""
+    would differ from the run's own (``then``: config.json's ``resolved`` part)."""
+    now = now.to_json()
     checked = (("classes", "classes"), ("groups", "layer groups"), ("plan", "plan"))
     for key, what in checked[: 3 if plan else 2]:
         if now[key] != then[key]:

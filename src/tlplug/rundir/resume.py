@@ -62,12 +62,9 @@ def resumed_run(host: Any, saved: SavedRun, epochs: int | None, quiet: bool) -> 
     except UnknownNameError as exc:
         raise TlplugError(f"cannot resume {run_dir}: {exc}; {_missing(host, saved)}") from None
     run = assemble(host, parts, recipe, saved.data_spec, run_dir, Console(quiet))
-    check_same_run(run.config["resolved"], saved.resolved, run_dir, plan=epochs is None)
-    fresh_config, run.config = run.config, saved.config
-    if epochs is None:
-        tally = checkpoint.restore(run, state)
-    else:
-        tally = _extend(run, saved, state, done, fresh_config)
+    check_same_run(run.resolved, saved.resolved, run_dir, plan=epochs is None)
+    run.config = saved.config
+    tally = checkpoint.restore(run, state) if epochs is None else _extend(run, saved, state, done)
     run.history = rundir.truncate_metrics(run_dir / rundir.METRICS, run.epoch)
     return run, tally
 
@@ -86,7 +83,7 @@ def _missing(host: Any, saved: SavedRun) -> str:
     )
 
 
-def _extend(run: Run, saved: SavedRun, state, done: int, fresh: dict[str, Any]) -> Tally:
+def _extend(run: Run, saved: SavedRun, state, done: int) -> Tally:
     """Bring ``run`` (assembled for its new length) to epoch ``done``."""
     if state is not None:
         tally = checkpoint.restore(run, state, schedule=False)
@@ -99,12 +96,12 @@ def _extend(run: Run, saved: SavedRun, state, done: int, fresh: dict[str, Any]) 
             )
         load_state(run.model, read_state_dict(saved.path / rundir.WEIGHTS))
         tally = Tally.from_summary(rundir.read_json(saved.path / rundir.SUMMARY))
-        run.epoch, run.step = done, done * run.config["resolved"]["steps_per_epoch"]
+        run.epoch, run.step = done, done * run.resolved.steps_per_epoch
         how = f"its best weights (epoch {tally.best_epoch}) with a fresh optimizer"
     advance(run)
     config = run.config
     config["recipe"]["epochs"] = run.recipe.epochs
-    config["resolved"]["plan"] = fresh["resolved"]["plan"]
+    config["resolved"]["plan"] = [stage.to_json() for stage in run.plan]
     config.setdefault("extended", []).append(
         {
             "after_epoch": done,

@@ -15,7 +15,7 @@ def summarize(run: Run, tally: Tally, failures: Path) -> dict[str, Any]:
     """The summary of ``run`` after its last epoch; ``failures`` is the log of images that
     failed to decode while training (read, then removed). With test images, the saved best
     weights are evaluated on them as ``tlplug predict`` loads them."""
-    data = run.config["resolved"]["data"]
+    data = run.resolved.data
     skipped = _skipped_files(run.skipped, failures)
     train_paths = {str(p) for p in getattr(run.data.train, "paths", ())}
     replaced = sum(1 for s in skipped[len(run.skipped) :] if s.path in train_paths)

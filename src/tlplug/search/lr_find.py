@@ -138,11 +138,12 @@ def tune_lr(run: Run) -> RangeTest | None:
             f"lr auto: range test over {len(test.lrs)} steps suggests {lr:g} (lr_find.png)"
         )
     run.recipe = attrs.evolve(run.recipe, lr=lr)
-    resolved = run.config["resolved"]
-    resolved["lr"], resolved["lr_find"] = lr, test.summary() if test else None
-    run.optimizer = build_optimizer(run.model, run.recipe, resolved["lr_multipliers"])
+    resolved = run.resolved = attrs.evolve(
+        run.resolved, lr=lr, lr_find=test.summary() if test else None
+    )
+    run.optimizer = build_optimizer(run.model, run.recipe, resolved.lr_multipliers)
     run.lr_scheduler = build_scheduler(
-        run.parts["lr-schedules"], run.optimizer, run.recipe.epochs, resolved["steps_per_epoch"]
+        run.parts["lr-schedules"], run.optimizer, run.recipe.epochs, resolved.steps_per_epoch
     )
     return test
 

@@ -25,7 +25,7 @@ from tlplug.plugins.host import PluginHost
 from tlplug.plugins.resolve import Parts, build_backbone, build_model, make_plan, probe
 from tlplug.recipe import AUTO, Recipe
 from tlplug.run import Run
-from tlplug.rundir.config_record import describe_run
+from tlplug.rundir.config_record import resolve_record
 from tlplug.search.lr_find import DEFAULT_LR
 from tlplug.train.ema import WeightAverage
 from tlplug.train.loss import TrainingLoss, class_weights
@@ -67,14 +67,41 @@ def assemble(
     # --lr auto: built again once the range test has chosen (tlplug.search.lr_find.tune_lr)
     optimizer = build_optimizer(model, _settled(recipe), multipliers)
     steps = -(-len(loaders.train) // recipe.accumulate)  # optimizer steps per epoch
+    resolved = resolve_record(
+        recipe,
+        parts,
+        plugins.kinds,
+        model,
+        splits,
+        plan,
+        backbone,
+        report,
+        img_size=img_size,
+        batch_size=batch_size,
+        steps_per_epoch=steps,
+        lr_multipliers=multipliers,
+        decoded_images=decoding_plan(loaders.all(), img_size),
+        details={
+            "workers": loaders.workers,
+            "device": str(device),
+            "warnings": [
+                line
+                for line in (
+                    unreached_groups(plan, planned, model.group_names(), recipe.epochs),
+                    random_features(plan, backbone.trained, model.group_names()[-1]),
+                    upscaled(splits.train, img_size, splits.img_size, recipe.img_size),
+                )
+                if line
+            ],
+            **numerics.describe(),
+        },
+    )
     run = Run(
         recipe,
-        {},
+        resolved,
         model,
         optimizer,
         build_scheduler(parts["lr-schedules"], optimizer, recipe.epochs, steps),
-        plan,
-        splits.classes,
         run_dir,
         device,
         numerics,
@@ -88,29 +115,6 @@ def assemble(
         plugins=plugins,
         compiled=compile_for_training(model, device) if recipe.compile else None,
         ema=WeightAverage(model, recipe.ema) if recipe.ema else None,
-    )
-    run.config = describe_run(
-        run,
-        backbone,
-        report,
-        {
-            "img_size": img_size,
-            "workers": loaders.workers,
-            "device": str(device),
-            "lr_multipliers": multipliers,
-            "batch_size": batch_size,
-            "steps_per_epoch": steps,
-            "decoded_images": decoding_plan(loaders.all(), img_size),
-            "warnings": [
-                line
-                for line in (
-                    unreached_groups(plan, planned, model.group_names(), recipe.epochs),
-                    random_features(plan, backbone.trained, model.group_names()[-1]),
-                    upscaled(splits.train, img_size, splits.img_size, recipe.img_size),
-                )
-                if line
-            ],
-        },
     )
     return run
 

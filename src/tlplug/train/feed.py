@@ -93,7 +93,7 @@ def choose_source(run: Run, stage: Stage) -> tuple[Source, PrefixCut | None]:
         linear = run.recipe.probe == "converge" and linear_layer(run.model.head) is not None
         stepped = tuple(n for n, p in _penalties(run) if linear and not _keeps_probe(p))
         return Source(cache, True, names=batch, views=views, drawn=drawn, stepped=stepped), None
-    size = run.config["resolved"]["img_size"]
+    size = run.resolved.img_size
     cut = find_cut(model, stage, size, run.device, run.numerics)
     if cut is None:
         return Source(cache, False, "no-cut"), None

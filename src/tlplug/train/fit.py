@@ -19,6 +19,7 @@ from tlplug.plugins.host import PluginHost
 from tlplug.plugins.resolve import Parts, resolve, resolved_recipe
 from tlplug.recipe import AUTO, Recipe
 from tlplug.rundir import layout as rundir
+from tlplug.rundir.config_record import config_json
 from tlplug.search.lr_curve import save_range_test
 from tlplug.search.lr_find import tune_lr
 from tlplug.train.assemble import assemble
@@ -78,8 +79,7 @@ def fit_run(
     try:
         estimate_batchnorm(run)
         tested = tune_lr(run) if recipe.lr == AUTO else None  # the range test chooses
-        if command:
-            run.config["command"] = shlex.join(command)
+        run.config = config_json(recipe, run.resolved, command and shlex.join(command))
         run.hook.tlplug_run_start(run=run)
         rundir.write_json(out / rundir.CONFIG, run.config)
         for problem in save_range_test(tested, out) if tested else ():

@@ -103,9 +103,8 @@ class Sitting:
             failures = run.run_dir / DECODE_FAILURES
             for loader in run.loaders.all():
                 loader.dataset.failures = failures
-            resolved = run.config["resolved"]
-            if resolved["decoded_images"]["kept"]:
-                for cache in keep_decoded(run.loaders.all(), resolved["img_size"], run.run_dir):
+            if run.resolved.decoded_images["kept"]:
+                for cache in keep_decoded(run.loaders.all(), run.resolved.img_size, run.run_dir):
                     exits.callback(cache.remove)
             exits.enter_context(_written(self.writer))
             exits.enter_context(self._stage)
@@ -139,7 +138,7 @@ class Sitting:
         if fresh or run.lr_scheduler.scale != stage.lr_scale:  # a resumed stage has its own
             earlier = run.plan[index - 1].training if index else ()
             warm = [g for g in stage.training if g not in earlier]
-            steps = round(stage.warmup * run.config["resolved"]["steps_per_epoch"])
+            steps = round(stage.warmup * run.resolved.steps_per_epoch)
             run.lr_scheduler.set_scale(stage.lr_scale, warm, steps)
         if run.ema is not None:  # a head fit again is its own average
             run.ema.follow(run.model, start=bool(handed and "probe" in handed))

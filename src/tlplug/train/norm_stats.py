@@ -47,7 +47,7 @@ def estimate_batchnorm(run: Run, most: int = SAMPLE) -> int:
     """When the backbone starts from random weights, give ``run.model``'s fresh BatchNorm
     layers (:func:`fresh_batchnorms`) the statistics of the training images
     (:func:`estimate_statistics`); return how many layers that was."""
-    if run.config["resolved"]["backbone"]["pretrained"]:
+    if run.resolved.backbone.pretrained:
         return 0  # weights a user gave are kept as they are, statistics included
     layers = fresh_batchnorms(run.model)
     seconds, used = estimate_statistics(run, layers, 0, most)
