@@ -184,6 +184,21 @@ def test_existing_run_is_refused_and_untouched(timm_run, image_folder, capsys):
     assert {p.name: p.read_bytes() for p in timm_run.iterdir()} == before
 
 
+def test_resume_command_continues_a_finished_run_and_refuses_one_with_nothing_left(
+    timm_run, tmp_path, capsys
+):
+    run_dir = tmp_path / "run"
+    shutil.copytree(timm_run, run_dir)
+    code, _, err = tlplug(capsys, "resume", run_dir)
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith(f"Error: {run_dir} already finished all 3 epochs; --resume {run_dir}")
+    code, _, err = tlplug(capsys, "resume", run_dir, "--epochs", "4", "--quiet")
+    assert code == 0, err
+    assert [m["epoch"] for m in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3, 4]
+    extended = json.loads((run_dir / "config.json").read_text())["extended"]
+    assert [(e["from_epochs"], e["to_epochs"]) for e in extended] == [(3, 4)]
+
+
 def test_overwrite_replaces_a_run_but_not_other_folders(image_folder, tmp_path, capsys):
     out = tmp_path / "again"
     args = [

@@ -1,4 +1,4 @@
-"""Commands that train: ``run``, ``augment-preview``."""
+"""Commands that train: ``run``, ``resume``, ``augment-preview``."""
 
 from __future__ import annotations
 
@@ -64,6 +64,24 @@ def run(data, config_file, out, overwrite, resume, quiet, **options) -> None:
     engine = Engine(host, host.recipe_type.from_kwargs(**recipe))
     command = click.get_current_context().find_root().obj["command"]
     engine.fit(data, out=out, overwrite=overwrite, quiet=quiet, command=command)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    help="Go on past the run's last epoch to epoch N, the schedule and LR schedule made "
+    "for the new length. [default: finish the epochs the run had]",
+)
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing while training.")
+def resume(run_dir, epochs, quiet) -> None:
+    """Continue the run in RUN_DIR with its own recipe and data: after the epoch an
+    interruption ended, or with --epochs N past its last epoch (the same as
+    ``tlplug run --resume RUN_DIR``)."""
+    from tlplug.engine import Engine
+
+    Engine.resume(run_dir, quiet=quiet, host=current_host(), epochs=epochs)
 
 
 @cli.command(name="augment-preview")
