@@ -10,9 +10,9 @@ import torch
 
 from helpers import tlplug
 from tlplug import Engine, TlplugError
-from tlplug.data import load_data
 from tlplug.data.folders import read_folder
 from tlplug.errors import DataError
+from tlplug.plugins.resolve import load_data
 
 
 def test_fit_returns_result_and_load_predicts(image_folder, tmp_path, tiny):

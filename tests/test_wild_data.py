@@ -15,12 +15,12 @@ from PIL import Image
 
 from helpers import tlplug, write_images
 from tlplug import DataError, Engine, Recipe
-from tlplug.data import load_data
 from tlplug.data.folders import read_folder
 from tlplug.data.images import open_rgb
 from tlplug.data.loaders import EpochSampler, balanced_weights
 from tlplug.data.manifest import read_manifest
 from tlplug.plugins.host import PluginHost
+from tlplug.plugins.resolve import load_data
 from tlplug.train.loss import class_weights
 
 

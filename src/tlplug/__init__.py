@@ -23,8 +23,7 @@ from tlplug.plugins.kinds import Kind
 from tlplug.plugins.marks import augmentation
 from tlplug.recipe import Recipe
 from tlplug.train.stages import Stage
-
-__version__ = "0.1.0"
+from tlplug.version import __version__
 
 __all__ = [
     "HOOK_API",

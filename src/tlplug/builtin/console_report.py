@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from tlplug import __version__, hookimpl
+from tlplug import hookimpl
+from tlplug.version import __version__
 
 
 @hookimpl(trylast=True)

@@ -22,8 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tlplug import __version__, hookimpl
+from tlplug import hookimpl
 from tlplug.errors import TlplugError
+from tlplug.version import __version__
 
 if TYPE_CHECKING:  # torch loads when an export runs, not when plugins load
     import torch

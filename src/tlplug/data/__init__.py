@@ -1,5 +1,8 @@
-"""Where images come from (folders, the synthetic set) and how they become tensors."""
+"""Where images come from (folders, the synthetic set) and how they become tensors.
 
-from tlplug.data.sources import ImageList, Splits, load_data
+The data layer knows no plugins: :func:`tlplug.plugins.resolve.load_data` resolves the
+data-source plugin a ``--data`` value names and calls it."""
 
-__all__ = ["ImageList", "Splits", "load_data"]
+from tlplug.data.sources import ImageList, Splits
+
+__all__ = ["ImageList", "Splits"]

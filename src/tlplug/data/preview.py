@@ -20,13 +20,12 @@ from PIL import Image, ImageDraw, ImageFont
 from torch.nn import functional
 
 from tlplug.compute.seeding import epoch_seed, seed_everything
-from tlplug.data import load_data
 from tlplug.data.loaders import EpochSampler, TransformedImages, balanced_weights
 from tlplug.data.pipeline import build_pipeline, image_size
 from tlplug.engine import Engine
 from tlplug.errors import OptionError, TlplugError
 from tlplug.model.backbone import DataConfig
-from tlplug.plugins.resolve import build_backbone
+from tlplug.plugins.resolve import build_backbone, load_data
 
 PADDING = 2  # pixels between tiles and around the grid
 MIN_TILE = 128  # small images are shown larger (pixels repeated) so their labels fit

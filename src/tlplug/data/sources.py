@@ -16,12 +16,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 from PIL import Image
 
-from tlplug.errors import DataError, TlplugError, flag
+from tlplug.errors import DataError
 from tlplug.rundir.layout import write_atomic
 
 if TYPE_CHECKING:
-    from tlplug.plugins.host import PluginHost
-    from tlplug.recipe import Recipe
+    pass
 
 
 class DecodeError(DataError):
@@ -101,37 +100,6 @@ def split_data_spec(data: str | os.PathLike | None, names: Sequence[str]) -> tup
     if path.is_file() and path.suffix.lower() == ".csv":
         return "csv", text
     return "folder", text
-
-
-def load_data(plugins: PluginHost, data: str | os.PathLike | None, recipe: Recipe) -> Splits:
-    """Read ``data`` with the source it names and check what the source returns."""
-    from tlplug.plugins.resolve import choose
-
-    registry = plugins.registry("data-sources")
-    name, location = split_data_spec(data, registry.names())
-    choice = choose(plugins, "data-sources", name, recipe.data_opts)
-    splits = choice.strategy.factory(location, recipe.seed, recipe.val_split, **choice.options)
-    if not isinstance(splits, Splits):
-        raise TlplugError(
-            f"data source '{name}' (plugin '{choice.strategy.plugin}') returned "
-            f"{type(splits).__name__}, not tlplug.Splits"
-        )
-    if recipe.val_split == 0:  # no validation: whatever the source holds out stays out
-        if len(splits.val):
-            note = f"{len(splits.val)} validation images left out: {flag('val_split', 0)}"
-            splits = attrs.evolve(splits, warnings=(*splits.warnings, note))
-        splits = attrs.evolve(splits, val=NoImages())
-    check_splits(splits, name, validate=recipe.val_split != 0)
-    if name in ("folder", "csv"):  # a path that reads the same from any working directory
-        location = str(Path(location).resolve())
-    info = {
-        **splits.info,
-        "source": name,
-        "plugin": choice.strategy.plugin,
-        "options": choice.options,
-        "location": location,
-    }
-    return attrs.evolve(splits, info=info)
 
 
 def check_splits(splits: Splits, name: str, validate: bool = True) -> None:

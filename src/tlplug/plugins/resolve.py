@@ -7,6 +7,7 @@ no code here. Building happens per run.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ from typing import Any
 import attrs
 import torch
 
-from tlplug.errors import OptionError, TlplugError, UnknownNameError, one_line
+from tlplug.data.sources import NoImages, Splits, check_splits, split_data_spec
+from tlplug.errors import OptionError, TlplugError, UnknownNameError, flag, one_line
 from tlplug.model.backbone import Backbone, check_groups, fold_norm_groups, merge_groups
 from tlplug.model.transfer import TransferModel
 from tlplug.plugins.host import PluginHost
@@ -185,6 +187,35 @@ def record_choices(resolved: dict[str, Any], parts: Parts, kinds: Mapping[str, K
         for step in path:
             place = place.setdefault(step, {})
         place[last] = value
+
+
+def load_data(plugins: PluginHost, data: str | os.PathLike | None, recipe: Recipe) -> Splits:
+    """Read ``data`` with the source it names and check what the source returns."""
+    registry = plugins.registry("data-sources")
+    name, location = split_data_spec(data, registry.names())
+    choice = choose(plugins, "data-sources", name, recipe.data_opts)
+    splits = choice.strategy.factory(location, recipe.seed, recipe.val_split, **choice.options)
+    if not isinstance(splits, Splits):
+        raise TlplugError(
+            f"data source '{name}' (plugin '{choice.strategy.plugin}') returned "
+            f"{type(splits).__name__}, not tlplug.Splits"
+        )
+    if recipe.val_split == 0:  # no validation: whatever the source holds out stays out
+        if len(splits.val):
+            note = f"{len(splits.val)} validation images left out: {flag('val_split', 0)}"
+            splits = attrs.evolve(splits, warnings=(*splits.warnings, note))
+        splits = attrs.evolve(splits, val=NoImages())
+    check_splits(splits, name, validate=recipe.val_split != 0)
+    if name in ("folder", "csv"):  # a path that reads the same from any working directory
+        location = str(Path(location).resolve())
+    info = {
+        **splits.info,
+        "source": name,
+        "plugin": choice.strategy.plugin,
+        "options": choice.options,
+        "location": location,
+    }
+    return attrs.evolve(splits, info=info)
 
 
 def build_backbone(provider: Choice, recipe: Recipe) -> tuple[Backbone, LoadReport | None]:

@@ -17,7 +17,6 @@ from typing import Any
 
 import attrs
 
-from tlplug import __version__
 from tlplug.data.sources import Splits
 from tlplug.errors import TlplugError
 from tlplug.model.backbone import Backbone, DataConfig
@@ -30,6 +29,7 @@ from tlplug.run import BackboneRecord, Resolved
 from tlplug.rundir import layout as rundir
 from tlplug.rundir.weights import LoadReport
 from tlplug.train.stages import Stage
+from tlplug.version import __version__
 
 
 def resolve_record(

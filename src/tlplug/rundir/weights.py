@@ -19,11 +19,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tlplug import __version__
 from tlplug.errors import WeightsError, flag
 from tlplug.model.transfer import BACKBONE_PREFIX, HEAD_PREFIX
 from tlplug.rundir.layout import publish, sync
 from tlplug.rundir.writer import BackgroundWriter
+from tlplug.version import __version__
 
 # Wrappers that training scripts put around a state dict, innermost model weights last.
 _WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from tlplug.console import Console
-from tlplug.data import load_data
 from tlplug.errors import OptionError, TlplugError, one_line
 from tlplug.plugins.host import PluginHost
+from tlplug.plugins.resolve import load_data
 from tlplug.recipe import AUTO
 from tlplug.rundir import layout as rundir
 from tlplug.search.candidates import PRIORITY, Candidate, candidates, cost, search_order, searchable

@@ -27,8 +27,6 @@ import attrs
 import torch
 from torch.nn import functional as F
 
-from tlplug import __version__
-from tlplug.data import load_data
 from tlplug.data.folders import FileImages, scan_classes
 from tlplug.data.loaders import TransformedImages, default_workers, make_loader
 from tlplug.data.sources import ImageList, listed_images, split_data_spec
@@ -36,10 +34,12 @@ from tlplug.data.transforms import base_transform
 from tlplug.errors import DataError, TlplugError
 from tlplug.plotting import draw_confusion, save_png
 from tlplug.plugins.host import PluginHost
+from tlplug.plugins.resolve import load_data
 from tlplug.rundir import layout as rundir
 from tlplug.rundir.config_record import SavedRun, read_saved_run
 from tlplug.ship.predict import load_classifier
 from tlplug.ship.tta import infer, views_transform
+from tlplug.version import __version__
 
 REPORT, CONFUSION, WORST = "eval.json", "confusion_matrix.png", "worst_images.png"
 TOP_K = (1, 3, 5)  # capped at the number of classes

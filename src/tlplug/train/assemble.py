@@ -15,14 +15,13 @@ from tlplug.compute.device import pick_device
 from tlplug.compute.precision import compile_for_training, numerics_for
 from tlplug.compute.seeding import seed_everything
 from tlplug.console import Console
-from tlplug.data import load_data
 from tlplug.data.decoded import decoding_plan
 from tlplug.data.loaders import make_loaders
 from tlplug.data.pipeline import build_pipeline, image_size
 from tlplug.model.adapters import Adapter, attach_adapter
 from tlplug.model.transfer import TransferModel
 from tlplug.plugins.host import PluginHost
-from tlplug.plugins.resolve import Parts, build_backbone, build_model, make_plan, probe
+from tlplug.plugins.resolve import Parts, build_backbone, build_model, load_data, make_plan, probe
 from tlplug.recipe import AUTO, Recipe
 from tlplug.run import Run
 from tlplug.rundir.config_record import resolve_record
