@@ -4,11 +4,15 @@ modules import these from here; pytest loads conftest.py itself."""
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
+import time
 from pathlib import Path
 
 from tlplug import hookimpl
 from tlplug.data.synthetic import draw
+from tlplug.rundir.checkpoint import read_resume
 from tlplug.testing import run_cli
 
 TINY = {
@@ -45,3 +49,19 @@ class RunDirFiles:
     @hookimpl
     def tlplug_epoch_end(self, run, record):
         self.seen.append(sorted(p.name for p in run.run_dir.glob(self.pattern)))
+
+
+def epochs_of(run_dir: Path) -> list[int]:
+    """The epochs metrics.jsonl of ``run_dir`` records, in order."""
+    return [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").open()]
+
+
+def wait_for_epochs(run_dir: Path, count: int, process: subprocess.Popen) -> None:
+    """Wait until the run's resume state holds epoch ``count``."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        state = run_dir / "resume.safetensors"
+        if state.is_file() and read_resume(state).epoch >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the run did not reach epoch {count}: {process.communicate()}")

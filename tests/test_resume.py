@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import tlplug
+from helpers import epochs_of, tlplug, wait_for_epochs
 from tlplug import Engine, hookimpl
 from tlplug.rundir.checkpoint import read_resume
 
@@ -34,10 +34,6 @@ RUN_RECIPE = dict(
     plots=False,  # the tests compare the final states of finished runs
     probe="epochs",  # every stage takes steps, as the step-by-step comparisons need
 )
-
-
-def epochs_of(run_dir: Path) -> list[int]:
-    return [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").open()]
 
 
 def final_model(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -109,17 +105,6 @@ def run_cli(*args: str, **kwargs) -> subprocess.Popen:
         env=env,
         **kwargs,
     )
-
-
-def wait_for_epochs(run_dir: Path, count: int, process: subprocess.Popen) -> None:
-    """Wait until the run's resume state holds epoch ``count``."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        state = run_dir / "resume.safetensors"
-        if state.is_file() and read_resume(state).epoch >= count:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"the run did not reach epoch {count}: {process.communicate()}")
 
 
 KILL_ARGS = [

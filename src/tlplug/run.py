@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import attrs
 import torch
 
+from tlplug.compute.distributed import SOLO, World
 from tlplug.compute.precision import FP32, Compiled, Numerics
 from tlplug.console import Console
 from tlplug.errors import TlplugError
@@ -166,6 +167,7 @@ class Run:
     device: torch.device
     numerics: Numerics = FP32
     progress: Progress = attrs.field(factory=Progress)
+    world: World = SOLO  # the processes that train the run together (torchrun)
     config: dict[str, Any] = attrs.field(factory=dict)  # config.json, made as training starts
     history: list[dict[str, Any]] = attrs.field(factory=list)
     adapter: Adapter | None = None
@@ -220,8 +222,9 @@ class Run:
 
     @property
     def hook(self) -> Any:
-        """The plugins' hook relay, for calling lifecycle hooks."""
-        return self.plugins.hook
+        """The plugins' hook relay, for calling lifecycle hooks. In a data-parallel run,
+        rank 0 alone calls them: the other processes train in step with it and are quiet."""
+        return self.plugins.hook if self.world.main else _QUIET
 
     @property
     def penalties(self) -> tuple[Any, ...]:
@@ -260,3 +263,23 @@ class Run:
             raise TlplugError("the saved schedule state is for a different freeze plan")
         self.stage, self.epoch, self.step = state["stage"], state["epoch"], state["step"]
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+
+
+class _NoHook:
+    """A lifecycle hook no plugin implements: calling it does nothing."""
+
+    def __call__(self, **kwargs: Any) -> list[Any]:
+        return []
+
+    def get_hookimpls(self) -> list[Any]:
+        return []
+
+
+class _QuietRelay:
+    """The hook relay of a process other than rank 0: every lifecycle hook is a no-op."""
+
+    def __getattr__(self, name: str) -> _NoHook:
+        return _NoHook()
+
+
+_QUIET = _QuietRelay()

@@ -19,8 +19,12 @@ from tlplug.version import __version__
 def tlplug_run_start(run) -> None:
     say, resolved, recipe = run.console.say, run.resolved, run.recipe
     backbone = resolved.backbone
+    where = str(run.device)
+    if run.world.parallel:  # a data-parallel run: its processes and each one's share
+        share = resolved.batch_size // run.world.size
+        where = f"{run.world.size} processes ({where}, {share} images each a step)"
     say(
-        f"tlplug {__version__}: {recipe.backbone} ({backbone.weights}) on {run.device}, "
+        f"tlplug {__version__}: {recipe.backbone} ({backbone.weights}) on {where}, "
         f"{resolved.img_size}px"
     )
     if backbone.weights_report:

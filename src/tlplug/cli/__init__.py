@@ -35,7 +35,14 @@ def main(argv: list[str] | None = None) -> None:
         COMMAND_LINE.reset(token)
 
 
+#: The commands whose processes train together under torchrun; every other command runs
+#: in rank 0 alone (the others have nothing to add and exit at once).
+PARALLEL_COMMANDS = ("run", "resume")
+
+
 def _main(args: list[str]) -> None:
+    if os.environ.get("RANK", "0") != "0" and not set(args[:1]) & set(PARALLEL_COMMANDS):
+        return
     try:
         cli.main(
             args=args, prog_name="tlplug", standalone_mode=False, obj={"command": ["tlplug", *args]}
@@ -47,26 +54,33 @@ def _main(args: list[str]) -> None:
         sys.exit(exc.exit_code)
     except click.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx else "tlplug"
-        click.echo(f"Error: {exc.format_message()} (see '{command} --help')", err=True)
+        _error(f"{exc.format_message()} (see '{command} --help')")
         sys.exit(2)
     except click.ClickException as exc:
-        click.echo(f"Error: {exc.format_message()}", err=True)
+        _error(exc.format_message())
         sys.exit(exc.exit_code)
     except TlplugError as exc:
-        click.echo(f"Error: {one_line(exc)}", err=True)
+        _error(one_line(exc))
         sys.exit(getattr(exc, "exit_code", 1))
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
     except Exception as exc:
         if isinstance(exc, ValueError) and "null byte" in str(exc):  # from click's path check
-            click.echo("Error: an argument contains a NUL byte; paths cannot hold one", err=True)
+            _error("an argument contains a NUL byte; paths cannot hold one")
             sys.exit(2)
         if os.environ.get("TLPLUG_DEBUG"):
             raise
-        click.echo(
-            f"Error: unexpected {type(exc).__name__}: {one_line(exc)} "
-            "(set TLPLUG_DEBUG=1 to see the traceback, and please report it)",
-            err=True,
+        _error(
+            f"unexpected {type(exc).__name__}: {one_line(exc)} "
+            "(set TLPLUG_DEBUG=1 to see the traceback, and please report it)"
         )
         sys.exit(1)
+
+
+def _error(message: str) -> None:
+    """Print ``message`` as the command's one error line; in one of several processes
+    torchrun started, the line names the process (its rank)."""
+    size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    where = f" (rank {os.environ.get('RANK', '?')} of {size})" if size > 1 else ""
+    click.echo(f"Error{where}: {message}", err=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import attrs
@@ -14,6 +15,41 @@ from tlplug.plugins.kinds import KINDS
 from tlplug.recipe import Settings
 
 RUN_KINDS = [kind for kind in KINDS.values() if kind.command == "run"]
+
+NPROC = click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Train in N processes on this machine (data parallel; one per GPU), as 'torchrun "
+    "--standalone --nproc_per_node N -m tlplug ...' would. --batch-size is the global "
+    "batch. See docs/distributed.md, also for several machines.",
+)
+
+
+def _launched(nproc: int) -> bool:
+    """With ``--nproc N`` above 1 outside torchrun, run this command again in N processes
+    (without ``--nproc``) and return True once they are done."""
+    if nproc == 1 or "WORLD_SIZE" in os.environ:
+        return False
+    from tlplug.compute.distributed import launch
+
+    args = click.get_current_context().find_root().obj["command"][1:]
+    launch(nproc, _without_nproc(args))
+    return True
+
+
+def _without_nproc(args: list[str]) -> list[str]:
+    """``args`` with ``--nproc N`` (or ``--nproc=N``) left out."""
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            kept.append(arg)
+    return kept
 
 
 @cli.command()
@@ -36,13 +72,16 @@ RUN_KINDS = [kind for kind in KINDS.values() if kind.command == "run"]
     "interruption ended, or with --epochs N past its last epoch to epoch N.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing while training.")
-def run(data, config_file, out, overwrite, resume, quiet, **options) -> None:
+@NPROC
+def run(data, config_file, out, overwrite, resume, quiet, nproc, **options) -> None:
     """Fine-tune a backbone on DATA and write a run directory.
 
     Every option also has a recipe key of the same name in Python
     (``Engine.from_plugins(lr_schedule=...)``)."""
     from tlplug.engine import Engine
 
+    if _launched(nproc):
+        return
     host = current_host()
     if config_file is not None and resume is not None:
         raise OptionError("--resume uses the run's own config.json; drop --config")
@@ -75,12 +114,16 @@ def run(data, config_file, out, overwrite, resume, quiet, **options) -> None:
     "for the new length. [default: finish the epochs the run had]",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing while training.")
-def resume(run_dir, epochs, quiet) -> None:
+@NPROC
+def resume(run_dir, epochs, quiet, nproc) -> None:
     """Continue the run in RUN_DIR with its own recipe and data: after the epoch an
     interruption ended, or with --epochs N past its last epoch (the same as
-    ``tlplug run --resume RUN_DIR``)."""
+    ``tlplug run --resume RUN_DIR``). It may continue in another number of processes
+    than it started in."""
     from tlplug.engine import Engine
 
+    if _launched(nproc):
+        return
     Engine.resume(run_dir, quiet=quiet, host=current_host(), epochs=epochs)
 
 

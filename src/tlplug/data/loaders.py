@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from tlplug.compute.distributed import SOLO, World
 from tlplug.compute.seeding import epoch_seed
 from tlplug.data.sources import DecodeError, ImageList, Splits
 from tlplug.errors import DataError
@@ -98,25 +99,56 @@ class EpochSampler(Sampler):
     """Yields ``(index, item_seed)`` in an order drawn from ``(seed, epoch)`` alone.
 
     With ``weights``, each epoch draws ``size`` indices with replacement in proportion to
-    them (class balancing) instead of a permutation.
+    them (class balancing) instead of a permutation. Sharded over the processes of a
+    data-parallel run (:meth:`shard`), each process yields its contiguous share of every
+    global batch of the same draw, so each step's global batch is the same images, with
+    the same item seeds, as in one process.
     """
 
     def __init__(self, size: int, seed: int, shuffle: bool, weights: torch.Tensor | None = None):
         self.size, self.seed, self.shuffle, self.weights = size, seed, shuffle, weights
         self.epoch = 0
+        self.rank, self.processes, self.global_batch = 0, 1, size
 
     def set_epoch(self, epoch: int) -> None:
         """Use the order and item seeds of ``epoch``."""
         self.epoch = epoch
 
+    def shard(self, rank: int, processes: int, global_batch: int) -> None:
+        """Yield process ``rank``'s share (of ``processes``) of each global batch of
+        ``global_batch`` items; a ragged last global batch is left out (as the training
+        loader's ``drop_last`` leaves it out in one process)."""
+        self.rank, self.processes, self.global_batch = rank, processes, global_batch
+
     def __len__(self) -> int:
-        return self.size
+        return len(self._shares()) * self._share
 
     def __iter__(self):
+        drawn = self.drawn()
+        for start in self._shares():
+            yield from drawn[start : start + self._share]
+
+    def drawn(self) -> list[tuple[int, int]]:
+        """Every ``(index, item_seed)`` of the epoch, in order, whatever the shard."""
         generator = self._generator()
         order = self._order(generator).tolist()
         seeds = torch.randint(0, 2**62, (self.size,), generator=generator).tolist()
-        yield from zip(order, seeds, strict=True)
+        return list(zip(order, seeds, strict=True))
+
+    @property
+    def _share(self) -> int:
+        if self.processes == 1:
+            return self.size
+        return (
+            min(self.global_batch, self.size // self.processes * self.processes) // self.processes
+        )
+
+    def _shares(self) -> list[int]:
+        """Where this process's share of each global batch starts in :meth:`drawn`."""
+        if self.processes == 1:
+            return [0]
+        batch = self._share * self.processes
+        return [b + self.rank * self._share for b in range(0, self.size - batch + 1, batch)]
 
     def indices(self) -> torch.Tensor:
         """The epoch's image indices in the order :meth:`__iter__` yields them."""
@@ -263,9 +295,17 @@ class Loaders:
 
 
 def make_loaders(
-    splits: Splits, pipeline: Pipeline, recipe: Recipe, device: Any, batch_size: int
+    splits: Splits,
+    pipeline: Pipeline,
+    recipe: Recipe,
+    device: Any,
+    batch_size: int,
+    world: World = SOLO,
 ) -> Loaders:
-    """The loaders of a run: ``splits`` through ``pipeline``, batches of ``batch_size``."""
+    """The loaders of a run: ``splits`` through ``pipeline``, batches of ``batch_size``.
+    In a data-parallel ``world``, ``batch_size`` is the global batch: the training loader
+    yields this process's share of each (:meth:`EpochSampler.shard`); the other loaders
+    give every image to every process (validation and the caches see the whole set)."""
     workers = default_workers(device.type) if recipe.workers is None else recipe.workers
     common = dict(workers=workers, seed=recipe.seed, pin_memory=device.type == "cuda")
     weights = balanced_weights(splits.train.labels) if recipe.balance == "sampler" else None
@@ -278,8 +318,21 @@ def make_loaders(
             dataset, batch_size, train=train, weights=weights if train else None, **common
         )
 
+    train = loader(splits.train, pipeline.train, train=True)
+    if world.parallel:
+        share = world.per_process(batch_size)
+        train.sampler.shard(world.rank, world.size, batch_size)
+        train = DataLoader(
+            train.dataset,
+            batch_size=share,
+            sampler=train.sampler,
+            num_workers=workers,
+            pin_memory=common["pin_memory"],
+            persistent_workers=workers > 0,
+            worker_init_fn=_seed_worker,
+        )
     return Loaders(
-        train=loader(splits.train, pipeline.train, train=True),
+        train=train,
         val=loader(splits.val),
         plain=loader(splits.train, pipeline.steady),
         test=loader(splits.test) if splits.test is not None else None,

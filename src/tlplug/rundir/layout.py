@@ -187,6 +187,13 @@ def truncate_metrics(path: Path, epochs: int) -> list[dict[str, Any]]:
     A run killed after writing an epoch's record but before its resume state has one record
     too many; resuming drops it and trains that epoch again.
     """
+    records = read_metrics(path, epochs)
+    write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+def read_metrics(path: Path, epochs: int) -> list[dict[str, Any]]:
+    """The records of the first ``epochs`` epochs in ``path`` (none if it is missing)."""
     records = []
     if path.is_file():
         for line in path.read_text().splitlines():
@@ -196,7 +203,6 @@ def truncate_metrics(path: Path, epochs: int) -> list[dict[str, Any]]:
                 continue  # a line cut short by a kill
             if record.get("epoch", 0) <= epochs:
                 records.append(record)
-    write_text(path, "".join(json.dumps(r) + "\n" for r in records))
     return records
 
 

@@ -65,7 +65,10 @@ def resumed_run(host: Any, saved: SavedRun, epochs: int | None, quiet: bool) -> 
     check_same_run(run.resolved, saved.resolved, run_dir, plan=epochs is None)
     run.config = saved.config
     tally = checkpoint.restore(run, state) if epochs is None else _extend(run, saved, state, done)
-    run.history = rundir.truncate_metrics(run_dir / rundir.METRICS, run.epoch)
+    if run.world.main:  # rank 0 writes the run directory
+        run.history = rundir.truncate_metrics(run_dir / rundir.METRICS, run.epoch)
+    else:
+        run.history = rundir.read_metrics(run_dir / rundir.METRICS, run.epoch)
     return run, tally
 
 
@@ -111,7 +114,8 @@ def _extend(run: Run, saved: SavedRun, state, done: int) -> Tally:
             "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
     )
-    rundir.write_json(saved.path / rundir.CONFIG, config)
+    if run.world.main:
+        rundir.write_json(saved.path / rundir.CONFIG, config)
     return attrs.evolve(tally, stopped_early=False, stale=0)
 
 

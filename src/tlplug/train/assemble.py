@@ -12,12 +12,14 @@ from pathlib import Path
 import attrs
 
 from tlplug.compute.device import pick_device
+from tlplug.compute.distributed import join, local_device
 from tlplug.compute.precision import compile_for_training, numerics_for
 from tlplug.compute.seeding import seed_everything
 from tlplug.console import Console
 from tlplug.data.decoded import decoding_plan
 from tlplug.data.loaders import make_loaders
 from tlplug.data.pipeline import build_pipeline, image_size
+from tlplug.errors import OptionError
 from tlplug.model.adapters import Adapter, attach_adapter
 from tlplug.model.transfer import TransferModel
 from tlplug.plugins.host import PluginHost
@@ -45,6 +47,10 @@ def assemble(
     seed_everything(recipe.seed)
     splits = load_data(plugins, data, recipe)
     device = pick_device(recipe.device)
+    world = join(device)
+    device = local_device(device, world)
+    if not world.main:
+        console = Console(quiet=True)  # rank 0 prints for the run
     backbone, report = build_backbone(parts["backbones"], recipe)
     config = backbone.data_config
     img_size = image_size(recipe.img_size, splits.img_size, config)
@@ -57,11 +63,14 @@ def assemble(
     pipeline = build_pipeline(parts["augmentations"], config, img_size)
     numerics = numerics_for(recipe, model, device, img_size, pipeline.normalize)
     batch_size = recipe.batch_size
+    world.per_process(batch_size)  # the global batch must split over the processes
     if recipe.auto_batch_size:
+        if world.parallel:
+            raise OptionError("--auto-batch-size runs in one process; give --batch-size")
         batch_size = fit_batch_size(
             model, batch_size, img_size, len(splits.classes), device, numerics
         )
-    loaders = make_loaders(splits, pipeline, recipe, device, batch_size)
+    loaders = make_loaders(splits, pipeline, recipe, device, batch_size, world)
     multipliers = lr_multipliers(model.group_names(), recipe)
     # --lr auto: built again once the range test has chosen (tlplug.search.lr_find.tune_lr)
     optimizer = build_optimizer(model, _settled(recipe), multipliers)
@@ -82,6 +91,8 @@ def assemble(
         decoded_images=decoding_plan(loaders.all(), img_size),
         details={
             "workers": loaders.workers,
+            "processes": world.size,
+            "batch_per_process": batch_size // world.size,
             "device": str(device),
             "warnings": [
                 line
@@ -114,6 +125,7 @@ def assemble(
         plugins=plugins,
         compiled=compile_for_training(model, device) if recipe.compile else None,
         ema=WeightAverage(model, recipe.ema) if recipe.ema else None,
+        world=world,
     )
     return run
 

@@ -79,6 +79,8 @@ def run_epoch(
             first_step=(epoch - 1) * batches + 1,
             accumulate=recipe.accumulate,
             after_step=run.ema.update if run.ema else None,
+            forward=feed.step_forward(run.world),
+            world=run.world,
         )
     if not train.complete:
         return EpochResult(train, None)

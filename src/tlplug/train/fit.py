@@ -75,18 +75,24 @@ def fit_run(
     train it."""
     rundir.check_run_dir(out, overwrite)
     run = assemble(plugins, parts, recipe, data, out, Console(quiet))
-    rundir.claim_run_dir(out, overwrite)
+    main = run.world.main  # in a data-parallel run, rank 0 alone writes the run directory
+    if recipe.lr == AUTO and run.world.parallel:
+        raise OptionError("--lr auto runs its range test in one process; give --lr")
+    if main:
+        rundir.claim_run_dir(out, overwrite)
     try:
         estimate_batchnorm(run)
         tested = tune_lr(run) if recipe.lr == AUTO else None  # the range test chooses
         run.config = config_json(recipe, run.resolved, command and shlex.join(command))
         run.hook.tlplug_run_start(run=run)
-        rundir.write_json(out / rundir.CONFIG, run.config)
-        for problem in save_range_test(tested, out) if tested else ():
-            run.console.say(f"warning: {problem}")
-        write_image_list(out / rundir.VAL_LIST, run.data.val, run.classes)
-        write_image_list(out / rundir.TRAIN_LIST, run.data.train, run.classes)
+        if main:
+            rundir.write_json(out / rundir.CONFIG, run.config)
+            for problem in save_range_test(tested, out) if tested else ():
+                run.console.say(f"warning: {problem}")
+            write_image_list(out / rundir.VAL_LIST, run.data.val, run.classes)
+            write_image_list(out / rundir.TRAIN_LIST, run.data.train, run.classes)
         return train(run, Tally())
     except BaseException:  # before its first epoch was kept: the replaced run comes back
-        rundir.restore_replaced(out)
+        if main:
+            rundir.restore_replaced(out)
         raise

@@ -10,6 +10,7 @@ writer and the resume state never names weights that are not queued before it.
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -60,6 +61,14 @@ def train(run: Run, tally: Tally) -> FitResult:
             record = epoch_record(run, feed, result, sitting.trainable, sitting.nonfinite)
             if not sitting.end_epoch(record, result):
                 break
+    if not run.world.main:  # rank 0 writes the summary; every process trained the same
+        return FitResult(
+            tally.best_acc if tally.validated else None,
+            tally.best_epoch,
+            run.history[-1]["val_acc"],
+            run.run_dir,
+            run.history,
+        )
     summary = summarize(run, tally, run.run_dir / DECODE_FAILURES)
     try:
         run.hook.tlplug_run_end(run=run, summary=summary)
@@ -100,11 +109,14 @@ class Sitting:
         run, exits = self.run, self._exits
         try:
             exits.enter_context(self.stop)
-            failures = run.run_dir / DECODE_FAILURES
+            failures = run.run_dir / DECODE_FAILURES if run.world.main else None
             for loader in run.loaders.all():
                 loader.dataset.failures = failures
             if run.resolved.decoded_images["kept"]:
-                for cache in keep_decoded(run.loaders.all(), run.resolved.img_size, run.run_dir):
+                folder = run.run_dir  # other processes keep theirs out of the run directory
+                if not run.world.main:
+                    folder = Path(exits.enter_context(tempfile.TemporaryDirectory()))
+                for cache in keep_decoded(run.loaders.all(), run.resolved.img_size, folder):
                     exits.callback(cache.remove)
             exits.enter_context(_written(self.writer))
             exits.enter_context(self._stage)
@@ -208,6 +220,8 @@ class Sitting:
         run.history.append(record)
         tally.seconds = time.perf_counter() - self.started
         tally.skipped_nonfinite = self.nonfinite.skipped
+        if not run.world.main:  # rank 0 keeps the weights and the resume state
+            return not tally.stopped_early
         with self.writer.together():
             if best:
                 with run.ema.swapped_in(run.model) if source == "ema" else nullcontext():

@@ -105,7 +105,7 @@ def _sample(run: Run, count: int, most: int = SAMPLE) -> list[torch.Tensor]:
     on: up to ``most``, spread over the epoch, each the size of an optimizer step's batch (a
     last batch under half that size is left out, so every batch weighs alike)."""
     picked = torch.arange(count)[:: -(-count // most)]
-    size = run.loaders.train.batch_size * run.recipe.accumulate
+    size = run.resolved.batch_size * run.recipe.accumulate  # the global batch
     if len(picked) > size and len(picked) % size < size / 2:
         picked = picked[: len(picked) // size * size]
     if len(picked) < 2:
@@ -124,7 +124,7 @@ def estimate_statistics(
     when there was nothing to estimate). The random number generators are left as they
     were, so the run trains as it would have, and the run's own loaders are not started
     (their worker processes must see the decoded-image cache the run sets up later)."""
-    drawn = _drawn(run, epoch, list)  # (image, augmentation seed), in the epoch's order
+    drawn = _drawn(run, epoch, lambda sampler: sampler.drawn())  # (image, item seed), in order
     batches = [[drawn[at] for at in index.tolist()] for index in _sample(run, len(drawn), most)]
     if not layers or not batches:
         return 0.0, 0

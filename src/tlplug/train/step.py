@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tlplug.compute.distributed import SOLO, World
 from tlplug.compute.precision import FP32, Numerics
 from tlplug.console import Console
 from tlplug.errors import TlplugError
@@ -41,6 +42,20 @@ class EpochStats:
     norm_images: int = 0  # images the norm layers' statistics were recomputed from after it
 
 
+class StepForward(nn.Module):
+    """What a training step runs: ``model``'s backbone (unless the batches are ``cached``
+    features) and head, returning ``(features, logits)``. One module, so a data-parallel
+    wrapper (:func:`tlplug.compute.distributed.wrap_step`) sees the whole step."""
+
+    def __init__(self, model: nn.Module, cached: bool = False):
+        super().__init__()
+        self.model, self.cached = model, cached
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = images if self.cached else self.model.backbone(images)
+        return features, self.model.head(features)
+
+
 @attrs.define
 class NonFinite:
     """How many batches with a non-finite loss a run may skip, and how many it has."""
@@ -69,6 +84,8 @@ def train_epoch(
     first_step: int = 1,
     accumulate: int = 1,
     after_step: Callable[[], None] | None = None,
+    forward: nn.Module | None = None,
+    world: World = SOLO,
 ) -> EpochStats:
     """Train for one pass over ``loader``, stepping the optimizer and the LR schedule after
     every ``accumulate`` batches (and after the last).
@@ -81,8 +98,12 @@ def train_epoch(
     :class:`Diverged`. ``stop`` (a :class:`~tlplug.train.interrupt.StopRequest`) ends the pass
     after the batch in progress. ``on_step`` gets a :class:`~tlplug.run.Step` after every
     batch; ``first_step`` numbers the first one in the run. ``after_step`` runs after every
-    optimizer step (the weight average's update).
+    optimizer step (the weight average's update). ``forward`` is the step's module
+    (default: :class:`StepForward` of ``model``), wrapped for data parallelism when
+    ``world`` has several processes: they agree on skipping a non-finite batch and on
+    stopping, and the returned loss and accuracy are over every process's images.
     """
+    forward = forward if forward is not None else StepForward(model, cached)
     nonfinite = nonfinite if nonfinite is not None else NonFinite()
     scaler = torch.amp.GradScaler(device.type, enabled=numerics.dtype == torch.float16)
     total_loss, correct, seen, pending = 0.0, 0, 0, 0
@@ -96,12 +117,17 @@ def train_epoch(
             images, targets = batch_augment(images, targets)
         try:
             with numerics.autocast(device):
-                features = images if cached else model.backbone(images)
-                logits = model.head(features)
+                features, logits = forward(images)
             shown = None if cached or replay else images
             value_t = loss(Batch(shown, features, logits, targets))
             value = value_t.item()
             finite = math.isfinite(value)
+            if world.parallel:  # every process skips the batch or none, and all stop together
+                stopping = bool(stop is not None and stop.requested)
+                finite_in, stopping_in = world.count([finite, stopping], device)
+                finite = finite_in == world.size
+                if stopping_in and stop is not None and not stop.requested:
+                    stop.requested = "another process's stop request"
             if finite:
                 scaler.scale(value_t / accumulate if accumulate > 1 else value_t).backward()
                 pending += 1
@@ -128,6 +154,8 @@ def train_epoch(
             on_step(Step(epoch, step, first_step + step - 1, len(labels), value, not finite))
         if stop is not None and stop.requested:
             break
+    total_loss, correct, seen = world.sum([total_loss, correct, seen], device)
+    seen = int(seen)
     return EpochStats(
         total_loss / max(1, seen),
         correct / max(1, seen),

@@ -1,0 +1,222 @@
+"""Data-parallel runs under torchrun (gloo on CPU, two real processes): the same results as
+one process, rank 0 alone writing, a killed process stopping the others and the run
+resuming in another number of processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import epochs_of, wait_for_epochs
+from tlplug.data.loaders import EpochSampler
+
+ONE_THREAD = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+# fp32 and frozen BatchNorm statistics: what makes two processes compute what one does, to
+# float tolerance (bf16 kernels and per-process batch statistics depend on the batch size).
+SAME = ["--precision", "fp32", "--bn-policy", "eval", "--no-plots", "--quiet"]
+COMMON = [
+    "--backbone",
+    "timm:resnet10t",
+    "--img-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--workers",
+    "0",
+]
+
+
+def tlplug_cli(*args, processes: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``tlplug ARGS`` in one process, or under ``torchrun --standalone`` in several."""
+    if processes == 1:
+        command = [sys.executable, "-m", "tlplug", *map(str, args)]
+    else:
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(processes),
+            "-m",
+            "tlplug",
+            *map(str, args),
+        ]
+    done = subprocess.run(command, capture_output=True, text=True, env=ONE_THREAD, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def source_weights(image_folder, tmp_path_factory) -> Path:
+    """Weights trained on the task first, as pretrained weights would be: a network from
+    random weights is too ill-conditioned for a float-tolerance comparison to mean much."""
+    out = tmp_path_factory.mktemp("source") / "run"
+    tlplug_cli(
+        "run",
+        "--data",
+        image_folder,
+        *COMMON,
+        "--no-pretrained",
+        "--schedule",
+        "full",
+        "--epochs",
+        "3",
+        "--no-plots",
+        "--quiet",
+        "--out",
+        out,
+    )
+    return out / "model.safetensors"
+
+
+def test_each_process_gets_its_share_of_the_same_global_batches():
+    one = EpochSampler(37, seed=3, shuffle=True)
+    one.set_epoch(2)
+    batches = [list(one)[i : i + 8] for i in range(0, 32, 8)]  # drop_last: 4 batches
+    shares = []
+    for rank in range(2):
+        sampler = EpochSampler(37, seed=3, shuffle=True)
+        sampler.shard(rank, 2, 8)
+        sampler.set_epoch(2)
+        shares.append(list(sampler))
+        assert len(sampler) == 16
+    for index, batch in enumerate(batches):
+        assert shares[0][index * 4 : index * 4 + 4] + shares[1][index * 4 : index * 4 + 4] == batch
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "schedule", ["full", "gradual", "freeze-unfreeze", "linear-probe", "lp-ft"]
+)
+def test_two_processes_train_as_one(schedule, image_folder, source_weights, tmp_path):
+    args = [
+        "run",
+        "--data",
+        image_folder,
+        *COMMON,
+        "--weights",
+        source_weights,
+        "--schedule",
+        schedule,
+        "--epochs",
+        "3",
+        "--keep-state",
+        *SAME,
+    ]
+    tlplug_cli(*args, "--out", tmp_path / "one")
+    tlplug_cli(*args, "--out", tmp_path / "two", processes=2)
+    one, two = records(tmp_path / "one"), records(tmp_path / "two")
+    assert [r["val_acc"] for r in two] == [r["val_acc"] for r in one]
+    for a, b in zip(one, two, strict=True):
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4, abs=1e-6)
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4, abs=1e-6)
+    source = load_file(source_weights)
+    final = [
+        {k[6:]: v for k, v in load_file(run / "resume.safetensors").items() if k[:6] == "model."}
+        for run in (tmp_path / "one", tmp_path / "two")
+    ]
+    untouched = {k for k, v in final[0].items() if k in source and torch.equal(v, source[k])}
+    if schedule != "full":
+        assert untouched  # the stem never trains in these schedules
+    for key, value in final[0].items():
+        if key in untouched:  # frozen in one process: bit-identical in two
+            assert torch.equal(final[1][key], value), key
+        else:
+            torch.testing.assert_close(final[1][key], value, rtol=1e-4, atol=1e-5)
+    config = json.loads((tmp_path / "two" / "config.json").read_text())["resolved"]
+    assert (config["batch_size"], config["processes"], config["batch_per_process"]) == (8, 2, 4)
+
+
+@pytest.mark.slow
+def test_rank_zero_alone_prints_and_writes(image_folder, source_weights, tmp_path):
+    args = [
+        "run",
+        "--data",
+        image_folder,
+        *COMMON,
+        "--weights",
+        source_weights,
+        "--epochs",
+        "2",
+        "--no-plots",
+        "--workers",
+        "1",
+    ]
+    tlplug_cli(*args, "--out", tmp_path / "one")
+    two = tlplug_cli(*args, "--nproc", "2", "--out", tmp_path / "two")
+    assert two.stdout.count("tlplug 0.1.0:") == 1 and two.stdout.count("epoch 2/2") == 1
+    assert "2 processes (cpu, 4 images each a step)" in two.stdout
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
+        p.name for p in (tmp_path / "one").iterdir()
+    )  # no decoded-image file, log or checkpoint of another process
+    assert epochs_of(tmp_path / "two") == [1, 2]
+
+
+def _rank_pid(rank: int, run_dir: Path) -> int | None:
+    """The process id of the given rank of the run writing ``run_dir`` (from /proc)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if f"RANK={rank}".encode() in environ and str(run_dir).encode() in command:
+            return int(entry.name)
+    return None
+
+
+@pytest.mark.slow
+def test_a_killed_process_stops_the_run_which_resumes_in_one_process(
+    image_folder, source_weights, tmp_path
+):
+    args = [
+        "run",
+        "--data",
+        image_folder,
+        *COMMON,
+        "--weights",
+        source_weights,
+        "--schedule",
+        "full",
+        "--epochs",
+        "4",
+        "--keep-state",
+        *SAME,
+    ]
+    tlplug_cli(*args, "--out", tmp_path / "whole")
+    run_dir = tmp_path / "cut"
+    command = [sys.executable, "-m", "tlplug", *map(str, args), "--nproc", "2", "--out", run_dir]
+    launched = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ONE_THREAD
+    )
+    wait_for_epochs(run_dir, 1, launched)
+    os.kill(_rank_pid(1, run_dir), signal.SIGKILL)
+    started = time.monotonic()
+    _, err = launched.communicate(timeout=120)
+    assert launched.returncode == 1 and time.monotonic() - started < 90
+    assert err.strip().splitlines()[-1].startswith("Error: process rank 1 of 2 failed")
+    assert "Traceback" not in err
+    resumed = tlplug_cli("resume", run_dir, "--quiet")
+    assert resumed.returncode == 0
+    assert epochs_of(run_dir) == [1, 2, 3, 4]
+    assert [r["val_acc"] for r in records(run_dir)] == [
+        r["val_acc"] for r in records(tmp_path / "whole")
+    ]
+    whole, cut = (load_file(d / "resume.safetensors") for d in (tmp_path / "whole", run_dir))
+    for key, value in whole.items():
+        if key.startswith("model."):
+            torch.testing.assert_close(cut[key], value, rtol=1e-4, atol=1e-5)
