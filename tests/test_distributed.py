@@ -100,9 +100,17 @@ def test_each_process_gets_its_share_of_the_same_global_batches():
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "schedule", ["full", "gradual", "freeze-unfreeze", "linear-probe", "lp-ft"]
+    ("schedule", "probe"),
+    [
+        ("full", "converge"),
+        ("gradual", "converge"),
+        ("freeze-unfreeze", "converge"),
+        ("linear-probe", "converge"),
+        ("linear-probe", "epochs"),  # the head steps on cached features, each process its share
+        ("lp-ft", "converge"),
+    ],
 )
-def test_two_processes_train_as_one(schedule, image_folder, source_weights, tmp_path):
+def test_two_processes_train_as_one(schedule, probe, image_folder, source_weights, tmp_path):
     args = [
         "run",
         "--data",
@@ -112,6 +120,8 @@ def test_two_processes_train_as_one(schedule, image_folder, source_weights, tmp_
         source_weights,
         "--schedule",
         schedule,
+        "--probe",
+        probe,
         "--epochs",
         "3",
         "--keep-state",

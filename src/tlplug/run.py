@@ -168,6 +168,7 @@ class Run:
     numerics: Numerics = FP32
     progress: Progress = attrs.field(factory=Progress)
     world: World = SOLO  # the processes that train the run together (torchrun)
+    scratch: Path | None = None  # where a process other than rank 0 keeps temporary files
     config: dict[str, Any] = attrs.field(factory=dict)  # config.json, made as training starts
     history: list[dict[str, Any]] = attrs.field(factory=list)
     adapter: Adapter | None = None
@@ -192,6 +193,12 @@ class Run:
     def classes(self) -> tuple[str, ...]:
         """The class names, in label order."""
         return self.resolved.classes
+
+    @property
+    def scratch_dir(self) -> Path:
+        """Where this process keeps temporary files (decoded images, spilled caches): the
+        run directory, or in a process other than rank 0, a temporary folder of its own."""
+        return self.scratch or self.run_dir
 
     @property
     def epoch(self) -> int:

@@ -74,6 +74,27 @@ class World:
         dist.all_reduce(total)
         return total.tolist()
 
+    def share_rows(self, tensor: torch.Tensor, bounds: list[tuple[int, int]]) -> None:
+        """Fill ``tensor`` (on the CPU) everywhere with each process's rows: process ``r``
+        computed rows ``bounds[r]`` and sends them to the others (each must call it)."""
+        if not self.parallel:
+            return
+        nccl = dist.get_backend() == "nccl"
+        for rank, (low, high) in enumerate(bounds):
+            for start in range(low, high, _rows_per_piece(tensor)):
+                piece = tensor[start : min(high, start + _rows_per_piece(tensor))]
+                raw = piece.reshape(len(piece), -1).view(torch.uint8)  # any dtype, as bytes
+                if nccl:
+                    sent = raw.cuda()
+                    dist.broadcast(sent, src=rank)
+                    raw.copy_(sent.cpu())
+                else:
+                    dist.broadcast(raw, src=rank)
+
+    def bounds(self, count: int) -> list[tuple[int, int]]:
+        """Where each process's contiguous part of ``count`` items starts and ends."""
+        return [(count * r // self.size, count * (r + 1) // self.size) for r in range(self.size)]
+
     def barrier(self) -> None:
         """Wait until every process reaches this point."""
         if self.parallel:
@@ -167,6 +188,11 @@ def launch(processes: int, args: list[str]) -> None:
         ) from None
     finally:
         agent_logs.level = level
+
+
+def _rows_per_piece(tensor: torch.Tensor, piece_bytes: int = 256 * 2**20) -> int:
+    row = max(1, tensor[0].numel() * tensor.element_size()) if len(tensor) else 1
+    return max(1, piece_bytes // row)
 
 
 def _collective_device(device: torch.device) -> torch.device:

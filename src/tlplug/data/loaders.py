@@ -128,6 +128,14 @@ class EpochSampler(Sampler):
         for start in self._shares():
             yield from drawn[start : start + self._share]
 
+    def own_indices(self) -> torch.Tensor:
+        """The image indices this process's share of the epoch holds, in the order
+        :meth:`__iter__` yields them (in one process: :meth:`indices`)."""
+        order = self.indices()
+        if self.processes == 1:
+            return order
+        return torch.cat([order[start : start + self._share] for start in self._shares()])
+
     def drawn(self) -> list[tuple[int, int]]:
         """Every ``(index, item_seed)`` of the epoch, in order, whatever the shard."""
         generator = self._generator()
@@ -338,6 +346,26 @@ def make_loaders(
         test=loader(splits.test) if splits.test is not None else None,
         workers=workers,
     )
+
+
+def shard_of(loader: DataLoader, world: World) -> tuple[DataLoader, int, int]:
+    """This process's contiguous part of a pass over ``loader`` (a loader whose sampler
+    yields the same items in every process: validation, the caches' passes), as a loader
+    with the same settings, and where that part starts and ends in the pass."""
+    items = list(loader.sampler)
+    low, high = (
+        (len(items) * world.rank) // world.size,
+        (len(items) * (world.rank + 1)) // world.size,
+    )
+    part = DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=items[low:high],
+        num_workers=loader.num_workers,
+        pin_memory=loader.pin_memory,
+        worker_init_fn=_seed_worker,
+    )
+    return part, low, high
 
 
 def balanced_weights(labels) -> torch.Tensor:

@@ -116,7 +116,9 @@ def converge(run: Run, feed: Feed, steps: int) -> EpochStats:
 def validate(run: Run, feed: Feed) -> Evaluation:
     """Loss, accuracy and confusion of the model as it is, on the validation images."""
     progress = functools.partial(run.console.progress, label=f"epoch {run.epoch} val")
-    return evaluate(feed.net, feed.val, run.device, len(run.classes), run.numerics, progress)
+    return evaluate(
+        feed.net, feed.val, run.device, len(run.classes), run.numerics, progress, run.world
+    )
 
 
 def epoch_record(

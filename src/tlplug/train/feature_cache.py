@@ -20,7 +20,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tlplug.compute.distributed import SOLO, World
 from tlplug.compute.precision import FP32, Numerics
+from tlplug.data.loaders import shard_of
 from tlplug.data.mapped import mapped_tensor
 
 MEMORY_LIMIT = 2 * 2**30  # bytes of features kept in memory; more spill to a file
@@ -75,7 +77,7 @@ class CachedBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         sampler = self.batch_sampler.sampler  # an EpochSampler
-        order, values = sampler.indices(), self.features.view(sampler.epoch)
+        order, values = sampler.own_indices(), self.features.view(sampler.epoch)
         size = self.batch_sampler.batch_size
         for start in range(0, len(self) * size, size):
             index = order[start : start + size]
@@ -94,6 +96,7 @@ def extract(
     progress: Callable | None = None,
     views: int = 1,
     choose_view: Callable[[int], None] | None = None,
+    world: World = SOLO,
 ) -> Features:
     """Run ``backbone`` in eval mode over ``loader`` (in dataset order), in the run's
     precision, and keep the features in it (fp32 or bf16). ``spill`` names the file a large
@@ -101,19 +104,22 @@ def extract(
     outputs are kept instead, in the dtype it gives. ``progress`` wraps the batches (a
     progress bar: ``progress(batches, total)``). With ``views`` > 1 the loader is run that
     many times, ``choose_view(k)`` first (it sets which augmented draw the loader gives),
-    and the values are ``(views, N, ...)``."""
+    and the values are ``(views, N, ...)``. With several processes (``world``), each
+    computes a contiguous part of every pass and the parts are shared, so every process
+    ends with the whole cache."""
     kept = numerics.dtype or torch.float32
     run = forward or (lambda images: backbone(images).to(kept))
     was_training = backbone.training
     backbone.eval()
     size = len(loader.dataset)
+    sharded = world.parallel and size >= world.size  # each process computes its part
     values = labels = file = None
     try:
         for view in range(views):
             if choose_view is not None:
                 choose_view(view)
-            start = 0
-            for images, targets in progress(loader, len(loader)) if progress else loader:
+            part, start = (shard_of(loader, world)[:2]) if sharded else (loader, 0)
+            for images, targets in progress(part, len(part)) if progress else part:
                 with numerics.autocast(device):
                     out = run(numerics.inputs(images, device)).cpu()
                 if values is None:
@@ -123,6 +129,10 @@ def extract(
                 (values if views == 1 else values[view])[start : start + len(out)] = out
                 labels[start : start + len(out)] = torch.as_tensor(targets)
                 start += len(out)
+            if sharded:
+                world.share_rows(values if views == 1 else values[view], world.bounds(size))
+        if sharded:
+            world.share_rows(labels, world.bounds(size))
     finally:
         backbone.train(was_training)
     return Features(values, labels, file, views)

@@ -209,7 +209,7 @@ def _fill(
     """One pass of the cache: ``loader``'s images (``views`` of each) through the backbone,
     or through the frozen prefix up to ``cut``."""
     forward = (lambda images: prefix_output(run.model, cut, images)) if cut else None
-    spill = run.run_dir / ".{}.features"
+    spill = run.scratch_dir / ".{}.features"
     label = f"caching {name} {'features' if cut is None else 'prefix outputs'}"
     progress = functools.partial(run.console.progress, label=label)
     made = extract(
@@ -223,6 +223,7 @@ def _fill(
         progress,
         views=max(1, views),
         choose_view=_chooser(loader, run.epoch),
+        world=run.world,
     )
     made.first_epoch, made.weights = run.epoch, weights
     return made

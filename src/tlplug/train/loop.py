@@ -109,14 +109,15 @@ class Sitting:
         run, exits = self.run, self._exits
         try:
             exits.enter_context(self.stop)
+            if not run.world.main:  # rank 0 alone writes in the run directory
+                run.scratch = Path(exits.enter_context(tempfile.TemporaryDirectory()))
             failures = run.run_dir / DECODE_FAILURES if run.world.main else None
             for loader in run.loaders.all():
                 loader.dataset.failures = failures
             if run.resolved.decoded_images["kept"]:
-                folder = run.run_dir  # other processes keep theirs out of the run directory
-                if not run.world.main:
-                    folder = Path(exits.enter_context(tempfile.TemporaryDirectory()))
-                for cache in keep_decoded(run.loaders.all(), run.resolved.img_size, folder):
+                for cache in keep_decoded(
+                    run.loaders.all(), run.resolved.img_size, run.scratch_dir
+                ):
                     exits.callback(cache.remove)
             exits.enter_context(_written(self.writer))
             exits.enter_context(self._stage)

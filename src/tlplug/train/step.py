@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 import torch
@@ -14,6 +15,7 @@ from torch.utils.data import DataLoader
 from tlplug.compute.distributed import SOLO, World
 from tlplug.compute.precision import FP32, Numerics
 from tlplug.console import Console
+from tlplug.data.loaders import shard_of
 from tlplug.errors import TlplugError
 from tlplug.run import Step
 from tlplug.train.loss import Batch, TrainingLoss
@@ -260,14 +262,18 @@ def evaluate(
     num_classes: int,
     numerics: Numerics = FP32,
     progress: Callable | None = None,
+    world: World = SOLO,
 ) -> Evaluation:
     """Loss, accuracy and confusion matrix on ``loader``, in eval mode; ``progress`` wraps
-    the batches (a progress bar: ``progress(batches, total)``)."""
+    the batches (a progress bar: ``progress(batches, total)``). With several processes
+    (``world``), each evaluates its part of the images and the counts are added up: every
+    image counts once."""
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     model.eval()
     total_loss, seen = 0.0, 0
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long)
     start = time.perf_counter()
+    loader = _part(loader, world)
     batches = progress(loader, len(loader)) if progress else loader
     for images, labels in batches:
         images = numerics.inputs(images, device)
@@ -278,9 +284,37 @@ def evaluate(
         pairs = (labels * num_classes + logits.argmax(1)).cpu()
         confusion += torch.bincount(pairs, minlength=num_classes * num_classes)
         seen += len(labels)
+    if world.parallel:
+        *counts, total_loss, seen = world.sum([*confusion.tolist(), total_loss, seen], device)
+        confusion, seen = torch.tensor(counts).round().long(), round(seen)
     confusion = confusion.view(num_classes, num_classes)
     correct = int(confusion.diagonal().sum())
     stats = EpochStats(
         total_loss / max(1, seen), correct / max(1, seen), seen, time.perf_counter() - start
     )
     return Evaluation(stats, confusion)
+
+
+def _part(batches: Any, world: World) -> Any:
+    """This process's part of an evaluation pass over ``batches``: a loader's contiguous
+    part, or every ``world.size``-th batch of an iterable (cached features)."""
+    if not world.parallel:
+        return batches
+    if isinstance(batches, DataLoader):
+        return shard_of(batches, world)[0] if len(batches.dataset) >= world.size else batches
+    return _EveryNth(batches, world.rank, world.size)
+
+
+class _EveryNth:
+    """Batches ``rank``, ``rank + size``, ... of ``batches``, as a sized iterable."""
+
+    def __init__(self, batches: Any, rank: int, size: int):
+        self.batches, self.rank, self.size = batches, rank, size
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.batches), self.size))
+
+    def __iter__(self):
+        for index, batch in enumerate(self.batches):
+            if index % self.size == self.rank:
+                yield batch
