@@ -230,3 +230,44 @@ def test_a_killed_process_stops_the_run_which_resumes_in_one_process(
     for key, value in whole.items():
         if key.startswith("model."):
             torch.testing.assert_close(cut[key], value, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_statistics_recomputed_in_parts_pool_to_those_of_one_process(
+    image_folder, source_weights, tmp_path
+):
+    # BatchNorm in training mode, weights kept still (a vanishing LR): what differs between
+    # the runs is only how each epoch's statistics are recomputed (PreciseBN), here by two
+    # processes each over its part of the batches, pooled.
+    args = [
+        "run",
+        "--data",
+        image_folder,
+        *COMMON,
+        "--weights",
+        source_weights,
+        "--schedule",
+        "full",
+        "--epochs",
+        "2",
+        "--keep-state",
+        "--precision",
+        "fp32",
+        "--bn-policy",
+        "train",
+        "--lr",
+        "1e-12",
+        "--no-plots",
+        "--quiet",
+    ]
+    tlplug_cli(*args, "--out", tmp_path / "one")
+    tlplug_cli(*args, "--out", tmp_path / "two", processes=2)
+    assert [r["norm_stats_images"] for r in records(tmp_path / "two")] == [
+        r["norm_stats_images"] for r in records(tmp_path / "one")
+    ]
+    one, two = (load_file(tmp_path / d / "resume.safetensors") for d in ("one", "two"))
+    source = load_file(source_weights)
+    stats = [k for k in one if k.endswith(("running_mean", "running_var"))]
+    assert stats and not all(torch.equal(one[k], source[k[6:]]) for k in stats)  # recomputed
+    for key in stats:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)

@@ -58,21 +58,19 @@ class World:
             )
         return batch_size // self.size
 
-    def count(self, flags: list[bool], device: torch.device) -> list[int]:
-        """For each of ``flags``, in how many processes it holds (each must call it)."""
-        if not self.parallel:
-            return [int(flag) for flag in flags]
-        counts = torch.tensor([int(f) for f in flags], device=_collective_device(device))
-        dist.all_reduce(counts)
-        return counts.tolist()
-
-    def sum(self, values: list[float], device: torch.device) -> list[float]:
+    def sum(self, values: list[float]) -> list[float]:
         """``values`` added up over every process (each must call it)."""
         if not self.parallel:
             return values
-        total = torch.tensor(values, dtype=torch.float64, device=_collective_device(device))
-        dist.all_reduce(total)
-        return total.tolist()
+        return self.add_up(torch.tensor(values, dtype=torch.float64)).tolist()
+
+    def add_up(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` (on the CPU) added up over every process (each must call it)."""
+        if not self.parallel:
+            return tensor
+        sent = tensor.to(_backend_device())
+        dist.all_reduce(sent)
+        return sent.cpu()
 
     def share_rows(self, tensor: torch.Tensor, bounds: list[tuple[int, int]]) -> None:
         """Fill ``tensor`` (on the CPU) everywhere with each process's rows: process ``r``
@@ -94,11 +92,6 @@ class World:
     def bounds(self, count: int) -> list[tuple[int, int]]:
         """Where each process's contiguous part of ``count`` items starts and ends."""
         return [(count * r // self.size, count * (r + 1) // self.size) for r in range(self.size)]
-
-    def barrier(self) -> None:
-        """Wait until every process reaches this point."""
-        if self.parallel:
-            dist.barrier()
 
 
 SOLO = World()
@@ -195,5 +188,6 @@ def _rows_per_piece(tensor: torch.Tensor, piece_bytes: int = 256 * 2**20) -> int
     return max(1, piece_bytes // row)
 
 
-def _collective_device(device: torch.device) -> torch.device:
-    return device if dist.get_backend() == "nccl" else torch.device("cpu")
+def _backend_device() -> torch.device:
+    """Where the process group's collectives take tensors: the GPU for NCCL, else the CPU."""
+    return torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")

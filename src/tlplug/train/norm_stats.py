@@ -86,7 +86,8 @@ def recompute_statistics(
     order = _drawn(run, run.epoch, lambda sampler: sampler.indices())
     values, labels = replay.view(run.epoch), replay.labels
     batches = [(values[order[at]], labels[order[at]]) for at in _sample(run, len(order))]
-    return _accumulate(run, layers, batches, forward or run.model)
+    world = run.world
+    return _accumulate(run, layers, batches[world.rank :: world.size], forward or run.model)
 
 
 def _drawn(run: Run, epoch: int, draw: Callable[[Any], Any]) -> Any:
@@ -128,8 +129,9 @@ def estimate_statistics(
     batches = [[drawn[at] for at in index.tolist()] for index in _sample(run, len(drawn), most)]
     if not layers or not batches:
         return 0.0, 0
-    train = run.loaders.train
-    loader = DataLoader(train.dataset, batch_sampler=batches, num_workers=train.num_workers)
+    train, world = run.loaders.train, run.world
+    mine = batches[world.rank :: world.size]  # with several processes, each runs its part
+    loader = DataLoader(train.dataset, batch_sampler=mine, num_workers=train.num_workers)
     return _accumulate(run, layers, loader, run.model)
 
 
@@ -138,7 +140,8 @@ def _accumulate(
     run: Run, layers: list[nn.Module], batches: Iterable, forward: nn.Module
 ) -> tuple[float, int]:
     """Reset ``layers`` and average their input statistics over ``batches`` run through
-    ``forward`` (everything else in eval mode); the seconds and the inputs it took."""
+    ``forward`` (everything else in eval mode); the seconds and the inputs it took. With
+    several processes, each ran its part of the batches and the averages are pooled."""
     if not layers:
         return 0.0, 0
     started, used = time.perf_counter(), 0
@@ -152,13 +155,37 @@ def _accumulate(
                 layer.reset_running_stats()
                 layer.momentum = None  # a cumulative average over the batches
                 layer.train()
+            done = 0
             for inputs, _ in batches:
                 with run.numerics.autocast(run.device):
                     forward(run.numerics.inputs(inputs, run.device))
                 used += len(inputs)
+                done += 1
+            if run.world.parallel:
+                used = _pool(run, layers, done, used)
     finally:
         for module, training in modes.items():
             module.training = training
         for layer, momentum in momenta.items():
             layer.momentum = momentum
     return time.perf_counter() - started, used
+
+
+def _pool(run: Run, layers: list[nn.Module], batches: int, images: int) -> int:
+    """Pool each process's average of ``batches`` batches' statistics into the average
+    over every process's batches (each batch weighing alike, as in one process); return
+    the images used by all of them."""
+    parts = [torch.tensor([batches, images], dtype=torch.float64)]
+    for layer in layers:
+        parts += [
+            layer.running_mean.double().cpu() * batches,
+            layer.running_var.double().cpu() * batches,
+        ]
+    total = run.world.add_up(torch.cat(parts))
+    count, at = max(1.0, total[0].item()), 2
+    for layer in layers:
+        for stat in (layer.running_mean, layer.running_var):
+            stat.copy_((total[at : at + len(stat)] / count).to(stat))
+            at += len(stat)
+        layer.num_batches_tracked.fill_(int(total[0].item()))
+    return int(total[1].item())

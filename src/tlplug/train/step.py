@@ -126,7 +126,7 @@ def train_epoch(
             finite = math.isfinite(value)
             if world.parallel:  # every process skips the batch or none, and all stop together
                 stopping = bool(stop is not None and stop.requested)
-                finite_in, stopping_in = world.count([finite, stopping], device)
+                finite_in, stopping_in = world.sum([finite, stopping])
                 finite = finite_in == world.size
                 if stopping_in and stop is not None and not stop.requested:
                     stop.requested = "another process's stop request"
@@ -156,7 +156,7 @@ def train_epoch(
             on_step(Step(epoch, step, first_step + step - 1, len(labels), value, not finite))
         if stop is not None and stop.requested:
             break
-    total_loss, correct, seen = world.sum([total_loss, correct, seen], device)
+    total_loss, correct, seen = world.sum([total_loss, correct, seen])
     seen = int(seen)
     return EpochStats(
         total_loss / max(1, seen),
@@ -285,7 +285,7 @@ def evaluate(
         confusion += torch.bincount(pairs, minlength=num_classes * num_classes)
         seen += len(labels)
     if world.parallel:
-        *counts, total_loss, seen = world.sum([*confusion.tolist(), total_loss, seen], device)
+        *counts, total_loss, seen = world.sum([*confusion.tolist(), total_loss, seen])
         confusion, seen = torch.tensor(counts).round().long(), round(seen)
     confusion = confusion.view(num_classes, num_classes)
     correct = int(confusion.diagonal().sum())
