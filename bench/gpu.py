@@ -13,7 +13,11 @@ validation), then, one after the other in this process, on the same data and wei
 
 Goals on one H100: >= 5,000 img/s full fine-tune, >= 20,000 img/s feature extraction.
 
-    python bench/gpu.py [--images 8192] [--epochs 3] [--batch-size 256]
+With ``--nproc N`` (N GPUs), the full fine-tune also runs as ``tlplug run --nproc N``
+(data parallel, ``--batch-size`` per GPU, so the global batch is N times larger) and the
+scaling over one process is printed.
+
+    python bench/gpu.py [--images 8192] [--epochs 3] [--batch-size 256] [--nproc N]
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -154,6 +160,54 @@ def tlplug_records(root: Path, out: Path, args, schedule: str, epochs: int) -> l
     return [json.loads(line) for line in (out / "metrics.jsonl").open()]
 
 
+def tlplug_parallel_records(root: Path, out: Path, args) -> list[dict]:
+    """The full fine-tune of :func:`tlplug_records` in ``args.nproc`` processes, through
+    the command line as a user launches it; its metrics.jsonl records."""
+    command = [
+        sys.executable,
+        "-m",
+        "tlplug",
+        "run",
+        "--data",
+        str(root),
+        "--out",
+        str(out),
+        "--nproc",
+        str(args.nproc),
+        "--backbone",
+        f"timm:{args.model}",
+        "--no-pretrained",
+        "--schedule",
+        "full",
+        "--epochs",
+        str(args.epochs),
+        "--precision",
+        "bf16",
+        "--batch-size",
+        str(args.batch_size * args.nproc),
+        "--img-size",
+        "224",
+        "--augment",
+        "none",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.01",
+        "--lr-schedule",
+        "constant",
+        "--workers",
+        str(args.workers),
+        "--device",
+        args.device,
+        "--val-every",
+        str(args.epochs),
+        "--quiet",
+        "--no-plots",
+    ]
+    subprocess.run(command, check=True)
+    return [json.loads(line) for line in (out / "metrics.jsonl").open()]
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -167,6 +221,7 @@ def main() -> None:
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--workers", type=int, default=min(8, max(1, (os.cpu_count() or 2) - 1)))
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--nproc", type=int, default=1, help="also train in N processes")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -180,6 +235,8 @@ def main() -> None:
             "plain loop": plain_features(root, args, device),
             "tlplug": probe[1]["cache_images_per_s"],
         }
+        if args.nproc > 1:
+            parallel = _mean_rate(tlplug_parallel_records(root, Path(tmp) / "ddp", args))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"{args.model} 224 px, bf16, channels-last, batch {args.batch_size}, {name}")
     for what, rates, goal in (
@@ -190,6 +247,11 @@ def main() -> None:
         print(
             f"  {what:<19} plain {rates['plain loop']:8.0f} img/s  tlplug "
             f"{rates['tlplug']:8.0f} img/s  {ratio:4.2f}x  (goal on one H100: >= {goal:,})"
+        )
+    if args.nproc > 1:
+        print(
+            f"  full fine-tune, tlplug in {args.nproc} processes: {parallel:8.0f} img/s, "
+            f"{parallel / full['tlplug']:4.2f}x one process (ideal {args.nproc}x)"
         )
 
 
