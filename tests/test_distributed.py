@@ -108,6 +108,7 @@ def test_each_process_gets_its_share_of_the_same_global_batches():
         ("linear-probe", "converge"),
         ("linear-probe", "epochs"),  # the head steps on cached features, each process its share
         ("lp-ft", "converge"),
+        ("bitfit", "converge"),
     ],
 )
 def test_two_processes_train_as_one(schedule, probe, image_folder, source_weights, tmp_path):

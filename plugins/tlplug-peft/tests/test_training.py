@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import timm
 import torch
@@ -161,3 +165,53 @@ def test_lora_schedule_alone_never_fine_tunes_the_backbone(image_folder, tmp_pat
     engine.fit(image_folder, epochs=1, out=tmp_path, quiet=True)
     assert watch.run.model.pinned
     assert changed(watch.states[0], watch.states[-1], watch.run.model.pinned) == []
+
+
+def test_in_two_processes_lora_trains_as_in_one(image_folder, resnet_weights, tmp_path):
+    # The data-parallel wrapper covers what trains (the LoRA factors and the head), made
+    # when the adapter is in place.
+    args = [
+        "run",
+        "--data",
+        str(image_folder),
+        "--backbone",
+        RESNET,
+        "--weights",
+        str(resnet_weights),
+        "--img-size",
+        "32",
+        "--batch-size",
+        "6",
+        "--workers",
+        "0",
+        "--epochs",
+        "2",
+        "--adapter",
+        "lora",
+        "--schedule",
+        "lora",
+        "--precision",
+        "fp32",
+        "--bn-policy",
+        "eval",
+        "--keep-state",
+        "--no-plots",
+        "--quiet",
+    ]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    for out, more in (("one", []), ("two", ["--nproc", "2"])):
+        done = subprocess.run(
+            [sys.executable, "-m", "tlplug", *args, "--out", str(tmp_path / out), *more],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+    one, two = (read_resume(tmp_path / d / "resume.safetensors").tensors for d in ("one", "two"))
+    moved = 0
+    for key, value in one.items():
+        if key.startswith("model."):
+            torch.testing.assert_close(two[key], value, rtol=1e-4, atol=1e-5)
+            moved += "lora_" in key
+    assert moved  # the factors are in the state and match

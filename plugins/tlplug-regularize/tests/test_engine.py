@@ -5,9 +5,12 @@ from __future__ import annotations
 import importlib.metadata as metadata
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from helpers import read_run
 from tlplug import Engine, OptionError, hookimpl
@@ -200,3 +203,55 @@ def test_a_resumed_run_keeps_pulling_toward_the_original_start(image_folder, tin
     expected = sum((resumed[n] - p0).pow(2).sum().item() for n, p0 in stopper.start.items())
     assert expected > 0  # epoch 1 moved the weights; the penalty sees how far
     assert term == pytest.approx(expected, rel=1e-4)
+
+
+def test_in_two_processes_the_penalties_train_as_in_one(image_folder, tmp_path):
+    # L2-SP and DELTA do not depend on how a batch is split: each process adds them to its
+    # share's loss and the averaged gradients are one process's. Rank 0 records the plugin.
+    args = [
+        "run",
+        "--data",
+        str(image_folder),
+        "--backbone",
+        "timm:resnet10t",
+        "--no-pretrained",
+        "--img-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--epochs",
+        "2",
+        "--schedule",
+        "full",
+        "--regularizer",
+        "l2-sp",
+        "--regularizer",
+        "delta",
+        "--precision",
+        "fp32",
+        "--bn-policy",
+        "eval",
+        "--keep-state",
+        "--no-plots",
+        "--quiet",
+    ]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    for out, more in (("one", []), ("two", ["--nproc", "2"])):
+        done = subprocess.run(
+            [sys.executable, "-m", "tlplug", *args, "--out", str(tmp_path / out), *more],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "Warning" not in done.stderr
+    (config_one, one), (config_two, two) = (read_run(tmp_path / d) for d in ("one", "two"))
+    assert [r["val_acc"] for r in two] == [r["val_acc"] for r in one]
+    assert config_two["tlplug-regularize"] == config_one["tlplug-regularize"]
+    weights = [load_file(tmp_path / d / "resume.safetensors") for d in ("one", "two")]
+    for key, value in weights[0].items():
+        if key.startswith("model."):
+            torch.testing.assert_close(weights[1][key], value, rtol=1e-4, atol=1e-4)

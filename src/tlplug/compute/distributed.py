@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import uuid
+import warnings
 
 import attrs
 import torch
@@ -139,6 +140,9 @@ def wrap_step(module: nn.Module, world: World) -> nn.Module:
         return module
     device = next(module.parameters()).device
     ids = [device.index] if device.type == "cuda" else None
+    # A 1x1 convolution's weight in channels-last has the same memory order as the
+    # contiguous gradient DDP compares it with; its warning about strides is not a cost.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     # Buffers (BatchNorm statistics) are made alike by the run itself, not at every forward.
     ddp = nn.parallel.DistributedDataParallel
     quiet = "forward_sync_buffers" in inspect.signature(ddp).parameters
