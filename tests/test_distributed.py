@@ -132,6 +132,8 @@ def test_two_processes_train_as_one(schedule, probe, image_folder, source_weight
     tlplug_cli(*args, "--out", tmp_path / "two", processes=2)
     one, two = records(tmp_path / "one"), records(tmp_path / "two")
     assert [r["val_acc"] for r in two] == [r["val_acc"] for r in one]
+    summaries = [json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two")]
+    assert summaries[1]["confusion_matrix"] == summaries[0]["confusion_matrix"]  # each image once
     for a, b in zip(one, two, strict=True):
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4, abs=1e-6)
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4, abs=1e-6)

@@ -270,14 +270,21 @@ def make_loader(
     seed: int,
     pin_memory: bool,
     weights: torch.Tensor | None = None,
+    world: World = SOLO,
 ) -> DataLoader:
     """A loader over ``dataset`` with an :class:`EpochSampler` (shuffled when training); a
-    ragged last training batch is dropped. Call ``loader.sampler.set_epoch`` per epoch."""
+    ragged last training batch is dropped. Call ``loader.sampler.set_epoch`` per epoch.
+    With several processes (``world``), ``batch_size`` is the global batch and the loader
+    gives this process's share of each (:meth:`EpochSampler.shard`)."""
+    sampler = EpochSampler(len(dataset), seed, shuffle=train, weights=weights)
+    if world.parallel:
+        sampler.shard(world.rank, world.size, batch_size)
+        batch_size = world.per_process(batch_size)  # the sampler left out a ragged batch
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=EpochSampler(len(dataset), seed, shuffle=train, weights=weights),
-        drop_last=train and len(dataset) > batch_size,
+        sampler=sampler,
+        drop_last=train and len(dataset) > batch_size and not world.parallel,
         num_workers=workers,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
@@ -323,24 +330,16 @@ def make_loaders(
             images, pipeline.base, transform, random=train and pipeline.seeded
         )
         return make_loader(
-            dataset, batch_size, train=train, weights=weights if train else None, **common
+            dataset,
+            batch_size,
+            train=train,
+            weights=weights if train else None,
+            world=world if train else SOLO,
+            **common,
         )
 
-    train = loader(splits.train, pipeline.train, train=True)
-    if world.parallel:
-        share = world.per_process(batch_size)
-        train.sampler.shard(world.rank, world.size, batch_size)
-        train = DataLoader(
-            train.dataset,
-            batch_size=share,
-            sampler=train.sampler,
-            num_workers=workers,
-            pin_memory=common["pin_memory"],
-            persistent_workers=workers > 0,
-            worker_init_fn=_seed_worker,
-        )
     return Loaders(
-        train=train,
+        train=loader(splits.train, pipeline.train, train=True),
         val=loader(splits.val),
         plain=loader(splits.train, pipeline.steady),
         test=loader(splits.test) if splits.test is not None else None,
@@ -353,10 +352,7 @@ def shard_of(loader: DataLoader, world: World) -> tuple[DataLoader, int, int]:
     yields the same items in every process: validation, the caches' passes), as a loader
     with the same settings, and where that part starts and ends in the pass."""
     items = list(loader.sampler)
-    low, high = (
-        (len(items) * world.rank) // world.size,
-        (len(items) * (world.rank + 1)) // world.size,
-    )
+    low, high = world.bounds(len(items))[world.rank]
     part = DataLoader(
         loader.dataset,
         batch_size=loader.batch_size,

@@ -273,7 +273,7 @@ def evaluate(
     total_loss, seen = 0.0, 0
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long)
     start = time.perf_counter()
-    loader = _part(loader, world)
+    loader, shared = _part(loader, world)
     batches = progress(loader, len(loader)) if progress else loader
     for images, labels in batches:
         images = numerics.inputs(images, device)
@@ -284,7 +284,7 @@ def evaluate(
         pairs = (labels * num_classes + logits.argmax(1)).cpu()
         confusion += torch.bincount(pairs, minlength=num_classes * num_classes)
         seen += len(labels)
-    if world.parallel:
+    if shared:
         *counts, total_loss, seen = world.sum([*confusion.tolist(), total_loss, seen])
         confusion, seen = torch.tensor(counts).round().long(), round(seen)
     confusion = confusion.view(num_classes, num_classes)
@@ -295,14 +295,17 @@ def evaluate(
     return Evaluation(stats, confusion)
 
 
-def _part(batches: Any, world: World) -> Any:
-    """This process's part of an evaluation pass over ``batches``: a loader's contiguous
-    part, or every ``world.size``-th batch of an iterable (cached features)."""
+def _part(batches: Any, world: World) -> tuple[Any, bool]:
+    """This process's part of an evaluation pass over ``batches`` (a loader's contiguous
+    part, or every ``world.size``-th batch of an iterable: cached features), and whether
+    the processes share the pass; a loader of fewer images than processes is not shared."""
     if not world.parallel:
-        return batches
+        return batches, False
     if isinstance(batches, DataLoader):
-        return shard_of(batches, world)[0] if len(batches.dataset) >= world.size else batches
-    return _EveryNth(batches, world.rank, world.size)
+        if len(batches.dataset) < world.size:
+            return batches, False
+        return shard_of(batches, world)[0], True
+    return _EveryNth(batches, world.rank, world.size), True
 
 
 class _EveryNth:
