@@ -1,9 +1,9 @@
 """Loggers (``--logger``): the chosen ones follow the run, and the built-in ``csv``.
 
-At the start of a run this plugin makes the chosen loggers and registers a relay that
-passes them the lifecycle events of that run; the relay has a step hook only when a
-logger wants steps, so a run whose loggers do not pays nothing per step. The relay leaves
-when the run ends, however it ends.
+A logger is an object with any of ``run_start``, ``epoch_end``, ``step_end``, ``run_end``
+and ``run_error``. At the start of a run this plugin makes the chosen loggers and keeps
+them in the run's ``plugin_data``; its own lifecycle hooks pass them each event of that
+run, the same hooks every plugin gets (one event system: no relay registered mid-run).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from tlplug import hookimpl
 from tlplug.rundir import layout as rundir
 
 METRICS_CSV = "metrics.csv"
+KEY = "loggers"  # where a run's loggers are kept in run.plugin_data
 
 
 @hookimpl
@@ -25,61 +26,42 @@ def tlplug_register_loggers(register):
 @hookimpl(trylast=True)
 def tlplug_run_start(run) -> None:
     loggers = [choice.strategy.factory(**choice.options) for choice in run.parts["loggers"]]
-    if not loggers:
-        return
-    relay = (StepRelay if any(hasattr(x, "step_end") for x in loggers) else Relay)(run, loggers)
-    run.plugins.pm.register(relay, name=relay.name)
-    try:
-        relay.call("run_start", run)
-    except BaseException:
-        run.plugins.pm.unregister(relay)
-        raise
+    run.plugin_data[KEY] = loggers
+    _call(loggers, "run_start", run)
 
 
-class Relay:
-    """Passes one run's lifecycle events to its loggers."""
-
-    def __init__(self, run, loggers: list[Any]):
-        self.loggers, self.name = loggers, f"loggers-of-{id(run)}"
-
-    def call(self, method: str, *args: Any) -> None:
-        """Call ``method`` of every logger that has it; a logger's error does not keep the
-        others from their call, and the first error is raised after them."""
-        errors = []
-        for logger in self.loggers:
-            if hasattr(logger, method):
-                try:
-                    getattr(logger, method)(*args)
-                except Exception as exc:
-                    errors.append(exc)
-        if errors:
-            raise errors[0]
-
-    @hookimpl(trylast=True)
-    def tlplug_epoch_end(self, run, record) -> None:
-        self.call("epoch_end", run, record)
-
-    @hookimpl(trylast=True)
-    def tlplug_run_end(self, run, summary) -> None:
-        try:
-            self.call("run_end", run, summary)
-        finally:
-            run.plugins.pm.unregister(self)
-
-    @hookimpl(trylast=True)
-    def tlplug_run_error(self, run, reason, error) -> None:
-        try:
-            self.call("run_error", run, reason, error)
-        finally:
-            run.plugins.pm.unregister(self)
+@hookimpl
+def tlplug_step_end(run, step) -> None:
+    _call(run.plugin_data.get(KEY, ()), "step_end", run, step)
 
 
-class StepRelay(Relay):
-    """A relay for loggers that want every step."""
+@hookimpl(trylast=True)
+def tlplug_epoch_end(run, record) -> None:
+    _call(run.plugin_data.get(KEY, ()), "epoch_end", run, record)
 
-    @hookimpl
-    def tlplug_step_end(self, run, step) -> None:
-        self.call("step_end", run, step)
+
+@hookimpl(trylast=True)
+def tlplug_run_end(run, summary) -> None:
+    _call(run.plugin_data.pop(KEY, ()), "run_end", run, summary)
+
+
+@hookimpl(trylast=True)
+def tlplug_run_error(run, reason, error) -> None:
+    _call(run.plugin_data.pop(KEY, ()), "run_error", run, reason, error)
+
+
+def _call(loggers, method: str, *args: Any) -> None:
+    """Call ``method`` of every logger that has it; a logger's error does not keep the
+    others from their call, and the first error is raised after them."""
+    errors = []
+    for logger in loggers:
+        if hasattr(logger, method):
+            try:
+                getattr(logger, method)(*args)
+            except Exception as exc:
+                errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 def csv_logger():
