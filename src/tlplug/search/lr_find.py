@@ -248,22 +248,15 @@ def _sweep(run: Run, index: int, feed: Feed, lrs: list[float]) -> _Sweep:
     )
     run.optimizer.zero_grad(set_to_none=True)
     train_epoch(
-        feed.stepped,
+        feed.step_inputs(run),
         batches,
         run.optimizer,
         sweep,
-        run.device,
         _Labelled(run.console),
         run.epoch,
         stop=sweep,
         nonfinite=NonFinite(len(batches)),
-        numerics=run.numerics,
-        loss=run.loss,
-        batch_augment=feed.batch_augment,
-        cached=feed.cached,
-        replay=feed.replay,
         on_step=sweep.record,
-        accumulate=recipe.accumulate,
     )
     return sweep
 

@@ -61,26 +61,17 @@ def run_epoch(
         train = converge(run, feed, steps)
     else:
         train = train_epoch(
-            feed.stepped,
+            feed.step_inputs(run),
             feed.train,
             run.optimizer,
             run.lr_scheduler,
-            run.device,
             run.console,
             epoch,
             stop=stop,
             nonfinite=nonfinite,
-            numerics=run.numerics,
-            loss=run.loss,
-            batch_augment=feed.batch_augment,
-            cached=feed.cached,
-            replay=feed.replay,
             on_step=on_step,
             first_step=(epoch - 1) * batches + 1,
-            accumulate=recipe.accumulate,
             after_step=run.ema.update if run.ema else None,
-            forward=feed.step_forward(run.world),
-            world=run.world,
         )
     if not train.complete:
         return EpochResult(train, None)

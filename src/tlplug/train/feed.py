@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 import torch
 
-from tlplug.compute.distributed import World, wrap_step
+from tlplug.compute.distributed import wrap_step
 from tlplug.data.loaders import OutcomeLoader, ViewSampler, outcome_loader, view_loader
 from tlplug.model.transfer import HEAD_GROUP
 from tlplug.recipe import AUTO, DEFAULT_VIEWS
@@ -29,7 +29,7 @@ from tlplug.train.feature_cache import Features, extract
 from tlplug.train.prefix_cache import PrefixCut, Replay, find_cut, prefix_output
 from tlplug.train.probe import MAX_ELEMENTS, fits, linear_layer
 from tlplug.train.stages import Stage
-from tlplug.train.step import StepForward
+from tlplug.train.step import StepForward, StepInputs
 
 
 @attrs.define
@@ -54,15 +54,26 @@ class Feed:
     starting: dict[str, Any] = attrs.field(factory=dict)
     features: Features | None = None  # set when the stage's linear head is fit to convergence
     converged: tuple[float, float] | None = None  # the fit's (loss, accuracy), once fit
-    forward: Any = None  # the step's module as the processes run it, once the stage trains
+    inputs: StepInputs | None = None  # what the stage's steps use, once they are made
 
-    def step_forward(self, world: World) -> Any:
-        """The training step's module (:class:`~tlplug.train.step.StepForward` of
-        ``stepped``), wrapped for data parallelism over the parameters the stage trains;
-        made at the stage's first step, after the stage is applied."""
-        if self.forward is None:
-            self.forward = wrap_step(StepForward(self.stepped, self.cached), world)
-        return self.forward
+    def step_inputs(self, run: Run) -> StepInputs:
+        """What this stage's training steps use (made at its first step, after the stage
+        is applied: the data-parallel wrapper covers the parameters it trains)."""
+        if self.inputs is None:
+            forward = wrap_step(StepForward(self.stepped, self.cached), run.world)
+            self.inputs = StepInputs(
+                self.stepped,
+                forward,
+                run.device,
+                run.loss,
+                run.numerics,
+                self.batch_augment,
+                self.cached,
+                self.replay,
+                run.recipe.accumulate,
+                run.world,
+            )
+        return self.inputs
 
 
 def choose_source(run: Run, stage: Stage) -> tuple[Source, PrefixCut | None]:

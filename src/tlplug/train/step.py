@@ -66,46 +66,61 @@ class NonFinite:
     skipped: int = 0
 
 
+@attrs.frozen
+class StepInputs:
+    """What every training step of a stage uses, made once per stage
+    (:meth:`tlplug.train.feed.Feed.step_inputs`) and shared by the epoch and the LR range
+    test: the module a step calls (``model``: a ``backbone`` and a ``head``; with
+    ``cached`` the batches are backbone features and only the head runs; with ``replay``
+    they are a frozen prefix's outputs and ``model`` is a
+    :class:`~tlplug.train.prefix_cache.Replay`), that step as the processes run it
+    (``forward``, :class:`StepForward` wrapped for data parallelism over the parameters
+    the stage trains), the device and precision, the loss, the batch-level augmentation
+    (mixup, cutmix), the batches an optimizer step adds up and the processes (``world``).
+    """
+
+    model: nn.Module
+    forward: nn.Module
+    device: torch.device
+    loss: TrainingLoss
+    numerics: Numerics = FP32
+    batch_augment: Callable | None = None
+    cached: bool = False
+    replay: bool = False
+    accumulate: int = 1
+    world: World = SOLO
+
+
 def train_epoch(
-    model: nn.Module,
-    loader: DataLoader,
+    inputs: StepInputs,
+    loader: Any,
     optimizer: torch.optim.Optimizer,
     scheduler,
-    device: torch.device,
     console: Console,
     epoch: int,
     *,
     stop=None,
     nonfinite: NonFinite | None = None,
-    numerics: Numerics = FP32,
-    loss: TrainingLoss,
-    batch_augment: Callable | None = None,
-    cached: bool = False,
-    replay: bool = False,
     on_step: Callable[[Step], None] | None = None,
     first_step: int = 1,
-    accumulate: int = 1,
     after_step: Callable[[], None] | None = None,
-    forward: nn.Module | None = None,
-    world: World = SOLO,
 ) -> EpochStats:
-    """Train for one pass over ``loader``, stepping the optimizer and the LR schedule after
-    every ``accumulate`` batches (and after the last).
+    """Train for one pass over ``loader`` with the stage's ``inputs``, stepping the
+    optimizer and the LR schedule after every ``inputs.accumulate`` batches (and after the
+    last).
 
-    ``model`` has a ``backbone`` and a ``head``; with ``cached`` the batches are backbone
-    features and only the head runs; with ``replay`` they are a frozen prefix's outputs
-    (``model`` is a :class:`~tlplug.train.prefix_cache.Replay`). ``batch_augment`` mixes
-    ``(images, targets)`` batches (mixup, cutmix). A batch whose loss is NaN or infinite
-    adds no gradient; it is skipped while ``nonfinite`` allows, else the run stops with
-    :class:`Diverged`. ``stop`` (a :class:`~tlplug.train.interrupt.StopRequest`) ends the pass
-    after the batch in progress. ``on_step`` gets a :class:`~tlplug.run.Step` after every
-    batch; ``first_step`` numbers the first one in the run. ``after_step`` runs after every
-    optimizer step (the weight average's update). ``forward`` is the step's module
-    (default: :class:`StepForward` of ``model``), wrapped for data parallelism when
-    ``world`` has several processes: they agree on skipping a non-finite batch and on
-    stopping, and the returned loss and accuracy are over every process's images.
+    A batch whose loss is NaN or infinite adds no gradient; it is skipped while
+    ``nonfinite`` allows, else the run stops with :class:`Diverged`; with several
+    processes they agree on skipping and on stopping, and the returned loss and accuracy
+    are over every process's images. ``stop`` (a
+    :class:`~tlplug.train.interrupt.StopRequest`) ends the pass after the batch in
+    progress. ``on_step`` gets a :class:`~tlplug.run.Step` after every batch;
+    ``first_step`` numbers the first one in the run. ``after_step`` runs after every
+    optimizer step (the weight average's update).
     """
-    forward = forward if forward is not None else StepForward(model, cached)
+    forward, device, numerics, loss = inputs.forward, inputs.device, inputs.numerics, inputs.loss
+    world, accumulate, cached = inputs.world, inputs.accumulate, inputs.cached
+    batch_augment = inputs.batch_augment
     nonfinite = nonfinite if nonfinite is not None else NonFinite()
     scaler = torch.amp.GradScaler(device.type, enabled=numerics.dtype == torch.float16)
     total_loss, correct, seen, pending = 0.0, 0, 0, 0
@@ -120,7 +135,7 @@ def train_epoch(
         try:
             with numerics.autocast(device):
                 features, logits = forward(images)
-            shown = None if cached or replay else images
+            shown = None if cached or inputs.replay else images
             value_t = loss(Batch(shown, features, logits, targets))
             value = value_t.item()
             finite = math.isfinite(value)
