@@ -1,4 +1,5 @@
-"""Built-in data sources: folder trees, CSV manifests and the synthetic set."""
+"""Built-in data sources: folder trees, CSV manifests, torchvision's data sets and the
+synthetic set."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ def tlplug_register_data_sources(register):
     register("folder", folder)
     register("csv", manifest)
     register("synthetic", synthetic)
+    register("torchvision", torchvision_set)
 
 
 def folder(location: str, seed: int, val_split: float | None):
@@ -33,3 +35,11 @@ def synthetic(location: str, seed: int, val_split: float | None):
     from tlplug.data.synthetic import synthetic_splits
 
     return synthetic_splits(seed=seed)
+
+
+def torchvision_set(location: str, seed: int, val_split: float | None, *, download: bool = False):
+    """A torchvision data set from its files: torchvision:NAME:ROOT (CIFAR10, MNIST, DTD,
+    Flowers102, ...), its own splits; download=true fetches it into ROOT."""
+    from tlplug.data.torchvision_sets import read_torchvision
+
+    return read_torchvision(location, val_split, seed, download)

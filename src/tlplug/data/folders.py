@@ -12,6 +12,7 @@ import hashlib
 import random
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TypeVar
 
 import attrs
 from PIL import Image
@@ -24,6 +25,8 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".t
 VAL_NAMES = ("val", "valid", "validation")
 TEST_NAMES = ("test",)
 DEFAULT_VAL_SPLIT = 0.2
+
+Item = TypeVar("Item")
 
 LAYOUT = (
     "expected DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg, "
@@ -154,9 +157,10 @@ def read_folder(root: Path, val_split: float | None, seed: int) -> Splits:
 
 
 def stratified_split(
-    by_class: dict[str, list[Path]], classes: tuple[str, ...], fraction: float, seed: int
-) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
-    """Split each class by ``fraction`` with a seeded shuffle; every class keeps a train image."""
+    by_class: dict[str, list[Item]], classes: tuple[str, ...], fraction: float, seed: int
+) -> tuple[list[tuple[Item, int]], list[tuple[Item, int]]]:
+    """Split each class's items (files, or a data set's indices) by ``fraction`` with a
+    seeded shuffle into (item, label) pairs; every class keeps a training item."""
     rng = random.Random(seed)
     train, val = [], []
     for label, name in enumerate(classes):

@@ -208,6 +208,7 @@ def load_data(plugins: PluginHost, data: str | os.PathLike | None, recipe: Recip
     check_splits(splits, name, validate=recipe.val_split != 0)
     if name in ("folder", "csv"):  # a path that reads the same from any working directory
         location = str(Path(location).resolve())
+    location = splits.info.get("location", location)  # a source may say it more exactly
     info = {
         **splits.info,
         "source": name,
