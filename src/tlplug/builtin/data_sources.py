@@ -1,5 +1,5 @@
-"""Built-in data sources: folder trees, CSV manifests, torchvision's data sets and the
-synthetic set."""
+"""Built-in data sources: folder trees, CSV manifests, torchvision's data sets, Hugging
+Face data sets (with the ``datasets`` package) and the synthetic set."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ def tlplug_register_data_sources(register):
     register("csv", manifest)
     register("synthetic", synthetic)
     register("torchvision", torchvision_set)
+    register("hf", hugging_face_set)
 
 
 def folder(location: str, seed: int, val_split: float | None):
@@ -43,3 +44,19 @@ def torchvision_set(location: str, seed: int, val_split: float | None, *, downlo
     from tlplug.data.torchvision_sets import read_torchvision
 
     return read_torchvision(location, val_split, seed, download)
+
+
+def hugging_face_set(
+    location: str,
+    seed: int,
+    val_split: float | None,
+    *,
+    image: str = "",
+    label: str = "",
+    download: bool = False,
+):
+    """A Hugging Face data set: hf:DIR (save_to_disk), hf:FILES.parquet or hf:NAME (in the
+    local cache); image and label columns found by type unless named; its own splits."""
+    from tlplug.data.hf_sets import read_hf
+
+    return read_hf(location, val_split, seed, image, label, download)
