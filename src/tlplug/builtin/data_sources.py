@@ -1,5 +1,5 @@
 """Built-in data sources: folder trees, CSV manifests, torchvision's data sets, Hugging
-Face data sets (with the ``datasets`` package) and the synthetic set."""
+Face data sets (with the ``datasets`` package), tar shards and the synthetic set."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ def tlplug_register_data_sources(register):
     register("synthetic", synthetic)
     register("torchvision", torchvision_set)
     register("hf", hugging_face_set)
+    register("shards", shards)
 
 
 def folder(location: str, seed: int, val_split: float | None):
@@ -60,3 +61,11 @@ def hugging_face_set(
     from tlplug.data.hf_sets import read_hf
 
     return read_hf(location, val_split, seed, image, label, download)
+
+
+def shards(location: str, seed: int, val_split: float | None):
+    """Tar shards (WebDataset layout: KEY.jpg + KEY.cls): 'DIR/train-{0000..0099}.tar', a
+    .tar file, or a folder of SPLIT-NNNNN.tar shards as tlplug shard writes them."""
+    from tlplug.data.shards import read_shards
+
+    return read_shards(location, val_split, seed)

@@ -1,5 +1,5 @@
-"""The ``tlplug`` command: run, search, lr-find, predict, eval, export, plugins, list,
-groups, augment-preview, and the commands plugins add.
+"""The ``tlplug`` command: run, resume, search, lr-find, predict, eval, export, shard,
+plugins, list, groups, augment-preview, and the commands plugins add.
 
 Every error a user can cause ends as one line on stderr and a non-zero exit status;
 ``TLPLUG_DEBUG=1`` shows the traceback of an unexpected one. Plugins are loaded the first
@@ -14,6 +14,7 @@ import sys
 import click
 
 from tlplug.cli import (  # noqa: F401  (they add the commands)
+    data_commands,
     inspect_commands,
     lr_find_commands,
     run_commands,

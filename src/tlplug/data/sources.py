@@ -99,6 +99,9 @@ def split_data_spec(data: str | os.PathLike | None, names: Sequence[str]) -> tup
     path = Path(text)
     if path.is_file() and path.suffix.lower() == ".csv":
         return "csv", text
+    shards = path.name.endswith(".tar") or (path.is_dir() and any(path.glob("train-*.tar")))
+    if shards and "shards" in names:  # a shard, a pattern of them, or a folder of them
+        return "shards", text
     return "folder", text
 
 
