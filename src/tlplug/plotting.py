@@ -1,4 +1,5 @@
-"""Pictures of a run: training curves, the confusion matrix, the freeze schedule as a chart.
+"""Pictures of a run: training curves, the confusion matrix, the freeze schedule as a chart,
+and labelled image grids.
 
 The drawing functions take plain data (metrics records as metrics.jsonl holds them, the
 summary's confusion matrix) and return a matplotlib ``Figure`` on the Agg canvas: they work
@@ -18,14 +19,19 @@ import attrs
 from tlplug.rundir.layout import write_atomic
 
 if TYPE_CHECKING:
+    import torch
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+    from PIL import Image
 
 Record = dict[str, Any]
 
 STAGE_LINE = {"color": "0.35", "linestyle": "--", "linewidth": 1.0}
 FROZEN = "#e6e6e6"
 MAX_ANNOTATED = 20  # classes; a bigger confusion matrix is drawn without counts
+PADDING = 2  # pixels between an image grid's tiles and around it
+MIN_TILE = 128  # small images are shown larger (pixels repeated) so their labels fit
+LABEL_HEIGHT = 26  # the strip under each row of tiles: two lines of the default font
 
 
 @attrs.frozen
@@ -252,6 +258,11 @@ def save_png(fig: Figure, path: Path) -> None:
     write_atomic(path, lambda out: fig.savefig(out, format="png"), mode="wb")
 
 
+def save_image(image: Image.Image, path: Path) -> None:
+    """Write the PIL ``image`` to ``path`` as a PNG, through a temporary file and a rename."""
+    write_atomic(path, lambda out: image.save(out, format="PNG"), mode="wb")
+
+
 def _series(history: Sequence[Record], key: str) -> tuple[list[int], list[float]]:
     """The epochs where ``key`` has a value, and the values."""
     points = [(r["epoch"], r[key]) for r in history if r.get(key) is not None]
@@ -325,3 +336,46 @@ def _epoch_axis(ax: Axes, history: Sequence[Record]) -> None:
 
     ax.set_xlim(history[0]["epoch"] - 0.5, history[-1]["epoch"] + 0.5)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def labelled_grid(images: torch.Tensor, labels: list[str], columns: int) -> Image.Image:
+    """``images`` (``(B, 3, S, S)`` in [0, 1]) as tiles, ``columns`` a row, each with its
+    label underneath in up to two lines (a ``\n`` or, in a mix, a ``+`` breaks it); tiles
+    under :data:`MIN_TILE` pixels are enlarged by a whole factor (pixels repeated, not
+    smoothed). The one image grid: augment-preview's and eval's worst images."""
+    import torch
+    from PIL import Image, ImageDraw, ImageFont
+    from torch.nn import functional
+
+    size = images.shape[-1]
+    scale = -(-MIN_TILE // size)
+    if scale > 1:
+        images = functional.interpolate(images, scale_factor=scale, mode="nearest")
+    tile = size * scale
+    rows = -(-len(images) // columns)
+    step_x, step_y = tile + PADDING, tile + PADDING + LABEL_HEIGHT
+    canvas = Image.new("RGB", (columns * step_x + PADDING, rows * step_y + PADDING), "white")
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
+    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    for index, (array, label) in enumerate(zip(pixels, labels, strict=True)):
+        left = PADDING + (index % columns) * step_x
+        top = PADDING + (index // columns) * step_y
+        canvas.paste(Image.fromarray(array), (left, top))
+        for line_no, line in enumerate(_lines(label, draw, font, tile)):
+            draw.text((left, top + tile + 2 + 12 * line_no), line, fill="black", font=font)
+    return canvas
+
+
+def _lines(label: str, draw: Any, font: Any, width: int) -> list[str]:
+    """``label`` in at most two lines that fit ``width`` pixels (broken at a ``\n``, or
+    a mix at its ``+``)."""
+    parts = label.split("\n") if "\n" in label else label.split("+")
+    lines = (
+        [parts[0], ("\n" if "\n" in label else "+").join(parts[1:])] if len(parts) > 1 else [label]
+    )
+    fitted = []
+    for line in lines[:2]:
+        while line and draw.textlength(line, font=font) > width:
+            line = line[:-2] + "…"
+        fitted.append(line)
+    return fitted

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import attrs
 import torch
-from PIL import Image, ImageDraw, ImageFont
 from torch.nn import functional
 
 from tlplug.compute.seeding import epoch_seed, seed_everything
@@ -25,11 +24,9 @@ from tlplug.data.pipeline import build_pipeline, image_size
 from tlplug.engine import Engine
 from tlplug.errors import OptionError, TlplugError
 from tlplug.model.backbone import DataConfig
+from tlplug.plotting import labelled_grid, save_image
 from tlplug.plugins.resolve import build_backbone, load_data
 
-PADDING = 2  # pixels between tiles and around the grid
-MIN_TILE = 128  # small images are shown larger (pixels repeated) so their labels fit
-LABEL_HEIGHT = 26  # the strip under each row of tiles: two lines of the default font
 SHARED = {  # what a batch-level mix shares across the batch it mixes
     "mixup": "one mixing ratio for the whole batch",
     "cutmix": "one box and ratio for the whole batch",
@@ -145,47 +142,8 @@ def write_preview(
     )
     picture = labelled_grid(shown, preview.labels(), columns)
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial")
-    try:
-        picture.save(partial, format="PNG")
-        os.replace(partial, out)
-    finally:
-        partial.unlink(missing_ok=True)
+    save_image(picture, out)
     return attrs.evolve(preview, size=picture.size)
-
-
-def labelled_grid(images: torch.Tensor, labels: list[str], columns: int) -> Image.Image:
-    """The images as tiles, ``columns`` a row, each with its label underneath; tiles under
-    :data:`MIN_TILE` pixels are enlarged by a whole factor (pixels repeated, not smoothed)."""
-    size = images.shape[-1]
-    scale = -(-MIN_TILE // size)
-    if scale > 1:
-        images = functional.interpolate(images, scale_factor=scale, mode="nearest")
-    tile = size * scale
-    rows = -(-len(images) // columns)
-    step_x, step_y = tile + PADDING, tile + PADDING + LABEL_HEIGHT
-    canvas = Image.new("RGB", (columns * step_x + PADDING, rows * step_y + PADDING), "white")
-    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
-    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    for index, (array, label) in enumerate(zip(pixels, labels, strict=True)):
-        left = PADDING + (index % columns) * step_x
-        top = PADDING + (index // columns) * step_y
-        canvas.paste(Image.fromarray(array), (left, top))
-        for line_no, line in enumerate(_lines(label, draw, font, tile)):
-            draw.text((left, top + tile + 2 + 12 * line_no), line, fill="black", font=font)
-    return canvas
-
-
-def _lines(label: str, draw: ImageDraw.ImageDraw, font, width: int) -> list[str]:
-    """``label`` in at most two lines that fit ``width`` pixels (a mix breaks at its ``+``)."""
-    parts = label.split("+")
-    lines = [parts[0], "+".join(parts[1:])] if len(parts) > 1 else [label]
-    fitted = []
-    for line in lines[:2]:
-        while line and draw.textlength(line, font=font) > width:
-            line = line[:-2] + "…"
-        fitted.append(line)
-    return fitted
 
 
 def first_keys(

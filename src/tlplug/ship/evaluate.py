@@ -25,14 +25,13 @@ from typing import Any
 
 import attrs
 import torch
-from torch.nn import functional as F
 
 from tlplug.data.folders import FileImages, scan_classes
 from tlplug.data.loaders import TransformedImages, default_workers, make_loader
 from tlplug.data.sources import ImageList, listed_images, split_data_spec
 from tlplug.data.transforms import base_transform
 from tlplug.errors import DataError, TlplugError
-from tlplug.plotting import draw_confusion, save_png
+from tlplug.plotting import draw_confusion, labelled_grid, save_image, save_png
 from tlplug.plugins.host import PluginHost
 from tlplug.plugins.resolve import load_data
 from tlplug.rundir import layout as rundir
@@ -184,7 +183,8 @@ def evaluate_run(
     if worst:
         tiles = [dataset.pixels(i) for i, *_ in worst]
         captions = [f"true {names[t]}\npred {names[p]} {c:.2f}" for _, t, p, c in worst]
-        plot_worst(out / WORST, [t[0] if t.ndim == 4 else t for t in tiles], captions)
+        shown = torch.stack([t[0] if t.ndim == 4 else t for t in tiles]).float() / 255
+        save_image(labelled_grid(shown, captions, min(4, len(captions))), out / WORST)
         files["worst_images"] = out / WORST
     report = attrs.evolve(report, files={k: str(v) for k, v in files.items()})
     rundir.write_json(out / REPORT, report.to_json())
@@ -305,23 +305,3 @@ def _worst(labels, preds, probs) -> list[tuple[int, int, int, float]]:
     wrong = (preds != labels).nonzero().squeeze(1)
     order = wrong[confidence[wrong].argsort(descending=True, stable=True)][:WORST_SHOWN]
     return [(i, labels[i].item(), preds[i].item(), confidence[i].item()) for i in order.tolist()]
-
-
-def plot_worst(path: Path, tiles: list[torch.Tensor], captions: list[str]) -> None:
-    """A grid of uint8 ``(3, S, S)`` ``tiles``, each enlarged to at least 128 px with its
-    (two-line) caption under it, as a PNG."""
-    from PIL import Image, ImageDraw
-    from torchvision.utils import make_grid
-
-    scale, band, pad = max(1, -(-128 // tiles[0].shape[-1])), 26, 4
-    big = [t.repeat_interleave(scale, 1).repeat_interleave(scale, 2) for t in tiles]
-    big = [F.pad(t, (0, 0, 0, band), value=255) for t in big]  # white caption band
-    columns, (height, width) = min(4, len(big)), big[0].shape[1:]
-    grid = make_grid(torch.stack(big), nrow=columns, padding=pad, pad_value=255)
-    image = Image.fromarray(grid.permute(1, 2, 0).numpy())
-    draw = ImageDraw.Draw(image)
-    for index, caption in enumerate(captions):
-        x = pad + (index % columns) * (width + pad)
-        y = pad + (index // columns) * (height + pad) + height - band
-        draw.multiline_text((x + 2, y + 1), caption, fill=(0, 0, 0), spacing=1)
-    image.save(path)
