@@ -56,7 +56,8 @@ def test_eval_command_prints_writes_and_reports_json(runs, capsys):
     assert code == 0, err
     best = json.loads((run / "summary.json").read_text())["best_val_acc"]
     assert f"accuracy {best:.4f} (the run's best_val_acc {best:.4f})" in out
-    assert out.splitlines()[3].split()[0] == "checker" and "top-3" in out and "ECE" in out
+    assert out.splitlines()[4].split()[0] == "checker" and "top-3" in out and "ECE" in out
+    assert out.splitlines()[2].startswith("calibration: temperature ")
     for name in ("eval.json", "confusion_matrix.png"):
         assert (run / "eval" / name).is_file()
     assert Image.open(run / "eval" / "confusion_matrix.png").format == "PNG"

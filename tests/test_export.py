@@ -128,9 +128,11 @@ def test_safetensors_backbone_loads_into_a_plain_timm_model(capsys, run_dir, cla
         got = torch.nn.functional.linear(
             plain(images), state["head.0.weight"], state["head.0.bias"]
         )
-    assert torch.allclose(got, logits(classifier, images), atol=1e-5)
+    temperature = classifier.model.temperature  # the file holds the weights; metadata, T
+    assert torch.allclose(got / temperature, logits(classifier, images), atol=1e-5)
     with safe_open(out, "pt") as opened:
         meta = opened.metadata()
+    assert json.loads(meta["temperature"]) == temperature
     assert json.loads(meta["classes"]) == CLASSES and json.loads(meta["img_size"]) == 32
     assert meta["backbone"] == "timm:resnet10t" and meta["format"] == "pt"
 

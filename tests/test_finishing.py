@@ -21,6 +21,7 @@ RECIPE = TINY | {"augment": (), "schedule": "freeze-unfreeze", "lr_schedule": "c
 def test_a_finished_run_keeps_only_what_later_commands_need(image_folder, tmp_path):
     Engine.from_plugins(entrypoints=False, **RECIPE).fit(image_folder, out=tmp_path, quiet=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "calibration.json",
         "config.json",
         "metrics.csv",
         "metrics.jsonl",

@@ -43,7 +43,14 @@ def test_builtin_names(host):
         "trivialaugment",
     ]
     assert host.registry("backbones").names() == ["timm", "torchvision"]
-    assert host.registry("data-sources").names() == ["csv", "folder", "synthetic"]
+    assert host.registry("data-sources").names() == [
+        "csv",
+        "folder",
+        "hf",
+        "shards",
+        "synthetic",
+        "torchvision",
+    ]
     assert host.registry("adapters").names() == host.registry("regularizers").names() == []
 
 

@@ -252,6 +252,37 @@ def new_figure(width: float, height: float, dpi: int) -> Figure:
     return fig
 
 
+def draw_reliability(before: Sequence[Record], after: Sequence[Record]) -> Figure:
+    """The reliability diagram: accuracy against confidence per bin (rows of
+    :func:`tlplug.ship.calibration.reliability`), before and after the temperature, with
+    the diagonal a calibrated model follows and the images per bin underneath."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.2, 5.6), layout="constrained")
+    top, bottom = fig.subplots(2, 1, height_ratios=(3, 1), sharex=True)
+    top.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="calibrated")
+    for rows, name, color in ((before, "before", "#d95f02"), (after, "after", "#1b9e77")):
+        kept = [r for r in rows if r["images"]]
+        top.plot(
+            [r["confidence"] for r in kept],
+            [r["accuracy"] for r in kept],
+            marker="o",
+            color=color,
+            label=f"{name} temperature",
+        )
+    top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title="Reliability")
+    top.legend(loc="upper left", fontsize="small")
+    width = 1 / max(1, len(after))
+    bottom.bar(
+        [r["low"] + width / 2 for r in after],
+        [r["images"] for r in after],
+        width=width * 0.9,
+        color="#1b9e77",
+    )
+    bottom.set(xlabel="confidence (after)", ylabel="images")
+    return fig
+
+
 def save_png(fig: Figure, path: Path) -> None:
     """Write the matplotlib figure ``fig`` to ``path`` as a PNG, through a temporary file
     and a rename."""

@@ -57,7 +57,8 @@ def preprocessing(classifier: Classifier) -> dict[str, Any]:
         "interpolation": data["interpolation"],
         "crop_pct": data["crop_pct"],
         "classes": list(classifier.classes),
-        "output": "logits, one per class; softmax gives probabilities",
+        "output": classifier.outputs,
+        "temperature": getattr(classifier.model, "temperature", 1.0),
         "backbone": classifier.config["recipe"]["backbone"],
         "tlplug_version": __version__,
     }
@@ -165,6 +166,10 @@ def safetensors(classifier: Classifier, out: Path) -> Runner:
 
     prefixes = {"backbone_prefix": BACKBONE_PREFIX, "head_prefix": HEAD_PREFIX}
     facts = {"format": "pt", **prefixes, **metadata(classifier)}  # a run's keys, and more
+    facts["output"] = (  # the weights alone: the temperature is the reader's to apply
+        "logits of the network these weights make; divided by temperature, their softmax "
+        "gives the run's calibrated probabilities"
+    )
     save_atomic(classifier.model.state_dict(), out, facts)
 
     def run(images: torch.Tensor) -> torch.Tensor:

@@ -100,17 +100,25 @@ def predict(run_dir, images, topk, as_json, as_csv, tta, device) -> None:
     help="Folder for eval.json and the figures. [default: RUN_DIR/eval]",
 )
 @click.option("--device", help="auto, cpu or cuda. [default: the run's, if here, else cpu]")
-def eval_command(run_dir, data, as_json, tta, batch_size, out, device) -> None:
+@click.option(
+    "--calibrate",
+    is_flag=True,
+    help="Fit the temperature on these images and keep it in the run (predict, eval and "
+    "export then use it). [default: the run's, fitted on its validation images]",
+)
+def eval_command(run_dir, data, as_json, tta, batch_size, out, device, calibrate) -> None:
     """Measure the best model of a run on its validation split or on DATA.
 
     Reports accuracy, per-class precision/recall/F1, top-k accuracy, calibration (ECE,
-    15 bins), the confusion matrix and the most confident mistakes.
+    15 bins, and NLL, before and after the run's temperature; a reliability diagram), the
+    confusion matrix and the most confident mistakes.
 
     Without DATA, on the run's own validation split, exactly as training validated (so the
     accuracy is the run's best_val_acc). DATA is anything --data takes with the run's
     classes: its validation split where it has one of its own (DIR/train/ + DIR/val/, a
-    manifest with val rows), else all its images. eval.json, confusion_matrix.png and
-    worst_images.png go to --out; eval replaces only those files, and only its own."""
+    manifest with val rows), else all its images. eval.json, confusion_matrix.png,
+    reliability.png and worst_images.png go to --out; eval replaces only those files, and
+    only its own."""
     from tlplug.compute.device import pick_device
     from tlplug.ship.evaluate import evaluate_run
 
@@ -124,6 +132,7 @@ def eval_command(run_dir, data, as_json, tta, batch_size, out, device) -> None:
         out=out,
         device=device,
         plugins=current_host(),
+        calibrate=calibrate,
     )
     if report.train_overlap:
         click.echo(f"warning: {overlap_line(report)}", err=True)
@@ -153,6 +162,14 @@ def eval_table(report) -> str:
         head += f" (the run's best_val_acc {report.best_val_acc:.4f})"
     tops = "".join(f"  top-{k} {v:.4f}" for k, v in report.top_k.items() if k > 1)
     lines.append(f"{head}{tops}  ECE {report.ece:.4f}  loss {report.loss:.4f}")
+    c = report.calibration
+    if c is not None:
+        how = "fitted on these images, kept in the run" if c["fitted"] else "the run's"
+        lines.append(
+            f"calibration: temperature {c['temperature']:.3f} ({how}); ECE "
+            f"{c['ece_before']:.4f} -> {c['ece_after']:.4f}, NLL {c['nll_before']:.4f} -> "
+            f"{c['nll_after']:.4f}"
+        )
     width = max(5, *map(len, report.classes))
     lines.append(f"{'class':<{width}}  precision  recall  f1     support")
     for name, m in report.per_class.items():

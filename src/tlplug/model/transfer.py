@@ -36,6 +36,7 @@ class TransferModel(nn.Module):
             LayerGroup(HEAD_GROUP, tuple(HEAD_PREFIX + n for n, _ in head.named_parameters()))
         )
         self.pinned: frozenset[str] = frozenset()  # parameters no stage trains (an adapter's)
+        self.temperature = 1.0  # the logits are divided by it (a calibrated run's, as loaded)
         self._subtree_groups: dict[str, frozenset[str]] | None = None
 
     def regroup(self, before: dict[int, str]) -> None:
@@ -56,8 +57,10 @@ class TransferModel(nn.Module):
         self._subtree_groups = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Class logits for a batch of normalized images."""
-        return self.head(self.backbone(images))
+        """Class logits for a batch of normalized images (divided by :attr:`temperature`
+        when a calibrated run's model is loaded)."""
+        logits = self.head(self.backbone(images))
+        return logits if self.temperature == 1.0 else logits / self.temperature
 
     def group_names(self) -> list[str]:
         """Layer-group names, stem to head."""

@@ -1,12 +1,17 @@
-"""summary.json: the outcome of a finished run."""
+"""summary.json: the outcome of a finished run, with its calibration (a temperature fitted
+on the validation images, kept in calibration.json) and its test results."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from tlplug.data.sources import Skipped
 from tlplug.run import Run
+from tlplug.ship.calibration import fit_temperature, measured, write_calibration
+from tlplug.ship.tta import infer
 from tlplug.train.best_so_far import Tally, per_class
 from tlplug.train.step import evaluate
 
@@ -36,16 +41,31 @@ def summarize(run: Run, tally: Tally, failures: Path) -> dict[str, Any]:
         "per_class_val_count": dict(zip(run.classes, tally.per_class_count, strict=False)),
         "confusion_matrix": tally.confusion,
     }
-    if run.loaders.test is not None:
-        summary.update(_test(run))
+    if len(run.loaders.val) or run.loaders.test is not None:
+        from tlplug.ship.predict import load_classifier
+
+        best = load_classifier(run.run_dir, run.plugins, str(run.device)).model
+        if len(run.loaders.val):
+            summary["calibration"] = calibrate(run, best)
+        if run.loaders.test is not None:
+            summary.update(_test(run, best))
     summary["skipped_files"] = [s.to_json() for s in skipped]
     return summary
 
 
-def _test(run: Run) -> dict[str, Any]:
-    from tlplug.ship.predict import load_classifier
+def calibrate(run: Run, best: nn.Module) -> dict[str, Any]:
+    """Fit the temperature of ``best`` (the run's best model, as loaded) on the validation
+    images, keep it in the run directory and set it on ``best``; return its record."""
+    best.temperature = 1.0
+    labels, _, probs, _ = infer(best, run.loaders.val, run.device, run.numerics, tta=False)
+    record = measured(probs, labels, fit_temperature(probs.clamp_min(1e-12).log(), labels))
+    record["fitted_on"] = "validation"
+    write_calibration(run.run_dir, record)
+    best.temperature = record["temperature"]
+    return record
 
-    best = load_classifier(run.run_dir, run.plugins, str(run.device)).model
+
+def _test(run: Run, best: nn.Module) -> dict[str, Any]:
     test = evaluate(best, run.loaders.test, run.device, len(run.classes), run.numerics)
     return {
         "test_acc": test.stats.acc,

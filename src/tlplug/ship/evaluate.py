@@ -31,18 +31,32 @@ from tlplug.data.loaders import TransformedImages, default_workers, make_loader
 from tlplug.data.sources import ImageList, listed_images, split_data_spec
 from tlplug.data.transforms import base_transform
 from tlplug.errors import DataError, TlplugError
-from tlplug.plotting import draw_confusion, labelled_grid, save_image, save_png
+from tlplug.plotting import (
+    draw_confusion,
+    draw_reliability,
+    labelled_grid,
+    save_image,
+    save_png,
+)
 from tlplug.plugins.host import PluginHost
 from tlplug.plugins.resolve import load_data
 from tlplug.rundir import layout as rundir
 from tlplug.rundir.config_record import SavedRun, read_saved_run
+from tlplug.ship.calibration import (
+    expected_calibration_error,
+    fit_temperature,
+    measured,
+    reliability,
+    scaled,
+    write_calibration,
+)
 from tlplug.ship.predict import load_classifier
 from tlplug.ship.tta import infer, views_transform
 from tlplug.version import __version__
 
 REPORT, CONFUSION, WORST = "eval.json", "confusion_matrix.png", "worst_images.png"
+RELIABILITY = "reliability.png"
 TOP_K = (1, 3, 5)  # capped at the number of classes
-ECE_BINS = 15  # equal-width confidence bins
 WORST_SHOWN = 16
 
 
@@ -69,6 +83,7 @@ class EvalReport:
     skipped: list[dict[str, str]] = attrs.field(factory=list)
     files: dict[str, str] = attrs.field(factory=dict)
     train_overlap: int = 0  # images evaluated that the run trained on (DATA given)
+    calibration: dict[str, Any] | None = None  # the temperature, ECE and NLL before/after
 
     @property
     def num_images(self) -> int:
@@ -93,6 +108,7 @@ class EvalReport:
             "classes": list(self.classes),
             "confusion_matrix": self.confusion,
             "worst": self.worst,
+            "calibration": self.calibration,
             "skipped": self.skipped,
             "files": self.files,
             "train_overlap": self.train_overlap,
@@ -109,12 +125,15 @@ def evaluate_run(
     device: str | None = None,
     plugins: PluginHost | None = None,
     write: bool = True,
+    calibrate: bool = False,
 ) -> EvalReport:
     """Evaluate the best model of ``run_dir`` on its validation split, or on ``data`` (see
     the module's docstring); with ``write``, write the report and figures to ``out``
     (default ``run_dir/eval``). ``batch_size`` defaults to the run's; ``device`` to the
     run's own if this machine has it, else the CPU; ``tta`` averages the softmax over the
-    views of :mod:`tlplug.ship.tta`."""
+    views of :mod:`tlplug.ship.tta`. Probabilities are the run's calibrated ones (its
+    temperature); ``calibrate`` fits the temperature on these images instead and keeps it
+    in the run directory. The report has the ECE and NLL before and after."""
     run_dir = Path(run_dir)
     if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
         raise TlplugError(f"evaluate_run: batch_size must be >= 1, got batch_size={batch_size!r}")
@@ -141,7 +160,15 @@ def evaluate_run(
         seed=saved.recipe.seed,
         pin_memory=target.type == "cuda",
     )
-    labels, preds, probs, loss = infer(classifier.model, loader, target, numerics, tta)
+    # The model's own logits, as training validated them; the temperature acts after.
+    temperature, classifier.model.temperature = classifier.model.temperature, 1.0
+    labels, preds, raw, loss = infer(classifier.model, loader, target, numerics, tta)
+    if calibrate:
+        temperature = fit_temperature(raw.clamp_min(1e-12).log(), labels)
+    probs = scaled(raw, temperature)  # what predict gives
+    calibration = {**measured(raw, labels, temperature), "fitted": calibrate}
+    if calibrate:
+        write_calibration(run_dir, {**calibration, "fitted_on": described})
     summary = run_dir / rundir.SUMMARY
     own = data is None and summary.is_file()
     best = rundir.read_json(summary).get("best_val_acc") if own else None
@@ -157,7 +184,8 @@ def evaluate_run(
         best_val_acc=best,
         skipped=skipped,
         train_overlap=overlap,
-        **_metrics(labels, preds, probs, names),
+        calibration=calibration,
+        **_metrics(labels, preds, raw, names),
         worst=[
             {
                 "source": str(paths[i]) if paths is not None else f"#{i}",
@@ -179,6 +207,10 @@ def evaluate_run(
     out.mkdir(parents=True, exist_ok=True)
     files = {"report": out / REPORT, "confusion_matrix": out / CONFUSION}
     save_png(draw_confusion(report.confusion, names), out / CONFUSION)
+    save_png(
+        draw_reliability(reliability(raw, labels), reliability(probs, labels)), out / RELIABILITY
+    )
+    files["reliability"] = out / RELIABILITY
     (out / WORST).unlink(missing_ok=True)  # an earlier eval's
     if worst:
         tiles = [dataset.pixels(i) for i, *_ in worst]
@@ -196,7 +228,7 @@ def _check_out(out: Path) -> None:
     eval.json of eval's own beside it."""
     if out.exists() and not out.is_dir():
         raise TlplugError(f"{out} is a file; the eval report goes to a folder")
-    present = [name for name in (REPORT, CONFUSION, WORST) if (out / name).exists()]
+    present = [n for n in (REPORT, CONFUSION, WORST, RELIABILITY) if (out / n).exists()]
     with contextlib.suppress(TlplugError, TypeError, OSError):
         present = [] if "tlplug_eval" in rundir.read_json(out / REPORT) else present
     if present:
@@ -282,18 +314,10 @@ def _metrics(labels, preds, probs, classes) -> dict[str, Any]:
     for k in sorted({min(k, n) for k in TOP_K}):
         hit = (preds == labels) if k == 1 else (probs.topk(k, 1).indices == labels[:, None]).any(1)
         top_k[k] = hit.sum().item() / count
-    correct = (preds == labels).float()
-    confidence = probs.gather(1, preds[:, None]).squeeze(1)
-    bins = (confidence * ECE_BINS).ceil().long().clamp(1, ECE_BINS) - 1
-    ece = 0.0
-    for b in bins.unique().tolist():
-        inside = bins == b
-        gap = (correct[inside].mean() - confidence[inside].mean()).abs().item()
-        ece += gap * inside.sum().item() / count
     return {
         "accuracy": int(hits.sum()) / count,
         "top_k": top_k,
-        "ece": ece,
+        "ece": expected_calibration_error(probs, labels),
         "per_class": per_class,
         "confusion": confusion.tolist(),
     }

@@ -104,7 +104,7 @@ def describe(classifier: Classifier, format_name: str, file: str, diff: float) -
             "layout": "NCHW float32, RGB, resized and center-cropped, then normalized",
             **{k: v for k, v in resolved["data_config"].items() if k != "input_size"},
         },
-        "output": "logits, one per class; softmax gives probabilities",
+        "output": classifier.outputs,
         "classes": list(classifier.classes),
         "backbone": classifier.config["recipe"]["backbone"],
         "check_max_abs_diff": diff,

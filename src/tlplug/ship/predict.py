@@ -24,6 +24,7 @@ from tlplug.plugins.resolve import build_backbone, build_model, choose
 from tlplug.rundir import layout as rundir
 from tlplug.rundir.config_record import read_saved_run
 from tlplug.rundir.weights import load_state, mismatched_keys, read_state_dict, some
+from tlplug.ship.calibration import read_temperature
 from tlplug.ship.tta import view_probs, views_transform
 
 CHECK = "; check the file"  # ends the error of an unreadable image
@@ -72,6 +73,17 @@ class Classifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of already normalized images."""
         return self.model(images)
+
+    @property
+    def outputs(self) -> str:
+        """What the network's outputs are, for an exported file's description."""
+        temperature = getattr(self.model, "temperature", 1.0)
+        if temperature == 1.0:
+            return "logits, one per class; softmax gives probabilities"
+        return (
+            f"logits, one per class, divided by the run's temperature {temperature:.4g} "
+            "(calibrated); softmax gives probabilities"
+        )
 
     def run_numerics(self) -> Numerics:
         """How the run computed its validation batches (precision, memory layout, the
@@ -213,6 +225,7 @@ def load_classifier(run_dir: str | Path, plugins: PluginHost, device: str = "cpu
             f"({some(differing)}); was the file replaced?"
         )
     load_state(model, state)
+    model.temperature = read_temperature(run_dir)  # probabilities as calibrated
     classifier = Classifier(model, saved.classes, saved.data_config, saved.img_size, saved.config)
     return classifier.to(target)
 
