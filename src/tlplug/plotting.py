@@ -283,6 +283,21 @@ def draw_reliability(before: Sequence[Record], after: Sequence[Record]) -> Figur
     return fig
 
 
+def draw_rank(rows: Sequence[Record]) -> Figure:
+    """``tlplug rank``'s backbones: LogME against images/s (log scale), each point named."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    ax = fig.subplots()
+    speeds, scores = [r["images_per_s"] for r in rows], [r["logme"] for r in rows]
+    ax.scatter(speeds, scores, color="#1b9e77")
+    for row, x, y in zip(rows, speeds, scores, strict=True):
+        ax.annotate(row["backbone"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set(xscale="log", xlabel="images/s (feature extraction)", ylabel="LogME (higher: better)")
+    ax.set_title("Backbones: transferability against speed")
+    return fig
+
+
 def save_png(fig: Figure, path: Path) -> None:
     """Write the matplotlib figure ``fig`` to ``path`` as a PNG, through a temporary file
     and a rename."""

@@ -1,16 +1,19 @@
-"""``tlplug search``: successive halving over freeze schedules and learning rates, then the
-winner trained in full (``tlplug run --schedule auto`` is the one-line form)."""
+"""Choosing: ``tlplug search`` (successive halving over freeze schedules and learning
+rates, then the winner trained in full; ``tlplug run --schedule auto`` is the one-line
+form) and ``tlplug rank`` (backbones scored without fine-tuning)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import attrs
 import click
 
-from tlplug.cli.flags import data_and_config, recipe_and_data, recipe_options
+from tlplug.cli.flags import data_and_config, recipe_and_data, recipe_from_cli, recipe_options
 from tlplug.cli.group import cli, current_host
 from tlplug.cli.run_commands import RUN_KINDS
+from tlplug.plugins.kinds import KINDS
 from tlplug.recipe import Settings
 from tlplug.search.halving import BUDGET_HELP
 
@@ -101,3 +104,47 @@ def search(
 
 
 search.kinds_of = "run"  # a plugin's kind of strategy adds its options here as on 'tlplug run'
+
+
+@cli.command()
+@click.option("--data", help="Data, as for 'tlplug run'. [default: the synthetic set]")
+@click.option(
+    "--backbone",
+    "backbones",
+    multiple=True,
+    required=True,
+    metavar="NAME[@WEIGHTS]",
+    help="A backbone to rank (repeatable), e.g. timm:resnet50, or with a weights file of "
+    "its own: timm:resnet50@weights.safetensors.",
+)
+@recipe_options(
+    [KINDS["data-sources"]],
+    ["pretrained", "val_split", "img_size", "batch_size", "device", "precision", "workers", "seed"],
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Folder for rank.json and rank.png. [default: runs/<time>-rank]",
+)
+def rank(data, backbones, out, **options) -> None:
+    """Rank backbones for DATA without fine-tuning: one forward pass per image each, then
+    LogME (a transferability score, no training), the converged linear probe's accuracy
+    (held-out fifth of the training images, and the validation images), parameters and
+    images/s. Sorted by LogME; a higher LogME predicts a better fine-tune."""
+    from tlplug.console import Console
+    from tlplug.search.rank import Candidate, rank_backbones
+
+    host = current_host()
+    recipe = host.recipe_type.from_kwargs(**recipe_from_cli(options, [KINDS["data-sources"]]))
+    candidates = [Candidate.parse(text) for text in backbones]
+    out = out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-rank"
+    rows = rank_backbones(host, data, candidates, recipe, out, Console())
+    width = max(len("backbone"), *(len(r["backbone"]) for r in rows))
+    click.echo(f"{'backbone':<{width}}  LogME    probe held-out  probe val  params      img/s")
+    for r in rows:
+        val = f"{r['probe_val_acc']:.4f}" if r["probe_val_acc"] is not None else "-"
+        click.echo(
+            f"{r['backbone']:<{width}}  {r['logme']:<7.4f}  {r['probe_held_out_acc']:<14.4f}  "
+            f"{val:<9}  {r['params']:<10,}  {r['images_per_s']:.0f}"
+        )
+    click.echo(f"wrote {out / 'rank.json'}, {out / 'rank.png'}")
