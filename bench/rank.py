@@ -102,7 +102,7 @@ def main() -> None:
         tau_best = kendalltau(scores, [b for b, _ in tuned]).statistic
         tau_final = kendalltau(scores, [f for _, f in tuned]).statistic
         tau_probe = kendalltau(probes, [b for b, _ in tuned]).statistic
-        print(f"{task.name}: {task.description}, resnet18/mobilenet at {SIZE} px")
+        print(f"{task.name}: {task.what}, resnet18/mobilenet at {SIZE} px")
         print(f"  {'backbone':<18} {'LogME':>8} {'probe val':>10} {'tuned best':>11} {'final':>7}")
         for name, candidate, (best, final) in zip(names, candidates, tuned, strict=True):
             row = by_label[candidate.label]
