@@ -78,17 +78,15 @@ class World:
         computed rows ``bounds[r]`` and sends them to the others (each must call it)."""
         if not self.parallel:
             return
-        nccl = dist.get_backend() == "nccl"
+        device, step = _backend_device(), _rows_per_piece(tensor)
         for rank, (low, high) in enumerate(bounds):
-            for start in range(low, high, _rows_per_piece(tensor)):
-                piece = tensor[start : min(high, start + _rows_per_piece(tensor))]
+            for start in range(low, high, step):
+                piece = tensor[start : min(high, start + step)]
                 raw = piece.reshape(len(piece), -1).view(torch.uint8)  # any dtype, as bytes
-                if nccl:
-                    sent = raw.cuda()
-                    dist.broadcast(sent, src=rank)
+                sent = raw.to(device)  # raw itself on the CPU: broadcast in place
+                dist.broadcast(sent, src=rank)
+                if sent is not raw:
                     raw.copy_(sent.cpu())
-                else:
-                    dist.broadcast(raw, src=rank)
 
     def bounds(self, count: int) -> list[tuple[int, int]]:
         """Where each process's contiguous part of ``count`` items starts and ends."""
