@@ -43,7 +43,6 @@ from tlplug.plugins.resolve import load_data
 from tlplug.rundir import layout as rundir
 from tlplug.rundir.config_record import SavedRun, read_saved_run
 from tlplug.ship.calibration import (
-    expected_calibration_error,
     fit_temperature,
     measured,
     reliability,
@@ -185,6 +184,7 @@ def evaluate_run(
         skipped=skipped,
         train_overlap=overlap,
         calibration=calibration,
+        ece=calibration["ece_before"],  # the model's own probabilities, as loss is
         **_metrics(labels, preds, raw, names),
         worst=[
             {
@@ -300,7 +300,7 @@ def _same_classes(found: set[str], classes: tuple[str, ...], where: str) -> None
 
 
 def _metrics(labels, preds, probs, classes) -> dict[str, Any]:
-    """Accuracy, top-k, ECE, per-class precision/recall/F1/support and the confusion."""
+    """Accuracy, top-k, per-class precision/recall/F1/support and the confusion."""
     n, count = len(classes), max(1, len(labels))
     confusion = torch.bincount(labels * n + preds, minlength=n * n).view(n, n)
     hits, support, predicted = confusion.diagonal(), confusion.sum(1), confusion.sum(0)
@@ -317,7 +317,6 @@ def _metrics(labels, preds, probs, classes) -> dict[str, Any]:
     return {
         "accuracy": int(hits.sum()) / count,
         "top_k": top_k,
-        "ece": expected_calibration_error(probs, labels),
         "per_class": per_class,
         "confusion": confusion.tolist(),
     }
