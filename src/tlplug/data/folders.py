@@ -17,8 +17,8 @@ from typing import TypeVar
 import attrs
 from PIL import Image
 
-from tlplug.data.images import DECODE_ERRORS, check_image, open_rgb
-from tlplug.data.sources import DecodeError, Skipped, Splits
+from tlplug.data.images import DECODE_ERRORS, cannot_decode, check_image, open_rgb
+from tlplug.data.sources import Skipped, Splits
 from tlplug.errors import DataError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
@@ -50,8 +50,7 @@ class FileImages:
         try:
             return open_rgb(path)
         except DECODE_ERRORS as exc:
-            reason = " ".join(str(exc).split())[:120] or type(exc).__name__
-            raise DecodeError(str(path), f"cannot be decoded ({reason})") from None
+            raise cannot_decode(str(path), exc) from None
 
 
 def is_image(path: Path) -> bool:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from tlplug.data.sources import DecodeError
 
 # What decoding a file can raise: PIL's own errors, and numpy's for odd pixel data.
 DECODE_ERRORS = (
@@ -43,8 +46,9 @@ def check_image(path: Path) -> str | None:
     return None
 
 
-def open_rgb(path: Path) -> Image.Image:
-    """Decode ``path`` fully and return it as an upright 8-bit RGB image."""
+def open_rgb(path: Path | IO[bytes]) -> Image.Image:
+    """Decode ``path`` (a file, or an open binary one) fully and return it as an upright
+    8-bit RGB image."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with Image.open(path) as image:
@@ -82,6 +86,11 @@ def _to_8bit(pixels: np.ndarray, floating: bool) -> np.ndarray:
     else:
         scale = 255.0 / top
     return np.clip(np.round(pixels * scale), 0, 255).astype(np.uint8)
+
+
+def cannot_decode(where: str, exc: BaseException) -> DecodeError:
+    """The error for the image at ``where`` whose decoding raised ``exc``."""
+    return DecodeError(where, f"cannot be decoded ({_reason(exc)})")
 
 
 def _reason(exc: BaseException) -> str:

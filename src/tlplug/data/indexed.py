@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from tlplug.data.folders import DEFAULT_VAL_SPLIT, stratified_split
-from tlplug.data.images import DECODE_ERRORS, to_rgb
-from tlplug.data.sources import DecodeError, Splits
+from tlplug.data.images import DECODE_ERRORS, cannot_decode, to_rgb
+from tlplug.data.sources import Splits
 from tlplug.errors import DataError
 
 
@@ -37,8 +37,7 @@ class IndexedImages:
         try:
             return to_rgb(as_pil(self.read(item)))
         except DECODE_ERRORS as exc:
-            reason = " ".join(str(exc).split())[:120] or type(exc).__name__
-            raise DecodeError(f"{self.where} #{item}", f"cannot be decoded ({reason})") from None
+            raise cannot_decode(f"{self.where} #{item}", exc) from None
 
     def subset(self, positions: Sequence[int]) -> IndexedImages:
         """The images at ``positions`` of this list."""

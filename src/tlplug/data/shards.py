@@ -26,9 +26,9 @@ import attrs
 from PIL import Image
 
 from tlplug.data.folders import IMAGE_SUFFIXES
-from tlplug.data.images import DECODE_ERRORS, to_rgb
+from tlplug.data.images import DECODE_ERRORS, cannot_decode, open_rgb
 from tlplug.data.indexed import splits_of
-from tlplug.data.sources import DecodeError, ImageList, Skipped, Splits
+from tlplug.data.sources import ImageList, Skipped, Splits
 from tlplug.errors import DataError
 
 CLASSES_FILE = "classes.txt"
@@ -54,13 +54,9 @@ class ShardImages:
             with open(self.shards[shard], "rb") as file:
                 file.seek(offset)
                 data = file.read(size)
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
-                return to_rgb(image)
+            return open_rgb(io.BytesIO(data))
         except DECODE_ERRORS as exc:
-            reason = " ".join(str(exc).split())[:120] or type(exc).__name__
-            where = f"{self.shards[shard]}:{name}"
-            raise DecodeError(where, f"cannot be decoded ({reason})") from None
+            raise cannot_decode(f"{self.shards[shard]}:{name}", exc) from None
 
     def subset(self, positions: Sequence[int]) -> ShardImages:
         """The samples at ``positions`` of this list."""
