@@ -65,3 +65,9 @@ def wait_for_epochs(run_dir: Path, count: int, process: subprocess.Popen) -> Non
             return
         time.sleep(0.05)
     raise AssertionError(f"the run did not reach epoch {count}: {process.communicate()}")
+
+
+def final_model(run_dir: Path) -> dict:
+    """The model tensors (``model.*``) of ``run_dir``'s resume state: the last epoch's."""
+    state = read_resume(run_dir / "resume.safetensors")
+    return {k: v for k, v in state.tensors.items() if k[:6] == "model."}

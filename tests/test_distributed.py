@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import epochs_of, wait_for_epochs
+from helpers import epochs_of, final_model, wait_for_epochs
 from tlplug.data.loaders import EpochSampler
 
 ONE_THREAD = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -54,6 +54,11 @@ def tlplug_cli(*args, processes: int = 1, timeout: float = 300) -> subprocess.Co
     done = subprocess.run(command, capture_output=True, text=True, env=ONE_THREAD, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+def run_args(data: Path, weights: Path, *more) -> list:
+    """``tlplug run`` on ``data`` from ``weights`` with the tiny settings, then ``more``."""
+    return ["run", "--data", data, *COMMON, "--weights", weights, *more]
 
 
 def records(run_dir: Path) -> list[dict]:
@@ -112,12 +117,8 @@ def test_each_process_gets_its_share_of_the_same_global_batches():
     ],
 )
 def test_two_processes_train_as_one(schedule, probe, image_folder, source_weights, tmp_path):
-    args = [
-        "run",
-        "--data",
+    args = run_args(
         image_folder,
-        *COMMON,
-        "--weights",
         source_weights,
         "--schedule",
         schedule,
@@ -127,7 +128,7 @@ def test_two_processes_train_as_one(schedule, probe, image_folder, source_weight
         "3",
         "--keep-state",
         *SAME,
-    ]
+    )
     tlplug_cli(*args, "--out", tmp_path / "one")
     tlplug_cli(*args, "--out", tmp_path / "two", processes=2)
     one, two = records(tmp_path / "one"), records(tmp_path / "two")
@@ -138,11 +139,10 @@ def test_two_processes_train_as_one(schedule, probe, image_folder, source_weight
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4, abs=1e-6)
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4, abs=1e-6)
     source = load_file(source_weights)
-    final = [
-        {k[6:]: v for k, v in load_file(run / "resume.safetensors").items() if k[:6] == "model."}
-        for run in (tmp_path / "one", tmp_path / "two")
-    ]
-    untouched = {k for k, v in final[0].items() if k in source and torch.equal(v, source[k])}
+    final = [final_model(tmp_path / d) for d in ("one", "two")]
+    untouched = {
+        k for k, v in final[0].items() if k[6:] in source and torch.equal(v, source[k[6:]])
+    }
     if schedule != "full":
         assert untouched  # the stem never trains in these schedules
     for key, value in final[0].items():
@@ -156,19 +156,15 @@ def test_two_processes_train_as_one(schedule, probe, image_folder, source_weight
 
 @pytest.mark.slow
 def test_rank_zero_alone_prints_and_writes(image_folder, source_weights, tmp_path):
-    args = [
-        "run",
-        "--data",
+    args = run_args(
         image_folder,
-        *COMMON,
-        "--weights",
         source_weights,
         "--epochs",
         "2",
         "--no-plots",
         "--workers",
         "1",
-    ]
+    )
     tlplug_cli(*args, "--out", tmp_path / "one")
     two = tlplug_cli(*args, "--nproc", "2", "--out", tmp_path / "two")
     assert two.stdout.count("tlplug 0.1.0:") == 1 and two.stdout.count("epoch 2/2") == 1
@@ -196,12 +192,8 @@ def _rank_pid(rank: int, run_dir: Path) -> int | None:
 def test_a_killed_process_stops_the_run_which_resumes_in_one_process(
     image_folder, source_weights, tmp_path
 ):
-    args = [
-        "run",
-        "--data",
+    args = run_args(
         image_folder,
-        *COMMON,
-        "--weights",
         source_weights,
         "--schedule",
         "full",
@@ -209,7 +201,7 @@ def test_a_killed_process_stops_the_run_which_resumes_in_one_process(
         "4",
         "--keep-state",
         *SAME,
-    ]
+    )
     tlplug_cli(*args, "--out", tmp_path / "whole")
     run_dir = tmp_path / "cut"
     command = [sys.executable, "-m", "tlplug", *map(str, args), "--nproc", "2", "--out", run_dir]
@@ -229,10 +221,9 @@ def test_a_killed_process_stops_the_run_which_resumes_in_one_process(
     assert [r["val_acc"] for r in records(run_dir)] == [
         r["val_acc"] for r in records(tmp_path / "whole")
     ]
-    whole, cut = (load_file(d / "resume.safetensors") for d in (tmp_path / "whole", run_dir))
-    for key, value in whole.items():
-        if key.startswith("model."):
-            torch.testing.assert_close(cut[key], value, rtol=1e-4, atol=1e-5)
+    cut = final_model(run_dir)
+    for key, value in final_model(tmp_path / "whole").items():
+        torch.testing.assert_close(cut[key], value, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -242,12 +233,8 @@ def test_statistics_recomputed_in_parts_pool_to_those_of_one_process(
     # BatchNorm in training mode, weights kept still (a vanishing LR): what differs between
     # the runs is only how each epoch's statistics are recomputed (PreciseBN), here by two
     # processes each over its part of the batches, pooled.
-    args = [
-        "run",
-        "--data",
+    args = run_args(
         image_folder,
-        *COMMON,
-        "--weights",
         source_weights,
         "--schedule",
         "full",
@@ -262,13 +249,13 @@ def test_statistics_recomputed_in_parts_pool_to_those_of_one_process(
         "1e-12",
         "--no-plots",
         "--quiet",
-    ]
+    )
     tlplug_cli(*args, "--out", tmp_path / "one")
     tlplug_cli(*args, "--out", tmp_path / "two", processes=2)
     assert [r["norm_stats_images"] for r in records(tmp_path / "two")] == [
         r["norm_stats_images"] for r in records(tmp_path / "one")
     ]
-    one, two = (load_file(tmp_path / d / "resume.safetensors") for d in ("one", "two"))
+    one, two = (final_model(tmp_path / d) for d in ("one", "two"))
     source = load_file(source_weights)
     stats = [k for k in one if k.endswith(("running_mean", "running_var"))]
     assert stats and not all(torch.equal(one[k], source[k[6:]]) for k in stats)  # recomputed

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import epochs_of, tlplug, wait_for_epochs
+from helpers import epochs_of, final_model, tlplug, wait_for_epochs
 from tlplug import Engine, hookimpl
 from tlplug.rundir.checkpoint import read_resume
 
@@ -34,11 +34,6 @@ RUN_RECIPE = dict(
     plots=False,  # the tests compare the final states of finished runs
     probe="epochs",  # every stage takes steps, as the step-by-step comparisons need
 )
-
-
-def final_model(run_dir: Path) -> dict[str, torch.Tensor]:
-    state = read_resume(run_dir / "resume.safetensors")
-    return {k: v for k, v in state.tensors.items() if k[:6] == "model."}
 
 
 def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
