@@ -91,7 +91,6 @@ def rank_backbones(
         console.say(f"rank: {candidate.label}")
         rows.append(_score(host, chosen, candidate, splits, device, out))
     rows.sort(key=lambda row: row["logme"], reverse=True)
-    out.mkdir(parents=True, exist_ok=True)
     rundir.write_json(out / RANK_JSON, {"data": splits.info, "backbones": rows})
     from tlplug.plotting import draw_rank, save_png
 
@@ -109,7 +108,8 @@ def _score(
     pipeline = build_pipeline(parts["augmentations"], backbone.data_config, size)
     numerics = numerics_for(recipe, model, device, size, pipeline.normalize)
     loaders = make_loaders(splits, pipeline, recipe, device, recipe.batch_size)
-    spill = out / ".{}.features"
+    spill = out / ".{}.features"  # where a cache too large for memory goes
+    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     train = extract(model.backbone, loaders.plain, device, spill, numerics, "train")
     seconds = time.perf_counter() - started
