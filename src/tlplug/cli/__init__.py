@@ -42,7 +42,8 @@ PARALLEL_COMMANDS = ("run", "resume")
 
 
 def _main(args: list[str]) -> None:
-    if os.environ.get("RANK", "0") != "0" and not set(args[:1]) & set(PARALLEL_COMMANDS):
+    command = args[0] if args else ""
+    if os.environ.get("RANK", "0") != "0" and command not in PARALLEL_COMMANDS:
         return
     try:
         cli.main(
