@@ -76,7 +76,7 @@ def setting_option(name: str) -> click.Option:
     elif typing.get_origin(expected) is typing.Literal:
         extra = {"type": click.Choice([str(a) for a in args])}
     elif meta.get("path"):
-        extra = {"type": click.Path(path_type=Path)}
+        extra = {"type": click.Path(path_type=Path), "metavar": meta.get("metavar")}
     elif typing.get_origin(expected) is tuple:
         extra = {"metavar": meta.get("metavar")}
     elif any(typing.get_origin(a) is typing.Literal for a in args):
