@@ -10,7 +10,7 @@ the default recipe, alone and with ``--teacher`` (default distillation loss, the
 accuracy (means over the seeds, and the worst seed), and seconds.
 
     python bench/distil.py [--tasks digits,texture] [--epochs 10] [--seeds 0,1,2]
-        [--kd temperature=4,weight=0.9]
+        [--kd temperature=4,weight=0.9] [--plot docs/images/distillation.png]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from quality import SOURCE_IMAGES, TASK_SIZES, pretrained_weights
 from quality_tasks import TASKS, Sizes, build_source, cached_tree
 
 from tlplug import Engine
+from tlplug.plotting import new_figure, save_png
 
 SIZE = 64
 TEACHER = "timm:resnet18"
@@ -80,10 +81,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--kd", action="append", default=[], help="more --distill-loss-opt sets")
+    parser.add_argument("--plot", type=Path, help="draw best and final accuracy to this PNG")
     parser.add_argument(
         "--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "tlplug-bench-quality"
     )
     args = parser.parse_args()
+    tables = {}
     cache, seeds = args.cache_dir, [int(s) for s in args.seeds.split(",")]
     cache.mkdir(parents=True, exist_ok=True)
     teacher_start = pretrained_weights(cache, "full", "20x64")
@@ -114,6 +117,7 @@ def main() -> None:
                             distill_loss_opts=options,
                         )
                     )
+        tables[task.name] = rows
         print(f"{task.name}: {task.what}; {STUDENT} student, {TEACHER} teacher, {SIZE} px")
         print(f"  {'':<36} {'best':>7} {'final':>7} {'worst final':>12} {'seconds':>8}")
         for label, runs in rows.items():
@@ -122,6 +126,28 @@ def main() -> None:
             worst = min(r[1] for r in runs)
             seconds = sum(r[2] for r in runs)
             print(f"  {label:<36} {best:7.4f} {final:7.4f} {worst:12.4f} {seconds:8.1f}")
+    if args.plot:
+        draw(tables, args.plot)
+
+
+def draw(tables: dict[str, dict[str, list[tuple[float, float, float]]]], path: Path) -> None:
+    """Bars of the mean best and final accuracy of every row of every task, with the
+    seeds' final accuracies as dots."""
+    figure = new_figure(5 * len(tables), 3.6, 110)
+    axes = figure.subplots(1, len(tables), squeeze=False)[0]
+    for ax, (task, rows) in zip(axes, tables.items(), strict=True):
+        for index, runs in enumerate(rows.values()):
+            best = statistics.mean(r[0] for r in runs)
+            final = statistics.mean(r[1] for r in runs)
+            ax.bar(index - 0.2, best, 0.4, color="#9ecae1", label="best" if not index else None)
+            ax.bar(index + 0.2, final, 0.4, color="#3182bd", label="final" if not index else None)
+            ax.plot([index + 0.2] * len(runs), [r[1] for r in runs], "k.", markersize=4)
+        ax.set_xticks(range(len(rows)), [label.replace(" (", "\n(") for label in rows], fontsize=7)
+        ax.set_ylim(max(0.0, min(min(r[1] for r in v) for v in rows.values()) - 0.1), 1.0)
+        ax.set_title(f"{task}: validation accuracy", fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
+    save_png(figure, path)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

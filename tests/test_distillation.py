@@ -123,6 +123,7 @@ def test_every_step_gets_the_teachers_logits_cached_and_live(teacher_run, image_
         assert distance.max() < 1e-3 * reference.abs().max()
     config = json.loads((tmp_path / "student" / "config.json").read_text())
     assert config["resolved"]["teacher"]["run"] == str(teacher_run.resolve())
+    assert config["recipe"]["teacher"] == str(teacher_run.resolve())  # resumable anywhere
     assert config["resolved"]["distill_loss"]["name"] == "recording"
 
 
