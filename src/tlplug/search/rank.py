@@ -178,9 +178,12 @@ def _score(
         with torch.no_grad():
             predicted = head(tensors["val"].float()).argmax(1)
         val_acc = (predicted == tensors["val_labels"]).float().mean().item()
+    weights = record["weights"]  # as computed; a cached file's copy is named as given now
+    if candidate.weights:
+        weights = f"file {Path(candidate.weights).resolve()}"
     return {
         "backbone": candidate.label,
-        "weights": record["weights"],
+        "weights": weights,
         "logme": logme(train, labels),
         "probe_held_out_acc": probe.held_out_acc,
         "probe_val_acc": val_acc,
