@@ -115,10 +115,12 @@ def kind_options(kind: Kind) -> list[click.Option]:
 
 
 def recipe_options(kinds: Iterable[Kind], settings: Iterable[str]) -> Callable:
-    """A decorator adding the options of ``kinds`` and of the general ``settings``."""
+    """A decorator adding the options of ``kinds`` and of the general ``settings``; a flag
+    the command declares itself (below this decorator) stays the command's."""
 
     def add(command: Callable) -> Callable:
-        params = [o for kind in kinds for o in kind_options(kind)]
+        own = {flag for p in getattr(command, "__click_params__", []) for flag in p.opts}
+        params = [o for kind in kinds for o in kind_options(kind) if not own & set(o.opts)]
         params += [setting_option(name) for name in settings]
         command.__click_params__ = [*getattr(command, "__click_params__", []), *params[::-1]]
         return command
