@@ -31,7 +31,8 @@ from tlplug.train.norm_stats import estimate_batchnorm
 def prepare(plugins: PluginHost, recipe: Recipe) -> tuple[Parts, Recipe]:
     """Resolve every name of ``recipe`` to a strategy and check every option, before any
     data is read; return the parts and the recipe with the options as resolved (defaults
-    included) and the teacher's path made absolute, which config.json records. ``--schedule auto`` leaves the schedule open."""
+    included) and the teacher's path made absolute, which config.json records.
+    ``--schedule auto`` leaves the schedule open."""
     auto = recipe.schedule == AUTO
     if auto and recipe.schedule_opts:
         raise OptionError("--schedule auto searches the schedules; drop --schedule-opt")
