@@ -56,6 +56,7 @@ def test_a_plugin_reads_the_run_through_its_accessors(image_folder, tmp_path):
             "adapters",
             "augmentations",
             "backbones",
+            "distillation-losses",
             "heads",
             "loggers",
             "lr-schedules",
