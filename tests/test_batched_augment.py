@@ -82,6 +82,16 @@ def test_batched_output_is_the_per_image_output_for_the_same_item_seeds():
         assert (got - expected).abs().mean(dim=(1, 2, 3)).max() < 4.0
 
 
+def test_an_image_comes_out_the_same_whatever_shares_its_batch():
+    _, _, batched = pipelines(**{"color-jitter": {"hue": 0.1}})
+    images = Images([smooth(90, 60, seed) for seed in range(3)] + [smooth(60, 90, 3)])
+    dataset = TransformedImages(images, batched.training_base, batched.train)
+    together, _ = collate([dataset[(index, 7 + index)] for index in range(4)])
+    for index in range(4):
+        alone, _ = collate([dataset[(index, 7 + index)]])
+        assert torch.allclose(alone.augmented()[0], together.augmented()[index], atol=1e-5)
+
+
 def test_batched_draws_keep_the_per_image_distributions():
     _, _, batched = pipelines(crop={"scale": [0.2, 0.9], "ratio": [0.5, 2.0]})
     image = torch.zeros(3, 36, 54, dtype=torch.uint8)

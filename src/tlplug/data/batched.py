@@ -199,7 +199,12 @@ class ColorJitter:
             for change, kernel in enumerate(_CHANGES):
                 if not asked[change]:
                     continue
-                chosen = (order[:, turn] == change).nonzero().squeeze(1)
+                mask = order[:, turn] == change
+                if images.is_cuda:  # the whole batch, masked: no wait for the GPU
+                    factor = factors[:, change].view(-1, 1, 1, 1)
+                    images = torch.where(mask.view(-1, 1, 1, 1), kernel(images, factor), images)
+                    continue
+                chosen = mask.nonzero().squeeze(1)  # on a CPU, only the images it changes
                 if len(chosen):
                     factor = factors[chosen, change].view(-1, 1, 1, 1)
                     images[chosen] = kernel(images[chosen], factor)
