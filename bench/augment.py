@@ -5,7 +5,7 @@ torchvision per-image pipeline (RandomResizedCrop, RandomHorizontalFlip, ColorJi
 uint8 tensors) measured in the same run. The images are decoded already (decode-once), so
 this is augmentation alone: crop from the whole image, flip, colour jitter, normalization.
 
-    python bench/augment.py [--images 512] [--sizes 64 160] [--batch-size 64]
+    python bench/augment.py [--images 256] [--sizes 64 160] [--batch-size 64] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -34,14 +34,17 @@ def stored_images(count: int, base) -> list[torch.Tensor]:
     return [torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)] * count
 
 
-def rate(batches, count: int) -> float:
-    """Images/s of consuming ``batches()`` (a function making an iterable), best of two."""
-    best = 0.0
-    for _ in range(2):
-        start = time.perf_counter()
-        for _ in batches():
-            pass
-        best = max(best, count / (time.perf_counter() - start))
+def best_rates(makers: dict, count: int, rounds: int) -> dict[str, float]:
+    """Images/s of consuming each of ``makers`` (functions making an iterable of batches),
+    the best of ``rounds`` rounds that take them in turn (so each sees the machine's
+    load alike)."""
+    best = dict.fromkeys(makers, 0.0)
+    for _ in range(rounds):
+        for name, batches in makers.items():
+            start = time.perf_counter()
+            for _ in batches():
+                pass
+            best[name] = max(best[name], count / (time.perf_counter() - start))
     return best
 
 
@@ -77,10 +80,11 @@ def plain_batches(images, size: int, batch_size: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 160])
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--rounds", type=int, default=5, help="best of this many")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     chosen = resolve(PluginHost(), Recipe(augment=AUGMENT))["augmentations"]
@@ -91,12 +95,15 @@ def main() -> None:
     for size in args.sizes:
         one, many = (build_pipeline(chosen, DataConfig(), size, b) for b in (False, True))
         images = stored_images(args.images, one.training_base)
-        plain = rate(functools.partial(plain_batches, images, size, args.batch_size), len(images))
+        makers = {
+            "plain": functools.partial(plain_batches, images, size, args.batch_size),
+            "per-image": functools.partial(tlplug_batches, images, one, args.batch_size),
+            "batched": functools.partial(tlplug_batches, images, many, args.batch_size),
+        }
+        rates = best_rates(makers, len(images), args.rounds)
+        plain = rates.pop("plain")
         print(f"  {size} px: plain torchvision per-image {plain:7.0f} img/s")
-        for name, pipeline in (("per-image", one), ("batched", many)):
-            made = rate(
-                functools.partial(tlplug_batches, images, pipeline, args.batch_size), len(images)
-            )
+        for name, made in rates.items():
             print(f"    tlplug {name:<10} {made:7.0f} img/s  {made / plain:4.2f}x")
 
 
