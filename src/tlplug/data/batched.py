@@ -78,13 +78,11 @@ class BatchedAugment:
     slot: tuple[int, int] | None = None  # (rows, columns) stored images are padded to
 
     def __call__(self, image: torch.Tensor) -> Drawn:
-        draws: list[float] = []
-        if self.crop is not None:
-            draws += self.crop.draw(image)
-            image = self._stored(image)
+        draws = self.crop.draw(image) if self.crop is not None else []
         for op in self.ops:
             draws += op.draw(image)
-        return Drawn(image, torch.tensor(draws, dtype=torch.float32), self)
+        stored = self._stored(image) if self.crop is not None else image
+        return Drawn(stored, torch.tensor(draws, dtype=torch.float32), self)
 
     def _stored(self, image: torch.Tensor) -> torch.Tensor:
         """``image`` with its long side across (transposed if upright), padded to the slot."""
@@ -114,7 +112,7 @@ class BatchedAugment:
     @property
     def names(self) -> tuple[str, ...]:
         """What runs batched, in order."""
-        crop = ("crop",) if self.crop is not None else ()
+        crop = (self.crop.name,) if self.crop is not None else ()
         return crop + tuple(op.name for op in self.ops)
 
 
