@@ -105,18 +105,21 @@ def test_each_process_gets_its_share_of_the_same_global_batches():
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("schedule", "probe"),
+    ("schedule", "probe", "taught"),
     [
-        ("full", "converge"),
-        ("gradual", "converge"),
-        ("freeze-unfreeze", "converge"),
-        ("linear-probe", "converge"),
-        ("linear-probe", "epochs"),  # the head steps on cached features, each process its share
-        ("lp-ft", "converge"),
-        ("bitfit", "converge"),
+        ("full", "converge", False),
+        ("gradual", "converge", False),
+        ("freeze-unfreeze", "converge", False),
+        ("linear-probe", "converge", False),
+        ("linear-probe", "epochs", False),  # the head steps on cached features, each its share
+        ("lp-ft", "converge", False),
+        ("bitfit", "converge", False),
+        ("freeze-unfreeze", "converge", True),  # teacher logits cached in parts, then live
     ],
 )
-def test_two_processes_train_as_one(schedule, probe, image_folder, source_weights, tmp_path):
+def test_two_processes_train_as_one(
+    schedule, probe, taught, image_folder, source_weights, tmp_path
+):
     args = run_args(
         image_folder,
         source_weights,
@@ -128,6 +131,7 @@ def test_two_processes_train_as_one(schedule, probe, image_folder, source_weight
         "3",
         "--keep-state",
         *SAME,
+        *(["--teacher", source_weights.parent] if taught else []),
     )
     tlplug_cli(*args, "--out", tmp_path / "one")
     tlplug_cli(*args, "--out", tmp_path / "two", processes=2)

@@ -36,6 +36,7 @@ EXPECTED = {
     "data-source",
     "adapter",
     "regularizer",
+    "distillation-loss",
     "lifecycle",
     "testing",
     "exporter",
@@ -301,6 +302,29 @@ def test_regularizer_example(image_folder, tmp_path):
     with torch.no_grad():
         model.backbone.weight.add_(1.0)
     assert term(batch).item() == pytest.approx(4.0)  # alpha / 2 * four squared ones
+
+
+def test_distillation_loss_example(image_folder, tmp_path):
+    """The example's loss is called at every step of a student of a finished run, with the
+    teacher's logits, and is the cross-entropy on the teacher's top class."""
+    module = load("distillation-loss")
+    fit(module, image_folder, tmp_path / "teacher")
+    seen = []
+    module.hard_teacher = recording(module.hard_teacher, seen, lambda *args: args)
+    _, config = fit(
+        module,
+        image_folder,
+        tmp_path / "student",
+        schedule="full",
+        teacher=str(tmp_path / "teacher"),
+        distill_loss="hard-teacher",
+    )
+    assert config["resolved"]["distill_loss"]["name"] == "hard-teacher"
+    assert len(seen) == 4  # once per training step
+    logits, teacher_logits, hard = seen[0]
+    loss = module.hard_teacher.__wrapped__(weight=1.0)(logits, teacher_logits, hard)
+    expected = torch.nn.functional.cross_entropy(logits, teacher_logits.argmax(1))
+    assert loss.item() == pytest.approx(expected.item())
 
 
 def test_lifecycle_example(image_folder, tmp_path):

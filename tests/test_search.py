@@ -226,6 +226,58 @@ def test_search_trains_the_winner_on_the_real_split(image_folder, tmp_path, caps
     assert not list(tmp_path.rglob("*.safetensors"))[1:]  # only the winner's weights
 
 
+@pytest.mark.slow  # a rank of two backbones, then a search and a run
+def test_search_over_several_backbones_ranks_them_first(image_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, printed, err = tlplug(
+        capsys,
+        "search",
+        "--data",
+        image_folder,
+        "--out",
+        out,
+        "--backbone",
+        "timm:resnet10t",
+        "--backbone",
+        "timm:mobilenetv3_small_050",
+        "--cache-dir",
+        tmp_path / "features",
+        *[
+            "--budget",
+            "2x",
+            "--folds",
+            "1",
+            "--schedules",
+            "full,linear-probe",
+            "--epochs",
+            "1",
+            "--no-plots",
+        ],
+        *[
+            "--no-pretrained",
+            "--img-size",
+            "32",
+            "--batch-size",
+            "8",
+            "--workers",
+            "0",
+            "--probe",
+            "epochs",
+        ],
+    )
+    assert code == 0, err
+    ranked = json.loads((out / "search" / "rank.json").read_text())["backbones"]
+    assert {r["backbone"] for r in ranked} == {"timm:resnet10t", "timm:mobilenetv3_small_050"}
+    config = json.loads((out / "config.json").read_text())
+    ranking = config["search"]["ranking"]
+    assert ranking["kept"] == ranked[0]["backbone"] == config["recipe"]["backbone"]
+    assert [r["backbone"] for r in ranking["backbones"]] == [r["backbone"] for r in ranked]
+    assert "ranking rung (LogME):" in printed and f"kept: {ranked[0]['backbone']}" in printed
+    assert len(json.loads((out / "leaderboard.json").read_text())) == 2
+    assert (out / "search" / "rank.png").is_file() and (out / "model.safetensors").is_file()
+    assert len(list((tmp_path / "features").glob("*.safetensors"))) == 2
+
+
 @pytest.mark.slow
 def test_a_time_budget_times_a_candidate_first_and_keeps_its_result(image_folder, tmp_path, capsys):
     engine = Engine.from_plugins(entrypoints=False, **{**TINY, "epochs": 1, "schedule": "auto"})

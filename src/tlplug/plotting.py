@@ -291,8 +291,18 @@ def draw_rank(rows: Sequence[Record]) -> Figure:
     ax = fig.subplots()
     speeds, scores = [r["images_per_s"] for r in rows], [r["logme"] for r in rows]
     ax.scatter(speeds, scores, color="#1b9e77")
+    middle = math.sqrt(min(speeds) * max(speeds))  # names of the faster half go leftwards
     for row, x, y in zip(rows, speeds, scores, strict=True):
-        ax.annotate(row["backbone"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        right = x > middle
+        ax.annotate(
+            row["backbone"],
+            (x, y),
+            textcoords="offset points",
+            xytext=(-4 if right else 4, 4),
+            ha="right" if right else "left",
+            fontsize=8,
+        )
+    ax.margins(x=0.1, y=0.1)
     ax.set(xscale="log", xlabel="images/s (feature extraction)", ylabel="LogME (higher: better)")
     ax.set_title("Backbones: transferability against speed")
     return fig

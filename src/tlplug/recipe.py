@@ -56,6 +56,13 @@ class Settings:
         "whose names and shapes match; the rest of the backbone stays as built.",
         shown="",
     )
+    teacher: str | None = setting(
+        None,
+        "A finished run whose model teaches this one (distillation): the student learns "
+        "from its outputs on the same images as well as from the labels (--distill-loss).",
+        path=True,
+        metavar="RUN",
+    )
     label_smoothing: float = setting(0.0, "Label smoothing of the cross-entropy loss.")
     balance: Balance = setting(
         "off",
@@ -278,6 +285,8 @@ def check_settings(settings: Settings) -> None:
         raise OptionError(f"{flag('workers')} must be >= 0, got {settings.workers}")
     if settings.weights is not None and "\x00" in settings.weights:
         raise OptionError(f"{flag('weights')} contains a NUL byte; give the path of a weights file")
+    if settings.teacher is not None and "\x00" in settings.teacher:
+        raise OptionError(f"{flag('teacher')} contains a NUL byte; give a run directory")
     if not 0 <= settings.label_smoothing < 1:
         raise OptionError(
             f"{flag('label_smoothing')} must be in [0, 1), got {settings.label_smoothing}"

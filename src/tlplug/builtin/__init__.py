@@ -10,6 +10,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "lr-schedules": "tlplug.builtin.lr_schedules",
     "augmentations": "tlplug.builtin.augmentations",
     "data-sources": "tlplug.builtin.data_sources",
+    "distillation": "tlplug.builtin.distillation",
     "exporters": "tlplug.builtin.exporters",
     "console": "tlplug.builtin.console_report",
     "metrics": "tlplug.builtin.metrics_log",

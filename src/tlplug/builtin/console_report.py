@@ -37,6 +37,14 @@ def tlplug_run_start(run) -> None:
         f"schedule {recipe.schedule}: "
         + "; ".join(f"epoch {s.start + 1}: {s.name}" for s in run.plan)
     )
+    teacher = resolved.details.get("teacher")
+    if teacher:
+        loss = resolved.details["distill_loss"]
+        options = ", ".join(f"{k}={v}" for k, v in loss["options"].items())
+        say(
+            f"teacher: {teacher['run']} ({teacher['backbone']}, {teacher['params']:,} "
+            f"parameters, {teacher['img_size']}px); distillation loss {loss['name']} ({options})"
+        )
     say(f"run directory: {run.run_dir}")
     for line in resolved.details.get("warnings", []):
         say(f"warning: {line}")

@@ -1,4 +1,4 @@
-"""The ``tlplug`` command: run, resume, search, lr-find, predict, eval, export, shard,
+"""The ``tlplug`` command: run, resume, search, lr-find, predict, eval, explain, export, shard,
 plugins, list, groups, augment-preview, and the commands plugins add.
 
 Every error a user can cause ends as one line on stderr and a non-zero exit status;

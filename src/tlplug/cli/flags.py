@@ -76,7 +76,7 @@ def setting_option(name: str) -> click.Option:
     elif typing.get_origin(expected) is typing.Literal:
         extra = {"type": click.Choice([str(a) for a in args])}
     elif meta.get("path"):
-        extra = {"type": click.Path(path_type=Path)}
+        extra = {"type": click.Path(path_type=Path), "metavar": meta.get("metavar")}
     elif typing.get_origin(expected) is tuple:
         extra = {"metavar": meta.get("metavar")}
     elif any(typing.get_origin(a) is typing.Literal for a in args):
@@ -115,10 +115,12 @@ def kind_options(kind: Kind) -> list[click.Option]:
 
 
 def recipe_options(kinds: Iterable[Kind], settings: Iterable[str]) -> Callable:
-    """A decorator adding the options of ``kinds`` and of the general ``settings``."""
+    """A decorator adding the options of ``kinds`` and of the general ``settings``; a flag
+    the command declares itself (below this decorator) stays the command's."""
 
     def add(command: Callable) -> Callable:
-        params = [o for kind in kinds for o in kind_options(kind)]
+        own = {flag for p in getattr(command, "__click_params__", []) for flag in p.opts}
+        params = [o for kind in kinds for o in kind_options(kind) if not own & set(o.opts)]
         params += [setting_option(name) for name in settings]
         command.__click_params__ = [*getattr(command, "__click_params__", []), *params[::-1]]
         return command

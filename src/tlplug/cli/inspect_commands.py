@@ -101,21 +101,17 @@ def list_(kind, pattern) -> None:
             if options:
                 click.echo(f"{'':<16}   options: {options}")
         return
-    provider_pattern, sep, model_pattern = (pattern or "*").rpartition(":")
-    if not sep:
-        provider_pattern, model_pattern = "*", pattern or "*"
-    shown = 0
-    for strategy in registry.strategies(provider_pattern or "*"):
-        provider = strategy.factory
-        models = provider.list_models(model_pattern)
-        if models and strategy.options:
+    from tlplug.plugins.resolve import matching_backbones
+
+    shown = None
+    for strategy, model in matching_backbones(registry, pattern):
+        if strategy is not shown and strategy.options:
             options = ", ".join(o.describe() for o in strategy.options.values())
             # stderr: stdout stays one model a line, for scripts
             click.echo(f"{strategy.name}: provider options (--backbone-opt): {options}", err=True)
-        for model in models:
-            click.echo(f"{strategy.name}:{model:<40} {provider.describe(model)}")
-            shown += 1
-    if not shown:
+        shown = strategy
+        click.echo(f"{strategy.name}:{model:<40} {strategy.factory.describe(model)}")
+    if shown is None:
         raise TlplugError(
             f"no backbone matches '{pattern}'; try a wider pattern such as 'timm:*net*'"
         )

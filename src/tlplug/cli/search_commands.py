@@ -13,11 +13,59 @@ import click
 from tlplug.cli.flags import data_and_config, recipe_and_data, recipe_from_cli, recipe_options
 from tlplug.cli.group import cli, current_host
 from tlplug.cli.run_commands import RUN_KINDS
+from tlplug.errors import OptionError
 from tlplug.plugins.kinds import KINDS
 from tlplug.recipe import Settings
+from tlplug.search.feature_store import ENV
+from tlplug.search.feature_store import cache_dir as cache_dir_of
 from tlplug.search.halving import BUDGET_HELP
 
 SEARCH_KINDS = [kind for kind in RUN_KINDS if kind.key != "schedules"]
+
+
+def candidate_options(command):
+    """``--backbone`` (repeatable, patterns, ``@WEIGHTS``), ``--top``, ``--top-by``,
+    ``--cache-dir`` and ``--no-cache``: which backbones a rank scores, and where their
+    features are kept."""
+    for option in reversed(
+        [
+            click.option(
+                "--backbone",
+                "backbones",
+                multiple=True,
+                metavar="NAME[@WEIGHTS]",
+                help="A backbone (repeatable), e.g. timm:resnet50; a shell-style pattern as "
+                "'tlplug list backbones' takes ('timm:*convnext*'); or one with a weights file "
+                "of its own: timm:resnet50@weights.safetensors.",
+            ),
+            click.option(
+                "--top",
+                type=int,
+                metavar="N",
+                help="Rank only the N smallest of the backbones named (see --top-by); "
+                "needed when a pattern matches many.",
+            ),
+            click.option(
+                "--top-by",
+                type=click.Choice(["params", "flops"]),
+                default="params",
+                show_default=True,
+                help="What --top measures: parameters, or the FLOPs of one image's forward "
+                "pass (the estimate of speed).",
+            ),
+            click.option(
+                "--cache-dir",
+                type=click.Path(path_type=Path),
+                help=f"Where backbone features are kept for the next rank. [default: "
+                f"${ENV}, else ~/.cache/tlplug/features]",
+            ),
+            click.option(
+                "--no-cache", is_flag=True, help="Compute every backbone's features; keep none."
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
 
 
 @cli.command()
@@ -54,6 +102,7 @@ SEARCH_KINDS = [kind for kind in RUN_KINDS if kind.key != "schedules"]
     help="Each rung keeps the best 1/ETA of its candidates for a rung about ETA times longer.",
 )
 @recipe_options(SEARCH_KINDS, [f.name for f in attrs.fields(Settings)])
+@candidate_options
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
@@ -63,9 +112,26 @@ SEARCH_KINDS = [kind for kind in RUN_KINDS if kind.key != "schedules"]
 @click.option("--overwrite", is_flag=True, help="Replace the run in a non-empty --out.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing while searching and training.")
 def search(
-    data, config_file, budget, folds, schedules, eta, out, overwrite, quiet, **options
+    data,
+    config_file,
+    budget,
+    folds,
+    schedules,
+    eta,
+    backbones,
+    top,
+    top_by,
+    cache_dir,
+    no_cache,
+    out,
+    overwrite,
+    quiet,
+    **options,
 ) -> None:
     """Search freeze schedules, learning rates and LR decay, then train the winner.
+
+    With several --backbone (or a pattern), they are ranked first as 'tlplug rank' ranks
+    them (LogME on one forward pass each), and the best one is searched.
 
     Candidates train on the training images with a fifth of them held out to score them
     (the validation images never choose; on few images, once per fold of a 5-fold
@@ -74,10 +140,12 @@ def search(
     the budget allows. The winner then trains on DATA as 'tlplug run' would. Writes
     leaderboard.json and leaderboard.csv into the run directory; its config.json repeats
     the winner."""
-    from tlplug.engine import Engine
-    from tlplug.search.driver import search_and_fit
+    from tlplug.console import Console
     from tlplug.search.halving import parse_budget
     from tlplug.search.holdout import choose_folds
+    from tlplug.search.rank import Candidate
+    from tlplug.search.ranking_rung import rank_and_search
+    from tlplug.search.shortlist import shortlist
 
     parse_budget(budget)  # a bad budget or --folds fails before plugins or data load
     choose_folds(folds, 0)
@@ -85,13 +153,16 @@ def search(
     recipe, data = recipe_and_data(
         options, host, data, config_file, ignore=("schedule", "schedule_opts")
     )
-    engine = Engine(host, host.recipe_type.from_kwargs(**recipe, schedule="auto"))
+    recipe = host.recipe_type.from_kwargs(**recipe, schedule="auto")
+    candidates = shortlist(host, list(backbones), recipe, Console(quiet), top, top_by)
     names = [n.strip() for n in schedules.split(",") if n.strip()] if schedules else None
     command = click.get_current_context().find_root().obj["command"]
-    search_and_fit(
+    rank_and_search(
         host,
-        engine.recipe,
+        recipe,
         data,
+        candidates or [Candidate(recipe.backbone)],
+        cache=None if no_cache else cache_dir_of(cache_dir),
         budget=budget,
         folds=folds,
         eta=eta,
@@ -108,15 +179,7 @@ search.kinds_of = "run"  # a plugin's kind of strategy adds its options here as 
 
 @cli.command()
 @click.option("--data", help="Data, as for 'tlplug run'. [default: the synthetic set]")
-@click.option(
-    "--backbone",
-    "backbones",
-    multiple=True,
-    required=True,
-    metavar="NAME[@WEIGHTS]",
-    help="A backbone to rank (repeatable), e.g. timm:resnet50, or with a weights file of "
-    "its own: timm:resnet50@weights.safetensors.",
-)
+@candidate_options
 @recipe_options(
     [KINDS["data-sources"]],
     ["pretrained", "val_split", "img_size", "batch_size", "device", "precision", "workers", "seed"],
@@ -126,25 +189,25 @@ search.kinds_of = "run"  # a plugin's kind of strategy adds its options here as 
     type=click.Path(path_type=Path),
     help="Folder for rank.json and rank.png. [default: runs/<time>-rank]",
 )
-def rank(data, backbones, out, **options) -> None:
-    """Rank backbones for DATA without fine-tuning: one forward pass per image each, then
-    LogME (a transferability score, no training), the converged linear probe's accuracy
-    (held-out fifth of the training images, and the validation images), parameters and
-    images/s. Sorted by LogME; a higher LogME predicts a better fine-tune."""
+def rank(data, backbones, top, top_by, cache_dir, no_cache, out, **options) -> None:
+    """Rank backbones for DATA without fine-tuning: one forward pass per image each (or
+    their features kept from an earlier rank), then LogME (a transferability score, no
+    training), the converged linear probe's accuracy (held-out fifth of the training
+    images, and the validation images), parameters and images/s. Sorted by LogME; a
+    higher LogME predicts a better fine-tune."""
     from tlplug.console import Console
-    from tlplug.search.rank import Candidate, rank_backbones
+    from tlplug.search.rank import rank_backbones, rank_table
+    from tlplug.search.shortlist import shortlist
 
+    if not backbones:
+        raise OptionError("give at least one --backbone to rank")
     host = current_host()
     recipe = host.recipe_type.from_kwargs(**recipe_from_cli(options, [KINDS["data-sources"]]))
-    candidates = [Candidate.parse(text) for text in backbones]
+    console = Console()
+    candidates = shortlist(host, list(backbones), recipe, console, top, top_by)
     out = out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-rank"
-    rows = rank_backbones(host, data, candidates, recipe, out, Console())
-    width = max(len("backbone"), *(len(r["backbone"]) for r in rows))
-    click.echo(f"{'backbone':<{width}}  LogME    probe held-out  probe val  params      img/s")
-    for r in rows:
-        val = f"{r['probe_val_acc']:.4f}" if r["probe_val_acc"] is not None else "-"
-        click.echo(
-            f"{r['backbone']:<{width}}  {r['logme']:<7.4f}  {r['probe_held_out_acc']:<14.4f}  "
-            f"{val:<9}  {r['params']:<10,}  {r['images_per_s']:.0f}"
-        )
+    cache = None if no_cache else cache_dir_of(cache_dir)
+    rows = rank_backbones(host, data, candidates, recipe, out, console, cache)
+    for line in rank_table(rows):
+        click.echo(line)
     click.echo(f"wrote {out / 'rank.json'}, {out / 'rank.png'}")

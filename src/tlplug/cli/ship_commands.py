@@ -1,4 +1,4 @@
-"""Commands that use a finished run: ``predict``, ``eval``, ``export``."""
+"""Commands that use a finished run: ``predict``, ``eval``, ``explain``, ``export``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from tlplug.plugins.options import parse_assignments
 
 EXPORTERS = KINDS["exporters"]
 SKIPS_SHOWN = 10  # unreadable files named on stderr one by one; more are counted
+WORST_MAPS = "pip install 'tlplug[explain]' adds each mistake's Grad-CAM map to the worst images"
 TTA_HELP = "Average the softmax over flipped and cropped views of each image (7 passes)."
 
 
@@ -121,6 +122,7 @@ def eval_command(run_dir, data, as_json, tta, batch_size, out, device, calibrate
     only its own."""
     from tlplug.compute.device import pick_device
     from tlplug.ship.evaluate import evaluate_run
+    from tlplug.ship.explain import available as explain_available
 
     if device is not None:
         pick_device(device)
@@ -136,6 +138,8 @@ def eval_command(run_dir, data, as_json, tta, batch_size, out, device, calibrate
     )
     if report.train_overlap:
         click.echo(f"warning: {overlap_line(report)}", err=True)
+    if "worst_images" in report.files and not explain_available():
+        click.echo(f"note: {WORST_MAPS}", err=True)
     click.echo(json.dumps(report.to_json(), indent=2) if as_json else eval_table(report))
 
 
@@ -182,6 +186,41 @@ def eval_table(report) -> str:
     if report.files:
         lines.append("wrote " + ", ".join(report.files.values()))
     return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Folder for the overlay PNGs and explain.json.",
+)
+@click.option(
+    "--class",
+    "classes",
+    multiple=True,
+    metavar="NAME",
+    help="Also explain this class (repeatable); the predicted class is always explained.",
+)
+@click.option("--device", default="cpu", show_default=True, help="auto, cpu or cuda.")
+def explain(run_dir, images, out, classes, device) -> None:
+    """Show where in each image the best model of a run found its evidence.
+
+    For each image (IMAGES are files or folders) writes to --out a Grad-CAM map of the
+    predicted class (and of each --class) over the image as the model saw it, and
+    explain.json: per image the predicted class, its probability and the files. Needs
+    the explain extra: pip install 'tlplug[explain]'."""
+    from tlplug.compute.device import pick_device
+    from tlplug.ship.explain import explain_run
+
+    pick_device(device)
+    results = explain_run(run_dir, images, out, classes, plugins=current_host(), device=device)
+    for r in results:
+        files = ", ".join(Path(m["file"]).name for m in r.maps.values())
+        click.echo(f"{r.source}: {r.predicted} {r.prob:.3f} -> {files}")
+    click.echo(f"wrote the maps of {len(results)} image(s) and {out / 'explain.json'}")
 
 
 @cli.command()

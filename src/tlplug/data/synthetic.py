@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import attrs
@@ -90,3 +91,39 @@ def draw(pattern: str, rng: random.Random) -> Image.Image:
             r = k * period / 2
             canvas.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill if k % 2 else gap)
     return image
+
+
+MARKED_CLASSES = ("mark", "plain")
+
+
+def draw_marked(marked: bool, rng: random.Random, size: int = 64) -> Image.Image:
+    """An image of the marked-corner set: a noisy background with squares of random dark
+    and mid colours anywhere and, when ``marked``, a white square inside the top-left
+    quarter. The white square is the only difference between the classes, so a model's
+    evidence for ``mark`` lies in that quarter (how attribution maps are checked)."""
+    background = np.array([rng.randrange(40, 200) for _ in range(3)], dtype=np.float32)
+    noise = np.random.default_rng(rng.randrange(2**32)).normal(0, 24, (size, size, 3))
+    image = Image.fromarray(np.clip(background + noise, 0, 255).astype(np.uint8))
+    canvas = ImageDraw.Draw(image)
+    side = size // 5
+    for _ in range(3):
+        x, y = rng.randrange(size - side), rng.randrange(size - side)
+        fill = tuple(rng.randrange(0, 170) for _ in range(3))
+        canvas.rectangle([x, y, x + side - 1, y + side - 1], fill=fill)
+    if marked:
+        x, y = rng.randrange(size // 2 - side), rng.randrange(size // 2 - side)
+        canvas.rectangle([x, y, x + side - 1, y + side - 1], fill=(255, 255, 255))
+    return image
+
+
+def write_marked(root: Path, train: int, val: int, seed: int = 0, size: int = 64) -> Path:
+    """Write the marked-corner set as ``root/{train,val}/{mark,plain}/*.png`` (``train``
+    and ``val`` images per class) and return ``root``."""
+    for split, count in (("train", train), ("val", val)):
+        for label in MARKED_CLASSES:
+            folder = root / split / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                rng = random.Random(f"{seed}/{split}/{label}/{i}")
+                draw_marked(label == "mark", rng, size).save(folder / f"{label}_{i}.png")
+    return root

@@ -10,7 +10,7 @@ called; none uses first-result.
 
 The hook API is versioned (:data:`HOOK_API`, MAJOR.MINOR): a minor version adds hooks or
 arguments, a major version changes or removes them. A plugin states what it needs with a
-``TLPLUG_HOOK_API = "1.3"`` attribute; a plugin that needs another major version, or a
+``TLPLUG_HOOK_API = "1.4"`` attribute; a plugin that needs another major version, or a
 newer minor one, is reported as incompatible and not loaded.
 """
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 hookspec = pluggy.HookspecMarker("tlplug")
 hookimpl = pluggy.HookimplMarker("tlplug")
 
-HOOK_API = "1.3"
+HOOK_API = "1.4"
 
 #: ``register(name, factory, description=None)``: what every registration hook receives.
 Register = Callable[..., Any]
@@ -175,6 +175,22 @@ def tlplug_register_regularizers(register: Register) -> None:
     head trains on cached features; a penalty that needs them sets ``needs_images = True``
     and the feature cache stays off. Keyword-only parameters are options
     (``--regularizer-opt NAME.KEY=VALUE``).
+    """
+
+
+@hookspec
+def tlplug_register_distillation_losses(register: Register) -> None:
+    """Register distillation losses (``--distill-loss``): how a student learns from the
+    outputs of a finished run's model (``--teacher RUN``); ``kd`` is built in.
+
+    ``register(name, factory)``: when a run has a teacher, the engine calls
+    ``factory(**options)`` once before training and expects a callable
+    ``loss(logits, teacher_logits, hard_loss)`` returning the scalar training loss of a
+    batch: ``logits`` are the student's, ``teacher_logits`` the teacher's on the same
+    (augmented) images, both ``(batch, num_classes)`` in float32, and ``hard_loss`` the
+    cross-entropy on the labels (with smoothing and class weights). Regularizers' penalties
+    are added to what it returns. Keyword-only parameters are options
+    (``--distill-loss-opt KEY=VALUE``).
     """
 
 

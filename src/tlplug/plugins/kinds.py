@@ -150,6 +150,15 @@ BUILTIN_KINDS: tuple[Kind, ...] = (
         help="Loss regularizer, repeatable (from a plugin, e.g. l2-sp).",
     ),
     Kind(
+        "distillation-losses",
+        "tlplug_register_distillation_losses",
+        "distillation loss",
+        "--distill-loss",
+        default="kd",
+        help="How the student learns from --teacher's outputs: kd (the teacher's softened "
+        "probabilities, blended with the labels' cross-entropy). Used only with --teacher.",
+    ),
+    Kind(
         "loggers",
         "tlplug_register_loggers",
         "logger",

@@ -22,7 +22,7 @@ from tlplug.model.transfer import TransferModel
 from tlplug.plugins.host import PluginHost
 from tlplug.plugins.kinds import Kind, split_backbone
 from tlplug.plugins.options import resolve_options, with_defaults
-from tlplug.plugins.registry import Strategy
+from tlplug.plugins.registry import Registry, Strategy
 from tlplug.recipe import Recipe
 from tlplug.rundir.weights import LoadReport, backbone_part, load_into, read_state_dict
 from tlplug.train.stages import Stage, check_plan
@@ -217,6 +217,35 @@ def load_data(plugins: PluginHost, data: str | os.PathLike | None, recipe: Recip
         "location": location,
     }
     return attrs.evolve(splits, info=info)
+
+
+WILDCARDS = "*?["  # shell-style pattern characters
+
+
+def matching_backbones(registry: Registry, pattern: str | None) -> list[tuple[Strategy, str]]:
+    """The backbones ``tlplug list backbones PATTERN`` shows, as (provider, model name)
+    pairs: ``PROVIDER:NAME`` matches providers by PROVIDER and their models by NAME, both
+    shell-style (a provider also matches when PROVIDER is part of its name); a pattern
+    without ``:`` matches NAME in every provider."""
+    provider_pattern, sep, model_pattern = (pattern or "*").rpartition(":")
+    if not sep:
+        provider_pattern, model_pattern = "*", pattern or "*"
+    return [
+        (strategy, model)
+        for strategy in registry.strategies(provider_pattern or "*")
+        for model in strategy.factory.list_models(model_pattern)
+    ]
+
+
+def expand_backbone(registry: Registry, spec: str) -> list[str]:
+    """``spec`` itself, or with wildcards in it, every ``PROVIDER:NAME`` it matches as
+    :func:`matching_backbones` matches them (an error when none does)."""
+    if not any(char in spec for char in WILDCARDS):
+        return [spec]
+    names = [f"{strategy.name}:{model}" for strategy, model in matching_backbones(registry, spec)]
+    if not names:
+        raise TlplugError(f"no backbone matches '{spec}'; try a wider pattern such as 'timm:*net*'")
+    return names
 
 
 def build_backbone(provider: Choice, recipe: Recipe) -> tuple[Backbone, LoadReport | None]:

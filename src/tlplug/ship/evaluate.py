@@ -12,8 +12,10 @@ that split is evaluated, else all its images (``DIR/<class>/``; ``DIR/train/`` [
 alone; a manifest without ``val`` rows). Files that do not open as images are left out.
 
 The report (:class:`EvalReport`) goes to ``out`` (default ``RUN/eval/``) as eval.json,
-confusion_matrix.png and worst_images.png (the most confident mistakes). Those three are
-the only files eval writes, and it replaces them only beside an eval.json of its own.
+confusion_matrix.png and worst_images.png (the most confident mistakes, each beside its
+Grad-CAM map for the class it was taken for when the ``explain`` extra is installed). Those
+three are the only files eval writes, and it replaces them only beside an eval.json of its
+own.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from tlplug.plugins.host import PluginHost
 from tlplug.plugins.resolve import load_data
 from tlplug.rundir import layout as rundir
 from tlplug.rundir.config_record import SavedRun, read_saved_run
+from tlplug.ship import explain
 from tlplug.ship.calibration import (
     fit_temperature,
     measured,
@@ -215,8 +218,15 @@ def evaluate_run(
     if worst:
         tiles = [dataset.pixels(i) for i, *_ in worst]
         captions = [f"true {names[t]}\npred {names[p]} {c:.2f}" for _, t, p, c in worst]
-        shown = torch.stack([t[0] if t.ndim == 4 else t for t in tiles]).float() / 255
-        save_image(labelled_grid(shown, captions, min(4, len(captions))), out / WORST)
+        pixels = torch.stack([t[0] if t.ndim == 4 else t for t in tiles])
+        shown, columns = pixels.float() / 255, min(4, len(captions))
+        if explain.available():  # each mistake beside the map of the class it was taken for
+            heat = explain.Explainer(classifier).maps(pixels, [p for _, _, p, _ in worst])
+            shown = torch.stack([shown, explain.overlays(pixels, heat)], 1).flatten(0, 1)
+            maps = [f"Grad-CAM of\n{names[p]}" for _, _, p, _ in worst]
+            captions = [c for pair in zip(captions, maps, strict=True) for c in pair]
+            columns *= 2
+        save_image(labelled_grid(shown, captions, columns), out / WORST)
         files["worst_images"] = out / WORST
     report = attrs.evolve(report, files={k: str(v) for k, v in files.items()})
     rundir.write_json(out / REPORT, report.to_json())

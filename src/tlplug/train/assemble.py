@@ -33,6 +33,7 @@ from tlplug.train.loss import TrainingLoss, class_weights
 from tlplug.train.optimizer import build_optimizer, build_scheduler, lr_multipliers
 from tlplug.train.preflight import random_features, unreached_groups, upscaled
 from tlplug.train.step import fit_batch_size
+from tlplug.train.teacher import Distillation, load_teacher
 
 
 def assemble(
@@ -63,6 +64,7 @@ def assemble(
     batched, why = choose_batched(parts["augmentations"], recipe.augment_path, device.type)
     pipeline = build_pipeline(parts["augmentations"], config, img_size, batched)
     numerics = numerics_for(recipe, model, device, img_size, pipeline.normalize)
+    loss.distillation = _distillation(plugins, parts, recipe, device, splits, pipeline, numerics)
     batch_size = recipe.batch_size
     world.per_process(batch_size)  # the global batch must split over the processes
     if recipe.auto_batch_size:
@@ -96,6 +98,7 @@ def assemble(
             "batch_per_process": batch_size // world.size,
             "device": str(device),
             "augmentation": pipeline.describe(why),
+            "teacher": loss.distillation.record if loss.distillation else None,
             "warnings": [
                 line
                 for line in (
@@ -154,3 +157,23 @@ def _loss(parts: Parts, model: TransferModel, splits, recipe: Recipe) -> Trainin
     if recipe.balance == "loss":
         weights = class_weights(splits.train.labels, len(splits.classes))
     return TrainingLoss(len(splits.classes), recipe.label_smoothing, weights, penalties)
+
+
+def _distillation(
+    plugins: PluginHost,
+    parts: Parts,
+    recipe: Recipe,
+    device,
+    splits,
+    pipeline,
+    numerics,
+) -> Distillation | None:
+    """The teacher named by ``--teacher`` and the chosen distillation loss; None without a
+    teacher."""
+    if recipe.teacher is None:
+        return None
+    teacher, record = load_teacher(
+        recipe.teacher, plugins, device, splits.classes, pipeline.normalize, numerics.dtype
+    )
+    choice = parts["distillation-losses"]
+    return Distillation(teacher, choice.strategy.factory(**choice.options), record)

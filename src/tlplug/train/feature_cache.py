@@ -7,7 +7,8 @@ the stage, batch for batch as the loader would have served them (the same sample
 the order). With random augmentation, K augmented views are cached, view k drawn with
 exactly the item seeds epoch k of the stage would use; epochs after the K-th cycle through
 them. A cache larger than :data:`MEMORY_LIMIT` lives in a file in the run directory,
-removed with the cache.
+removed with the cache. When the run distils a teacher, the teacher's logits on the same
+images are cached beside the features.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ class Features:
     ``(N,)`` of every image of a dataset; or ``views`` augmented draws of them,
     ``(views, N, D)``, the draw ``k`` made with the item seeds of epoch
     ``first_epoch + k``; or every outcome of the augmentations, view ``k`` with probability
-    ``weights[k]`` (None: the views are equally likely)."""
+    ``weights[k]`` (None: the views are equally likely). ``taught``: a teacher's logits on
+    the same images, ``(N, C)`` or ``(views, N, C)``, or None."""
 
     def __init__(
         self,
@@ -43,25 +45,35 @@ class Features:
         views: int = 1,
         first_epoch: int = 0,
         weights: torch.Tensor | None = None,
+        taught: torch.Tensor | None = None,
     ):
         self.values, self.labels, self.file = values, labels, file
         self.views, self.first_epoch, self.weights = views, first_epoch, weights
+        self.taught = taught
 
     def view(self, epoch: int) -> torch.Tensor:
         """The features an epoch trains on: with several views ``(K, N, ...)``, the view
         drawn with the item seeds of ``epoch`` (views cycle after the K epochs from
         :attr:`first_epoch`); else all of them."""
+        return self._of_epoch(self.values, epoch)
+
+    def teacher_view(self, epoch: int) -> torch.Tensor | None:
+        """The teacher's logits on the images of :meth:`view` (None without a teacher)."""
+        return None if self.taught is None else self._of_epoch(self.taught, epoch)
+
+    def _of_epoch(self, values: torch.Tensor, epoch: int) -> torch.Tensor:
         if self.views == 1:
-            return self.values
-        return self.values[(epoch - self.first_epoch) % self.views]
+            return values
+        return values[(epoch - self.first_epoch) % self.views]
 
     def batches(self, batch_sampler) -> CachedBatches:
-        """The ``(features, labels)`` batches ``batch_sampler`` picks, as a sized iterable."""
+        """The ``(features, labels)`` batches ``batch_sampler`` picks, as a sized iterable;
+        ``(features, labels, teacher_logits)`` when a teacher's logits are cached."""
         return CachedBatches(self, batch_sampler)
 
     def release(self) -> None:
         """Drop the features and remove their file, if any."""
-        self.values = self.labels = None
+        self.values = self.labels = self.taught = None
         if self.file is not None:
             self.file.unlink(missing_ok=True)
 
@@ -75,13 +87,15 @@ class CachedBatches:
     def __len__(self) -> int:
         return len(self.batch_sampler)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         sampler = self.batch_sampler.sampler  # an EpochSampler
         order, values = sampler.own_indices(), self.features.view(sampler.epoch)
+        taught = self.features.teacher_view(sampler.epoch)
         size = self.batch_sampler.batch_size
         for start in range(0, len(self) * size, size):
             index = order[start : start + size]
-            yield values[index], self.features.labels[index]
+            batch = values[index], self.features.labels[index]
+            yield batch if taught is None else (*batch, taught[index])
 
 
 @torch.inference_mode()
@@ -97,6 +111,7 @@ def extract(
     views: int = 1,
     choose_view: Callable[[int], None] | None = None,
     world: World = SOLO,
+    teacher: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Features:
     """Run ``backbone`` in eval mode over ``loader`` (in dataset order), in the run's
     precision, and keep the features in it (fp32 or bf16). ``spill`` names the file a large
@@ -106,36 +121,46 @@ def extract(
     many times, ``choose_view(k)`` first (it sets which augmented draw the loader gives),
     and the values are ``(views, N, ...)``. With several processes (``world``), each
     computes a contiguous part of every pass and the parts are shared, so every process
-    ends with the whole cache."""
+    ends with the whole cache. With a ``teacher``, its logits on the same images are kept
+    too (:attr:`Features.taught`)."""
     kept = numerics.dtype or torch.float32
     run = forward or (lambda images: backbone(images).to(kept))
     was_training = backbone.training
     backbone.eval()
     size = len(loader.dataset)
     sharded = world.parallel and size >= world.size  # each process computes its part
-    values = labels = file = None
+    values = labels = file = taught = None
     try:
         for view in range(views):
             if choose_view is not None:
                 choose_view(view)
             part, start = (shard_of(loader, world)[:2]) if sharded else (loader, 0)
             for images, targets in progress(part, len(part)) if progress else part:
+                images = numerics.inputs(images, device)
                 with numerics.autocast(device):
-                    out = run(numerics.inputs(images, device)).cpu()
+                    out = run(images).cpu()
                 if values is None:
                     shape = (size, *out.shape[1:]) if views == 1 else (views, size, *out.shape[1:])
                     values, file = _allocate(shape, out.dtype, Path(str(spill).format(name)))
                     labels = torch.empty(size, dtype=torch.long)
                 (values if views == 1 else values[view])[start : start + len(out)] = out
+                if teacher is not None:
+                    logits = teacher(images).cpu()
+                    if taught is None:
+                        rows = (size,) if views == 1 else (views, size)
+                        taught = torch.empty((*rows, logits.shape[1]), dtype=logits.dtype)
+                    (taught if views == 1 else taught[view])[start : start + len(out)] = logits
                 labels[start : start + len(out)] = torch.as_tensor(targets)
                 start += len(out)
             if sharded:
                 world.share_rows(values if views == 1 else values[view], world.bounds(size))
+                if taught is not None:
+                    world.share_rows(taught if views == 1 else taught[view], world.bounds(size))
         if sharded:
             world.share_rows(labels, world.bounds(size))
     finally:
         backbone.train(was_training)
-    return Features(values, labels, file, views)
+    return Features(values, labels, file, views, taught=taught)
 
 
 def _allocate(

@@ -124,12 +124,14 @@ def choose_source(run: Run, stage: Stage) -> tuple[Source, PrefixCut | None]:
 
 def _converges(run: Run) -> bool:
     """True when a head-only stage of ``run`` is fit to convergence rather than by epochs
-    (if its features fit in memory): a linear head, ``--probe converge`` and no penalty
-    that must be added to every step of the head's training."""
+    (if its features fit in memory): a linear head, ``--probe converge``, no penalty
+    that must be added to every step of the head's training and no teacher (the probe
+    fits the labels alone)."""
     return (
         run.recipe.probe == "converge"
         and linear_layer(run.model.head) is not None
         and all(_keeps_probe(penalty) for _, penalty in _penalties(run))
+        and run.loss.distillation is None
     )
 
 
@@ -218,7 +220,8 @@ def _fill(
     cut: PrefixCut | None,
 ) -> Features:
     """One pass of the cache: ``loader``'s images (``views`` of each) through the backbone,
-    or through the frozen prefix up to ``cut``."""
+    or through the frozen prefix up to ``cut``; the training images through the teacher
+    too, when the run distils one."""
     forward = (lambda images: prefix_output(run.model, cut, images)) if cut else None
     spill = run.scratch_dir / ".{}.features"
     label = f"caching {name} {'features' if cut is None else 'prefix outputs'}"
@@ -235,6 +238,7 @@ def _fill(
         views=max(1, views),
         choose_view=_chooser(loader, run.epoch),
         world=run.world,
+        teacher=run.loss.taught if name == "train" and run.loss.distillation else None,
     )
     made.first_epoch, made.weights = run.epoch, weights
     return made

@@ -31,12 +31,15 @@ from tlplug.train.norm_stats import estimate_batchnorm
 def prepare(plugins: PluginHost, recipe: Recipe) -> tuple[Parts, Recipe]:
     """Resolve every name of ``recipe`` to a strategy and check every option, before any
     data is read; return the parts and the recipe with the options as resolved (defaults
-    included), which config.json records. ``--schedule auto`` leaves the schedule open."""
+    included) and the teacher's path made absolute, which config.json records.
+    ``--schedule auto`` leaves the schedule open."""
     auto = recipe.schedule == AUTO
     if auto and recipe.schedule_opts:
         raise OptionError("--schedule auto searches the schedules; drop --schedule-opt")
     parts = resolve(plugins, attrs.evolve(recipe, schedule=None) if auto else recipe)
     resolved = resolved_recipe(recipe, parts, plugins.kinds)
+    if resolved.teacher is not None:  # resumed or searched from any working directory
+        resolved = attrs.evolve(resolved, teacher=str(Path(resolved.teacher).resolve()))
     build_pipeline(parts["augmentations"], DataConfig(), recipe.img_size or 32)  # checks options
     return parts, resolved
 

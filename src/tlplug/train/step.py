@@ -126,17 +126,22 @@ def train_epoch(
     total_loss, correct, seen, pending = 0.0, 0, 0, 0
     start = time.perf_counter()
     batches = console.progress(loader, len(loader), f"epoch {epoch} train")
-    for step, (images, labels) in enumerate(batches, start=1):
+    for step, (images, labels, *taught) in enumerate(batches, start=1):
         images = numerics.inputs(images, device)
         labels = labels.to(device, non_blocking=True)
         targets = loss.targets(labels)
         if batch_augment is not None and not cached:
             images, targets = batch_augment(images, targets)
         try:
+            # a cache's batches bring the teacher's logits; live images meet the teacher here
+            if taught:
+                teacher_logits = taught[0].to(device, non_blocking=True)
+            else:
+                teacher_logits = None if cached or inputs.replay else loss.taught(images)
             with numerics.autocast(device):
                 features, logits = forward(images)
             shown = None if cached or inputs.replay else images
-            value_t = loss(Batch(shown, features, logits, targets))
+            value_t = loss(Batch(shown, features, logits, targets, teacher_logits))
             value = value_t.item()
             finite = math.isfinite(value)
             if world.parallel:  # every process skips the batch or none, and all stop together
