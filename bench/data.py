@@ -74,7 +74,7 @@ def tlplug_rate(data: str, args, workers: int, decoded: bool, scratch: Path) -> 
     splits = load_data(host, data, recipe)
     pipeline = build_pipeline(resolve(host, recipe)["augmentations"], DataConfig(), args.img_size)
     loaders = make_loaders(splits, pipeline, recipe, torch.device("cpu"), args.batch_size)
-    caches = keep_decoded(loaders.all(), args.img_size, scratch) if decoded else []
+    caches = keep_decoded(loaders.all(), scratch) if decoded else []
     try:
         rate = 0.0
         for epoch in range(2 if decoded else 1):

@@ -3,10 +3,12 @@
 Writes a folder of JPEGs (``--images`` training images at 256 px, an eighth as many for
 validation), then, one after the other in this process, on the same data and weights:
 
-- full fine-tune: the plain loop (ImageFolder, PIL, a DataLoader with workers and pinned
-  memory, bf16 autocast, channels-last, SGD) and tlplug ``--schedule full --precision
-  bf16``; images/s over the epochs after the first (tlplug decodes each image once, in the
-  first epoch, and feeds the GPU uint8 pixels);
+- full fine-tune with a random resized crop and a flip: the plain loop (ImageFolder, PIL,
+  torchvision's per-image RandomResizedCrop and RandomHorizontalFlip, a DataLoader with
+  workers and pinned memory, bf16 autocast, channels-last, SGD) and tlplug ``--schedule
+  full --precision bf16 --augment crop --augment flip``; images/s over the epochs after the
+  first (tlplug decodes each image once, in the first epoch, feeds the GPU uint8 pixels
+  and crops and flips them there, batched: ``--augment-path auto``);
 - feature extraction: the plain loop's backbone over the loader under inference mode, and
   tlplug's feature cache (a schedule that trains everything for an epoch, so images are
   decoded, then only the head: ``cache_images_per_s`` of the second epoch).
@@ -69,11 +71,21 @@ def write_folder(root: Path, train: int, size: int = 256) -> Path:
     return root
 
 
-def plain_loader(root: Path, batch_size: int, workers: int) -> torch.utils.data.DataLoader:
+def plain_loader(
+    root: Path, batch_size: int, workers: int, augment: bool = False
+) -> torch.utils.data.DataLoader:
+    """The plain loader: with ``augment`` a random resized crop and a flip per image, else
+    resize and center crop."""
+    if augment:
+        sized = [
+            transforms.RandomResizedCrop(224, scale=(0.35, 1.0)),
+            transforms.RandomHorizontalFlip(),
+        ]
+    else:
+        sized = [transforms.Resize(256), transforms.CenterCrop(224)]
     transform = transforms.Compose(
         [
-            transforms.Resize(256),
-            transforms.CenterCrop(224),
+            *sized,
             transforms.ToTensor(),
             transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
         ]
@@ -94,7 +106,7 @@ def plain_full(root: Path, args, device: torch.device) -> float:
     model = timm.create_model(args.model, num_classes=len(CLASSES)).to(device)
     model = model.to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    loader = plain_loader(root, args.batch_size, args.workers)
+    loader = plain_loader(root, args.batch_size, args.workers, augment=True)
     loss_fn = nn.CrossEntropyLoss()
     seen, seconds = 0, 0.0
     for epoch in range(args.epochs):
@@ -138,7 +150,9 @@ def plain_features(root: Path, args, device: torch.device) -> float:
     return rate
 
 
-def tlplug_records(root: Path, out: Path, args, schedule: str, epochs: int) -> list[dict]:
+def tlplug_records(
+    root: Path, out: Path, args, schedule: str, epochs: int, augment: tuple[str, ...] = ()
+) -> list[dict]:
     """Train with tlplug; return its metrics.jsonl records."""
     Engine.from_plugins(
         WarmThenProbe(),
@@ -149,7 +163,7 @@ def tlplug_records(root: Path, out: Path, args, schedule: str, epochs: int) -> l
         precision="bf16",
         batch_size=args.batch_size,
         img_size=224,
-        augment=(),
+        augment=augment,
         optimizer="sgd",
         lr=0.01,
         lr_schedule="constant",
@@ -188,7 +202,9 @@ def tlplug_parallel_records(root: Path, out: Path, args) -> list[dict]:
         "--img-size",
         "224",
         "--augment",
-        "none",
+        "crop",
+        "--augment",
+        "flip",
         "--optimizer",
         "sgd",
         "--lr",
@@ -228,7 +244,11 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
     with tempfile.TemporaryDirectory() as tmp:
         root = write_folder(Path(tmp) / "data", args.images)
-        trained = tlplug_records(root, Path(tmp) / "full", args, "full", args.epochs)
+        trained = tlplug_records(
+            root, Path(tmp) / "full", args, "full", args.epochs, augment=("crop", "flip")
+        )
+        config = json.loads((Path(tmp) / "full" / "config.json").read_text())
+        path = config["resolved"]["augmentation"]
         full = {"plain loop": plain_full(root, args, device), "tlplug": _mean_rate(trained)}
         probe = tlplug_records(root, Path(tmp) / "probe", args, "warm-then-probe", 2)
         features = {
@@ -239,6 +259,7 @@ def main() -> None:
             parallel = _mean_rate(tlplug_parallel_records(root, Path(tmp) / "ddp", args))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"{args.model} 224 px, bf16, channels-last, batch {args.batch_size}, {name}")
+    print(f"  tlplug's crop and flip: {path['path']} ({path['why']})")
     for what, rates, goal in (
         ("full fine-tune", full, 5000),
         ("feature extraction", features, 20000),

@@ -159,6 +159,33 @@ def test_two_processes_train_as_one(
 
 
 @pytest.mark.slow
+def test_batched_augmentation_trains_as_one_in_two_processes(
+    image_folder, source_weights, tmp_path
+):
+    augment = ["--augment", "crop", "--augment", "flip", "--augment", "color-jitter"]
+    args = run_args(
+        image_folder,
+        source_weights,
+        "--schedule",
+        "full",
+        "--epochs",
+        "2",
+        *augment,
+        "--augment-path",
+        "batched",
+        *SAME,
+    )
+    tlplug_cli(*args, "--out", tmp_path / "one")
+    tlplug_cli(*args, "--out", tmp_path / "two", processes=2)
+    one, two = records(tmp_path / "one"), records(tmp_path / "two")
+    for a, b in zip(one, two, strict=True):  # each image drew the same crop, flip and colours
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4, abs=1e-6)
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4, abs=1e-6)
+    config = json.loads((tmp_path / "two" / "config.json").read_text())["resolved"]
+    assert config["augmentation"]["path"] == "batched"
+
+
+@pytest.mark.slow
 def test_rank_zero_alone_prints_and_writes(image_folder, source_weights, tmp_path):
     args = run_args(
         image_folder,

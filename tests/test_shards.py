@@ -13,10 +13,14 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import torch
+from torch.utils.data import DataLoader
 
 from helpers import tlplug
-from tlplug.data.loaders import EpochSampler
+from tlplug.data.loaders import EpochSampler, TransformedImages
 from tlplug.data.shards import expand
+from tlplug.data.transforms import base_transform
+from tlplug.model.backbone import DataConfig
 from tlplug.plugins.host import PluginHost
 from tlplug.plugins.resolve import load_data
 from tlplug.recipe import Recipe
@@ -120,6 +124,21 @@ def test_two_processes_see_each_sample_once_an_epoch(shards):
         sampler.set_epoch(3)
         seen += [splits.train.members[index] for index, _ in sampler]
     assert len(seen) == len(set(seen)) == 36  # 3 global batches of 12, none twice
+
+
+def test_a_loader_with_two_workers_reads_every_sample_once_an_epoch(shards):
+    splits = load_data(PluginHost(), str(shards), Recipe())
+    dataset = TransformedImages(splits.train, base_transform(DataConfig(), 16), None)
+    alone = [dataset[index][0] for index in range(len(dataset))]  # read in this process
+    sampler = EpochSampler(len(dataset), seed=0, shuffle=True)
+    loader = DataLoader(dataset, batch_size=5, sampler=sampler, num_workers=2)
+    for epoch in (1, 2):
+        sampler.set_epoch(epoch)
+        order = [index for index, _ in sampler]
+        read = [image for images, _ in loader for image in images]
+        assert sorted(order) == list(range(len(dataset))) == list(range(36))
+        assert len(read) == len(order)
+        assert all(torch.equal(image, alone[at]) for image, at in zip(read, order, strict=True))
 
 
 @pytest.mark.slow

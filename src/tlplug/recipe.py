@@ -28,6 +28,7 @@ CacheMode = Literal["auto", "on", "off"]
 Balance = Literal["off", "sampler", "loss"]
 Precision = Literal["fp32", "bf16", "fp16", "auto"]
 Probe = Literal["converge", "epochs"]
+AugmentPath = Literal["auto", "batched", "per-image"]
 
 # Weight decay per optimizer when none is given: decoupled decay needs a larger value.
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adam": 0.0, "adamw": 0.01}
@@ -140,6 +141,13 @@ class Settings:
         "How a stage that trains only a linear head on cached features trains it: converge "
         "(L-BFGS to the optimum, L2 strength chosen on held-out training images) or epochs "
         "(the optimizer, epoch by epoch).",
+    )
+    augment_path: AugmentPath = setting(
+        "auto",
+        "Where the random image augmentations run: batched (each image's own draws, the "
+        "pixel work on the whole batch on the device), per-image (in the loader) or auto "
+        "(batched on a GPU when every chosen one has a batched form: crop, flip, "
+        "color-jitter).",
     )
     precision: Precision = setting(
         "auto", "Autocast precision; auto is bf16 where the CPU or GPU computes it natively."

@@ -46,7 +46,28 @@ def flip_outcomes(img_size: int, *, p: float = 0.5):
     return [(1 - p, None), (p, functional.horizontal_flip)]
 
 
-@augmentation(phase="pixels", order=20, outcomes=flip_outcomes)
+def flip_batched(transform):
+    """:func:`flip` on a whole batch, each image with its own draw."""
+    from tlplug.data.batched import Flip
+
+    return Flip(transform.p)
+
+
+def crop_batched(transform):
+    """:func:`crop` on a whole batch, each image with its own window."""
+    from tlplug.data.batched import ResizedCrop
+
+    return ResizedCrop(transform)
+
+
+def color_jitter_batched(transform):
+    """:func:`color_jitter` on a whole batch, each image with its own factors and order."""
+    from tlplug.data.batched import ColorJitter
+
+    return ColorJitter(transform)
+
+
+@augmentation(phase="pixels", order=20, outcomes=flip_outcomes, batched=flip_batched)
 def flip(img_size: int, *, p: float = 0.5):
     """Horizontal flip with probability ``p``."""
     _check(0 <= p <= 1, "flip", "p", f"must be in [0, 1], got {p}")
@@ -55,14 +76,15 @@ def flip(img_size: int, *, p: float = 0.5):
     return v2.RandomHorizontalFlip(p)
 
 
-@augmentation(phase="pixels", order=10)
+@augmentation(phase="pixels", order=10, batched=crop_batched, whole=True)
 def crop(
     img_size: int,
     *,
     scale: tuple[float, ...] = (0.35, 1.0),
     ratio: tuple[float, ...] = (3 / 4, 4 / 3),
 ):
-    """Random resized crop: a random area (``scale``) and aspect (``ratio``), resized back."""
+    """Random resized crop: a random area (``scale``) and aspect (``ratio``) of the whole
+    image, resized to the training size."""
     scale = _range("crop", "scale", scale, fraction=True)
     ratio = _range("crop", "ratio", ratio, fraction=False)
     from torchvision.transforms import v2
@@ -102,7 +124,7 @@ def autoaugment(img_size: int, *, policy: Literal["imagenet", "cifar10", "svhn"]
     return v2.AutoAugment(v2.AutoAugmentPolicy(policy))
 
 
-@augmentation(phase="pixels", order=30)
+@augmentation(phase="pixels", order=30, batched=color_jitter_batched)
 def color_jitter(
     img_size: int,
     *,

@@ -58,6 +58,9 @@ def tlplug_run_start(run) -> None:
             f"schedule and the LR schedule now span {last['to_epochs']} epochs; continuing "
             f"from {last['from']}"
         )
+    augmentation = resolved.details.get("augmentation")
+    if augmentation and (augmentation["batched"] or augmentation["per_image"]):
+        say(_augmentation_line(augmentation))
     decoded = resolved.decoded_images
     if decoded["kept"]:
         say(f"images are decoded once and kept ({decoded['bytes'] / 2**20:.0f} MiB)")
@@ -67,6 +70,17 @@ def tlplug_run_start(run) -> None:
             "GiB, more than a quarter of this machine's memory; images are decoded every "
             "epoch"
         )
+
+
+def _augmentation_line(record: dict) -> str:
+    """Where the image augmentations run, from config.json's record of it."""
+    parts = []
+    if record["batched"]:
+        parts.append(f"{', '.join(record['batched'])} batched on the device")
+    if record["per_image"]:
+        parts.append(f"{', '.join(record['per_image'])} per image in the loader")
+    whole = "; crops from the whole image" if record["whole_image"] else ""
+    return f"augmentation: {'; '.join(parts)} ({record['why']}){whole}"
 
 
 def _data_lines(run) -> list[str]:

@@ -47,10 +47,13 @@ class Numerics:
     channels_last: bool = False
     normalize: Callable[[torch.Tensor], torch.Tensor] | None = attrs.field(default=None, eq=False)
 
-    def inputs(self, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    def inputs(self, batch: Any, device: torch.device) -> torch.Tensor:
         """Move an input batch to ``device`` in the run's memory layout; normalize it there
-        if it holds uint8 pixels."""
+        if it holds uint8 pixels, augmenting them first if they come with each image's
+        draws (a :class:`~tlplug.data.batched.Drawn` batch)."""
         batch = batch.to(device, non_blocking=True)
+        if not isinstance(batch, torch.Tensor):  # stored pixels and their draws
+            batch = self.normalize(batch)
         if self.channels_last and batch.ndim == 4:
             batch = batch.contiguous(memory_format=torch.channels_last)
         if not batch.is_floating_point():

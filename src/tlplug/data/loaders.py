@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tlplug.compute.distributed import SOLO, World
 from tlplug.compute.seeding import epoch_seed
+from tlplug.data.batched import collate
 from tlplug.data.sources import DecodeError, ImageList, Splits
 from tlplug.errors import DataError
 
@@ -215,6 +216,7 @@ def view_loader(train: DataLoader) -> DataLoader:
         num_workers=train.num_workers,
         pin_memory=train.pin_memory,
         worker_init_fn=_seed_worker,
+        collate_fn=train.collate_fn,
     )
 
 
@@ -275,7 +277,8 @@ def make_loader(
     """A loader over ``dataset`` with an :class:`EpochSampler` (shuffled when training); a
     ragged last training batch is dropped. Call ``loader.sampler.set_epoch`` per epoch.
     With several processes (``world``), ``batch_size`` is the global batch and the loader
-    gives this process's share of each (:meth:`EpochSampler.shard`)."""
+    gives this process's share of each (:meth:`EpochSampler.shard`). Items whose images
+    are :class:`~tlplug.data.batched.Drawn` are batched as one (:func:`collate`)."""
     sampler = EpochSampler(len(dataset), seed, shuffle=train, weights=weights)
     if world.parallel:
         sampler.shard(world.rank, world.size, batch_size)
@@ -289,6 +292,7 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
         worker_init_fn=_seed_worker,
+        collate_fn=collate,
     )
 
 
@@ -326,9 +330,8 @@ def make_loaders(
     weights = balanced_weights(splits.train.labels) if recipe.balance == "sampler" else None
 
     def loader(images, transform=None, train=False):
-        dataset = TransformedImages(
-            images, pipeline.base, transform, random=train and pipeline.seeded
-        )
+        base = pipeline.training_base if train else pipeline.base
+        dataset = TransformedImages(images, base, transform, random=train and pipeline.seeded)
         return make_loader(
             dataset,
             batch_size,
@@ -360,6 +363,7 @@ def shard_of(loader: DataLoader, world: World) -> tuple[DataLoader, int, int]:
         num_workers=loader.num_workers,
         pin_memory=loader.pin_memory,
         worker_init_fn=_seed_worker,
+        collate_fn=loader.collate_fn,
     )
     return part, low, high
 

@@ -10,6 +10,13 @@ on`` caches when random ones are chosen. When every random image augmentation li
 few possible results (its ``outcomes`` mark), :attr:`Pipeline.outcomes` holds the
 deterministic pipeline of each combination of them, which a converged probe caches instead
 of drawn views.
+
+A random resized crop (an augmentation marked ``whole``) takes its window from the whole
+image: the training images then start from :class:`~tlplug.data.transforms.WholeImage`
+rather than the center square. When every image augmentation has a batched form (its
+``batched`` mark) the run may run them batched (:mod:`tlplug.data.batched`): the loader
+draws each image's parameters and the device does the pixel work for the whole batch;
+:func:`choose_batched` decides, and says why.
 """
 
 from __future__ import annotations
@@ -21,16 +28,27 @@ from typing import Any
 
 import attrs
 
+from tlplug.data.batched import BatchedAugment
 from tlplug.data.transforms import (
     BaseTransform,
     Normalize,
     OneOf,
+    WholeImage,
     base_transform,
     build_transforms,
     normalize,
+    whole_image,
 )
+from tlplug.errors import OptionError
 from tlplug.model.backbone import DataConfig
-from tlplug.plugins.marks import PHASES, is_random, phase_of, runs_always
+from tlplug.plugins.marks import (
+    PHASES,
+    batched_form,
+    is_random,
+    phase_of,
+    runs_always,
+    takes_whole,
+)
 
 
 @attrs.frozen(eq=False)
@@ -40,7 +58,7 @@ class Pipeline:
 
     base: BaseTransform  # decode, resize, center crop: uint8 (3, S, S)
     normalize: Normalize  # the backbone's mean and std, applied on the device
-    train: Callable | None  # the training augmentations on the base output; None: none
+    train: Callable | None  # the training augmentations on train_base's output; None: none
     steady: Callable | None  # only the deterministic ones: what a cached image gets
     batch: OneOf | None  # batch augmentations, on the device
     seeded: bool  # whether ``train`` draws at random, so every image needs a seed
@@ -49,11 +67,61 @@ class Pipeline:
     # (probability, deterministic training pipeline) for each combination of the random
     # image augmentations' outcomes; None when one of them does not list its outcomes
     outcomes: tuple[tuple[float, Callable | None], ...] | None = None
+    # what the training images start from: base, or the whole image for a whole-image crop
+    train_base: BaseTransform | WholeImage | None = None
+    batched: BatchedAugment | None = None  # ``train`` when the augmentations run batched
+
+    @property
+    def training_base(self) -> BaseTransform | WholeImage:
+        """What the training images start from."""
+        return self.train_base or self.base
+
+    def describe(self, why: str) -> dict[str, Any]:
+        """Where the image augmentations run, JSON-ready for config.json (``why``: the
+        reason :func:`choose_batched` gave)."""
+        images = self.names["pixels"] + self.names["tensor"]
+        batched = self.batched.names if self.batched is not None else ()
+        return {
+            "path": "batched" if self.batched is not None else "per-image",
+            "why": why,
+            "batched": list(batched),
+            "per_image": [n for n in images if n not in batched],
+            "whole_image": isinstance(self.training_base, WholeImage),
+        }
 
 
-def build_pipeline(augmentations: Sequence[Any], config: DataConfig, img_size: int) -> Pipeline:
+def choose_batched(augmentations: Sequence[Any], asked: str, device_type: str) -> tuple[bool, str]:
+    """Whether ``augmentations`` (resolved choices) run batched, and why, for
+    ``--augment-path`` ``asked`` on a device of ``device_type``. ``auto`` batches them on a
+    GPU when each image augmentation has a batched form; on a CPU the per-image path in
+    the loader is kept (it is faster there at the usual sizes: ``bench/augment.py``)."""
+    images = [c.strategy for c in augmentations if phase_of(c.strategy) != "batch"]
+    missing = [s.name for s in images if batched_form(s) is None]
+    if asked == "per-image":
+        return False, "asked"
+    if missing:
+        if asked == "batched":
+            raise OptionError(
+                f"--augment-path batched: {', '.join(missing)} has no batched form; drop it "
+                "or use --augment-path auto"
+            )
+        return False, f"no batched form: {', '.join(missing)}"
+    if asked == "batched":
+        return True, "asked"
+    if not any(is_random(s) for s in images):
+        return False, "no random image augmentation"
+    if device_type == "cuda":
+        return True, "GPU"
+    return False, "CPU (per-image is faster there)"
+
+
+def build_pipeline(
+    augmentations: Sequence[Any], config: DataConfig, img_size: int, batched: bool = False
+) -> Pipeline:
     """The pipeline of ``augmentations`` (resolved choices, in the order they run) for a
-    backbone with data config ``config`` at ``img_size``."""
+    backbone with data config ``config`` at ``img_size``; with ``batched``, its image
+    augmentations run batched (each must have a batched form: see
+    :func:`choose_batched`)."""
     made: dict[str, list[tuple[Any, Callable]]] = {phase: [] for phase in PHASES}
     drawn = []  # (choice, transform) of the random image augmentations
     for choice in augmentations:
@@ -62,6 +130,7 @@ def build_pipeline(augmentations: Sequence[Any], config: DataConfig, img_size: i
         made[phase].append((choice.strategy, transform))
         if phase != "batch" and is_random(choice.strategy):
             drawn.append((choice, transform))
+    whole = any(takes_whole(s) for s, _ in made["pixels"])
 
     def composed(keep: Callable[[Any], bool], swap: dict | None = None) -> Callable | None:
         swap = swap or {}
@@ -73,10 +142,11 @@ def build_pipeline(augmentations: Sequence[Any], config: DataConfig, img_size: i
 
     batch = made["batch"]
     images = made["pixels"] + made["tensor"]
+    device = _batched(made["pixels"], made["tensor"], img_size, config, whole) if batched else None
     return Pipeline(
         base=base_transform(config, img_size),
         normalize=normalize(config),
-        train=composed(lambda s: True),
+        train=device or composed(lambda s: True),
         steady=composed(lambda s: not is_random(s)),
         batch=OneOf(
             [t for s, t in batch if not runs_always(s)], [t for s, t in batch if runs_always(s)]
@@ -87,7 +157,27 @@ def build_pipeline(augmentations: Sequence[Any], config: DataConfig, img_size: i
         varying=tuple(s.name for s, _ in images if is_random(s)) + tuple(s.name for s, _ in batch),
         names={phase: tuple(s.name for s, _ in made[phase]) for phase in PHASES},
         outcomes=_outcomes(drawn, img_size, composed),
+        train_base=whole_image(config, img_size) if whole else None,
+        batched=device,
     )
+
+
+def _batched(
+    pixels: list, tensors: list, img_size: int, config: DataConfig, whole: bool
+) -> BatchedAugment:
+    """The batched form of the ``pixels`` augmentations ((strategy, transform) pairs)."""
+    lacking = [s.name for s, _ in tensors] + [s.name for s, _ in pixels if not batched_form(s)]
+    if lacking:
+        raise OptionError(f"{', '.join(lacking)} has no batched form; use --augment-path auto")
+    crop, ops = None, []
+    for strategy, transform in pixels:
+        made = batched_form(strategy)(transform)
+        if takes_whole(strategy):
+            crop = made
+        else:
+            ops.append(made)
+    slot = whole_image(config, img_size).slot[1:] if whole else None
+    return BatchedAugment(img_size, crop, tuple(ops), slot)
 
 
 def _outcomes(choices: Sequence[Any], img_size: int, composed: Callable):

@@ -114,7 +114,7 @@ def write_preview(
     del backbone
 
     pipeline = build_pipeline(engine.parts["augmentations"], config, img_size)
-    dataset = TransformedImages(splits.train, pipeline.base, pipeline.train)
+    dataset = TransformedImages(splits.train, pipeline.training_base, pipeline.train)
     weights = balanced_weights(splits.train.labels) if recipe.balance == "sampler" else None
     samples = [dataset[key] for key in first_keys(len(dataset), count, recipe.seed, weights)]
     images = pipeline.normalize(torch.stack([image for image, _ in samples]))  # as on the device

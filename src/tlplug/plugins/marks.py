@@ -22,6 +22,8 @@ def augmentation(
     random: bool = True,
     always: bool = False,
     outcomes: Any = None,
+    batched: Any = None,
+    whole: bool = False,
 ):
     """Mark an augmentation factory with where it acts and how.
 
@@ -35,13 +37,19 @@ def augmentation(
     image as it is or mirrored), a function taking the factory's arguments and returning
     ``[(probability, transform), ...]``, each transform deterministic (None: the image
     unchanged); a converged linear probe then caches every outcome once instead of drawing
-    views.
+    views. ``batched``: for a pixels-phase augmentation, a function taking the transform
+    the factory made and returning its batched form (see :mod:`tlplug.data.batched`: it
+    draws each image's parameters in the loader and does the pixel work on the whole batch
+    on the device); a run batches its augmentations when every image augmentation has one.
+    ``whole``: the augmentation takes the whole image (its short side resized, its aspect
+    kept: :class:`~tlplug.data.transforms.WholeImage`) rather than the center-cropped
+    square, and gives the ``(3, S, S)`` square itself (a random resized crop).
     """
 
     def mark(factory):
         factory.phase, factory.order = phase, order
         factory.random, factory.always = random, always
-        factory.outcomes = outcomes
+        factory.outcomes, factory.batched, factory.whole = outcomes, batched, whole
         return factory
 
     return mark
@@ -66,6 +74,16 @@ def rank(strategy: Any) -> tuple[int, float]:
 def is_random(strategy: Any) -> bool:
     """Whether the augmentation draws at random (unmarked ones are taken to)."""
     return bool(getattr(strategy.factory, "random", True))
+
+
+def batched_form(strategy: Any) -> Any:
+    """The function that makes the batched form of the augmentation ``strategy``, or None."""
+    return getattr(strategy.factory, "batched", None)
+
+
+def takes_whole(strategy: Any) -> bool:
+    """Whether the augmentation ``strategy`` takes the whole image, not the center square."""
+    return bool(getattr(strategy.factory, "whole", False))
 
 
 def runs_always(strategy: Any) -> bool:

@@ -18,7 +18,7 @@ from tlplug.compute.seeding import seed_everything
 from tlplug.console import Console
 from tlplug.data.decoded import decoding_plan
 from tlplug.data.loaders import make_loaders
-from tlplug.data.pipeline import build_pipeline, image_size
+from tlplug.data.pipeline import build_pipeline, choose_batched, image_size
 from tlplug.errors import OptionError
 from tlplug.model.adapters import Adapter, attach_adapter
 from tlplug.model.transfer import TransferModel
@@ -61,7 +61,8 @@ def assemble(
     plan, planned = make_plan(parts["schedules"], model.group_names(), recipe.epochs)
     model.to(device)
     loss = _loss(parts, model, splits, recipe)  # penalties see the starting weights
-    pipeline = build_pipeline(parts["augmentations"], config, img_size)
+    batched, why = choose_batched(parts["augmentations"], recipe.augment_path, device.type)
+    pipeline = build_pipeline(parts["augmentations"], config, img_size, batched)
     numerics = numerics_for(recipe, model, device, img_size, pipeline.normalize)
     loss.distillation = _distillation(plugins, parts, recipe, device, splits, pipeline, numerics)
     batch_size = recipe.batch_size
@@ -90,12 +91,13 @@ def assemble(
         batch_size=batch_size,
         steps_per_epoch=steps,
         lr_multipliers=multipliers,
-        decoded_images=decoding_plan(loaders.all(), img_size),
+        decoded_images=decoding_plan(loaders.all()),
         details={
             "workers": loaders.workers,
             "processes": world.size,
             "batch_per_process": batch_size // world.size,
             "device": str(device),
+            "augmentation": pipeline.describe(why),
             "teacher": loss.distillation.record if loss.distillation else None,
             "warnings": [
                 line

@@ -115,9 +115,7 @@ class Sitting:
             for loader in run.loaders.all():
                 loader.dataset.failures = failures
             if run.resolved.decoded_images["kept"]:
-                for cache in keep_decoded(
-                    run.loaders.all(), run.resolved.img_size, run.scratch_dir
-                ):
+                for cache in keep_decoded(run.loaders.all(), run.scratch_dir):
                     exits.callback(cache.remove)
             exits.enter_context(_written(self.writer))
             exits.enter_context(self._stage)

@@ -131,7 +131,12 @@ def estimate_statistics(
         return 0.0, 0
     train, world = run.loaders.train, run.world
     mine = batches[world.rank :: world.size]  # with several processes, each runs its part
-    loader = DataLoader(train.dataset, batch_sampler=mine, num_workers=train.num_workers)
+    loader = DataLoader(
+        train.dataset,
+        batch_sampler=mine,
+        num_workers=train.num_workers,
+        collate_fn=train.collate_fn,
+    )
     return _accumulate(run, layers, loader, run.model)
 
 
