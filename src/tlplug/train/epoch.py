@@ -136,6 +136,7 @@ def epoch_record(
         "bn_policy": run.recipe.bn_policy,
         "lr_scale": stage.lr_scale,
         "train_loss": train.loss,
+        **({"train_labels_loss": train.labels_loss} if train.labels_loss is not None else {}),
         "train_acc": train.acc,
         "val_loss": val.stats.loss if val else None,
         "val_acc": val.stats.acc if val else None,

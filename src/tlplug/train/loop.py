@@ -189,7 +189,9 @@ class Sitting:
                 f"{again}",
                 128 + self.stop.signum,
             )
-        why = self.guard.exploded(result.train.loss, len(run.classes))
+        train = result.train
+        loss = train.labels_loss if train.labels_loss is not None else train.loss
+        why = self.guard.exploded(loss, len(run.classes))
         if why is not None:
             return self._again(feed, why, skipped)
         self.guard.disarm()

@@ -45,6 +45,11 @@ class TrainingLoss:
 
     def __call__(self, batch: Batch) -> torch.Tensor:
         """The loss of ``batch``, in float32."""
+        return self.with_labels_part(batch)[0]
+
+    def with_labels_part(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss of ``batch`` and its labels' cross-entropy alone (the same number as
+        the loss but for a teacher's part and the penalties), both float32."""
         weight = None
         if self.class_weights is not None:
             weight = self.class_weights.to(batch.logits.device)
@@ -54,11 +59,12 @@ class TrainingLoss:
             weight=weight,
             label_smoothing=self.label_smoothing,
         )
+        labels = loss
         if self.distillation is not None and batch.teacher_logits is not None:
             loss = self.distillation.loss(batch.logits.float(), batch.teacher_logits, loss)
         for penalty in self.penalties:
             loss = loss + penalty(batch).float()
-        return loss
+        return loss, labels
 
     def taught(self, images: torch.Tensor) -> torch.Tensor | None:
         """The teacher's logits for a batch of normalized ``images``; None without one."""

@@ -1,10 +1,11 @@
 """The guard on a stage's first epoch: an exploding loss is rolled back and tried again.
 
 A stage whose first epoch ends with a loss that is not finite, or at many times the loss of
-the stage before (and above a uniform guess's), is put back to where it started (weights,
-optimizer, LR schedule, weight average, random state) and trained again with every learning
-rate cut to :data:`RETRY_LR` times what it was, for the rest of the run. That happens once a
-stage; an epoch that explodes again goes on (or, not finite, stops the run as before).
+the stage before (and above a uniform guess's; under distillation, the labels' part of both),
+is put back to where it started (weights, optimizer, LR schedule, weight average, random
+state) and trained again with every learning rate cut to :data:`RETRY_LR` times what it
+was, for the rest of the run. That happens once a stage; an epoch that explodes again goes
+on (or, not finite, stops the run as before).
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ class StageGuard:
         """Take the state a stage starts from (call as it starts)."""
         self.snapshot = Snapshot.take(run)
         last = run.history[-1] if run.history else None
-        self.before = last["train_loss"] if last and last["stage"] != run.stage else None
+        self.before = None
+        if last and last["stage"] != run.stage:
+            self.before = last.get("train_labels_loss", last["train_loss"])
 
     def disarm(self) -> None:
         """The stage's first epoch passed: nothing to roll back to any more."""
@@ -38,7 +41,9 @@ class StageGuard:
 
     def exploded(self, loss: float | None, classes: int) -> str | None:
         """Why a first epoch with training loss ``loss`` (None: not finite) exploded, or
-        None when it did not (or the guard is not armed)."""
+        None when it did not (or the guard is not armed). Under distillation both sides are
+        the labels' cross-entropy (``train_labels_loss``): a teacher's part of the loss is
+        on another scale than a stage fit by the probe on the labels alone."""
         if self.snapshot is None:
             return None
         if loss is None or not math.isfinite(loss):

@@ -34,7 +34,8 @@ class OutOfMemory(TlplugError):
 @attrs.frozen
 class EpochStats:
     """Mean loss, accuracy, images seen and wall time of one pass over a loader; ``complete``
-    is False when a stop request ended the pass early."""
+    is False when a stop request ended the pass early. ``labels_loss``: the labels'
+    cross-entropy alone, when a teacher's part of the loss makes it differ (distillation)."""
 
     loss: float
     acc: float
@@ -42,6 +43,7 @@ class EpochStats:
     seconds: float
     complete: bool = True
     norm_images: int = 0  # images the norm layers' statistics were recomputed from after it
+    labels_loss: float | None = None  # the labels' cross-entropy, when a teacher's part adds
 
 
 class StepForward(nn.Module):
@@ -123,7 +125,8 @@ def train_epoch(
     batch_augment = inputs.batch_augment
     nonfinite = nonfinite if nonfinite is not None else NonFinite()
     scaler = torch.amp.GradScaler(device.type, enabled=numerics.dtype == torch.float16)
-    total_loss, correct, seen, pending = 0.0, 0, 0, 0
+    total_loss, total_labels, correct, seen, pending = 0.0, 0.0, 0, 0, 0
+    taught_any = False
     start = time.perf_counter()
     batches = console.progress(loader, len(loader), f"epoch {epoch} train")
     for step, (images, labels, *taught) in enumerate(batches, start=1):
@@ -141,8 +144,11 @@ def train_epoch(
             with numerics.autocast(device):
                 features, logits = forward(images)
             shown = None if cached or inputs.replay else images
-            value_t = loss(Batch(shown, features, logits, targets, teacher_logits))
+            value_t, labels_t = loss.with_labels_part(
+                Batch(shown, features, logits, targets, teacher_logits)
+            )
             value = value_t.item()
+            taught_any = taught_any or teacher_logits is not None
             finite = math.isfinite(value)
             if world.parallel:  # every process skips the batch or none, and all stop together
                 stopping = bool(stop is not None and stop.requested)
@@ -170,13 +176,15 @@ def train_epoch(
             _skip_or_stop(value, epoch, step, nonfinite)
         else:
             total_loss += value * len(labels)
+            if teacher_logits is not None:
+                total_labels += labels_t.item() * len(labels)
             correct += (logits.argmax(1) == targets.argmax(1)).sum().item()
             seen += len(labels)
         if on_step is not None:
             on_step(Step(epoch, step, first_step + step - 1, len(labels), value, not finite))
         if stop is not None and stop.requested:
             break
-    total_loss, correct, seen = world.sum([total_loss, correct, seen])
+    total_loss, total_labels, correct, seen = world.sum([total_loss, total_labels, correct, seen])
     seen = int(seen)
     return EpochStats(
         total_loss / max(1, seen),
@@ -184,6 +192,7 @@ def train_epoch(
         seen,
         time.perf_counter() - start,
         complete=stop is None or not stop.requested,
+        labels_loss=total_labels / max(1, seen) if taught_any else None,
     )
 
 
