@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from quality import SOURCE_IMAGES, TASK_SIZES, pretrained_weights
-from quality_tasks import TASKS, Sizes, build_source, cached_tree
+from quality import TASK_SIZES, pretrained_weights
+from quality_tasks import TASKS, cached_tree
 
 from tlplug import Engine
 from tlplug.plotting import new_figure, save_png
@@ -30,27 +30,6 @@ from tlplug.plotting import new_figure, save_png
 SIZE = 64
 TEACHER = "timm:resnet18"
 STUDENT = "timm:mobilenetv3_small_050"
-
-
-def student_weights(cache: Path, epochs: int = 8) -> Path:
-    """Stand-in pretrained student weights: full training on the bench's source task."""
-    train, val = SOURCE_IMAGES["full"]
-    data = cached_tree(cache, "source", build_source, Sizes(train, val, few=0, size=SIZE))
-    out = cache / f"pretrain-{data.name}-e{epochs}-mobilenetv3_small_050"
-    if not (out / "model.safetensors").exists():
-        engine = Engine.from_plugins(
-            entrypoints=False,
-            backbone=STUDENT,
-            pretrained=False,
-            schedule="full",
-            epochs=epochs,
-            img_size=SIZE,
-            augment=(),
-            lr=2e-3,
-        )
-        result = engine.fit(data, out=out, overwrite=True, quiet=True)
-        print(f"student source weights: val acc {result.final_val_acc:.4f} -> {out}")
-    return out / "model.safetensors"
 
 
 def fine_tune(backbone: str, weights: Path, data: Path, out: Path, epochs: int, seed: int, **more):
@@ -90,7 +69,7 @@ def main() -> None:
     cache, seeds = args.cache_dir, [int(s) for s in args.seeds.split(",")]
     cache.mkdir(parents=True, exist_ok=True)
     teacher_start = pretrained_weights(cache, "full", "20x64")
-    student_start = student_weights(cache)
+    student_start = pretrained_weights(cache, "full", "8x64", STUDENT)
     variants = [("student + teacher (default kd)", {})]
     variants += [(f"student + teacher ({kd})", parse_options(kd)) for kd in args.kd]
     for task in (t for t in TASKS if t.name in args.tasks.split(",")):

@@ -60,19 +60,20 @@ QUICK_TASKS = "digits-fewshot,photo-id"  # one of each builder: --quick is a smo
 Phases = dict[int, Callable[[], torch.optim.Optimizer]]  # epoch -> optimizer built then
 
 
-def pretrained_weights(cache: Path, mode: str, source: str) -> Path:
-    """Stand-in pretrained resnet18 weights: full training with tlplug on the source task
-    (digits 0-4, patches of five grayscale photos) for the epochs and at the image size
-    ``source`` names ("EPOCHSxSIZE"), cached under ``cache``."""
+def pretrained_weights(cache: Path, mode: str, source: str, backbone: str = BACKBONE) -> Path:
+    """Stand-in pretrained weights of ``backbone`` (resnet18 unless named): full training
+    with tlplug on the source task (digits 0-4, patches of five grayscale photos) for the
+    epochs and at the image size ``source`` names ("EPOCHSxSIZE"), cached under ``cache``."""
     epochs, size = (int(part) for part in source.split("x"))
     train, val = SOURCE_IMAGES[mode]
     data = cached_tree(cache, "source", build_source, Sizes(train, val, few=0, size=size))
-    out = cache / f"pretrain-{data.name}-e{epochs}-lr0.002"
+    named = "" if backbone == BACKBONE else f"-{backbone.split(':')[-1]}"
+    out = cache / f"pretrain-{data.name}-e{epochs}-lr0.002{named}"
     if (out / "model.safetensors").exists():
         return out / "model.safetensors"
     engine = Engine.from_plugins(
         entrypoints=False,
-        backbone=BACKBONE,
+        backbone=backbone,
         pretrained=False,
         schedule="full",
         epochs=epochs,

@@ -31,7 +31,7 @@ from tlplug.search.lr_find import DEFAULT_LR
 from tlplug.train.ema import WeightAverage
 from tlplug.train.loss import TrainingLoss, class_weights
 from tlplug.train.optimizer import build_optimizer, build_scheduler, lr_multipliers
-from tlplug.train.preflight import idle_teacher, random_features, unreached_groups, upscaled
+from tlplug.train.preflight import random_features, unreached_groups, upscaled
 from tlplug.train.step import fit_batch_size
 from tlplug.train.teacher import Distillation, load_teacher
 
@@ -105,7 +105,6 @@ def assemble(
                     unreached_groups(plan, planned, model.group_names(), recipe.epochs),
                     random_features(plan, backbone.trained, model.group_names()[-1]),
                     upscaled(splits.train, img_size, splits.img_size, recipe.img_size),
-                    idle_teacher(plan, model.group_names()[-1], recipe.teacher, recipe.probe),
                 )
                 if line
             ],

@@ -124,13 +124,14 @@ def choose_source(run: Run, stage: Stage) -> tuple[Source, PrefixCut | None]:
 
 def _converges(run: Run) -> bool:
     """True when a head-only stage of ``run`` is fit to convergence rather than by epochs
-    (if its features fit in memory): a linear head, ``--probe converge`` and no penalty
-    that must be added to every step of the head's training. The probe fits the labels
-    alone: a teacher teaches the stages that train by steps."""
+    (if its features fit in memory): a linear head, ``--probe converge``, no penalty
+    that must be added to every step of the head's training and no teacher (the probe fits
+    the labels alone; a head trained by steps with the teacher did better on the bench)."""
     return (
         run.recipe.probe == "converge"
         and linear_layer(run.model.head) is not None
         and all(_keeps_probe(penalty) for _, penalty in _penalties(run))
+        and run.loss.distillation is None
     )
 
 
@@ -237,16 +238,10 @@ def _fill(
         views=max(1, views),
         choose_view=_chooser(loader, run.epoch),
         world=run.world,
-        teacher=run.loss.taught if name == "train" and _taught(run, cut) else None,
+        teacher=run.loss.taught if name == "train" and run.loss.distillation else None,
     )
     made.first_epoch, made.weights = run.epoch, weights
     return made
-
-
-def _taught(run: Run, cut: PrefixCut | None) -> bool:
-    """Whether a cache's training pass keeps the teacher's logits: the run distils and the
-    cached inputs feed steps (a prefix replay, or a head trained by epochs)."""
-    return run.loss.distillation is not None and (cut is not None or not _converges(run))
 
 
 def _passes(run: Run, source: Source) -> list[tuple[str, Any, int, torch.Tensor | None]]:

@@ -1,6 +1,5 @@
 """What a run says before it trains when the recipe will not do what it looks like: groups
-a schedule never reaches, a head trained on random features, images blown up many times, a
-teacher with nothing to teach."""
+a schedule never reaches, a head trained on random features, images blown up many times."""
 
 from __future__ import annotations
 
@@ -43,20 +42,6 @@ def random_features(plan: Sequence[Stage], trained: bool, head: str) -> str | No
         f"the backbone starts from random weights, and stage '{heads[0]}' trains only the "
         f"head on its random features; use pretrained weights ({flag('pretrained', True)}, "
         f"{flag('weights')}) or a schedule that trains the backbone ({flag('schedule', 'full')})"
-    )
-
-
-def idle_teacher(plan: Sequence[Stage], head: str, teacher: str | None, probe: str) -> str | None:
-    """A teacher whose run has no stage that trains by steps: every stage fits the head by
-    the converged probe, which learns the labels alone."""
-    if teacher is None or probe != "converge":
-        return None
-    if any(tuple(stage.trainable) != (head,) or stage.biases for stage in plan):
-        return None
-    return (
-        f"{flag('teacher')} teaches nothing here: every stage fits the head by the converged "
-        f"probe, on the labels alone; {flag('probe', 'epochs')} trains the head by steps, "
-        "with the teacher"
     )
 
 
