@@ -19,6 +19,7 @@ from tlplug.data.transforms import Normalize, base_transform, normalize
 from tlplug.model.backbone import DataConfig
 from tlplug.plugins.host import PluginHost
 from tlplug.ship.predict import load_classifier
+from tlplug.train.feature_cache import TaughtBatches
 from tlplug.train.teacher import load_teacher
 
 
@@ -203,3 +204,34 @@ def test_a_students_records_keep_the_labels_loss_beside_its_whole_loss(
     for record in result.history:
         assert record["train_labels_loss"] != pytest.approx(record["train_loss"])
     assert not any(record.get("rolled_back") for record in result.history)
+
+
+def test_without_augmentation_the_teacher_runs_once_over_the_images(
+    teacher_run, image_folder, tmp_path, monkeypatch
+):
+    """A full stage whose images are the same every epoch: the teacher's logits are
+    computed in one pass before the stage, and every step's are the teacher's on images of
+    its batch (two epochs, one teacher pass)."""
+    recording = Recording()
+    engine = Engine.from_plugins(
+        recording,
+        entrypoints=False,
+        **{**TINY, "augment": (), "schedule": "full", "precision": "fp32"},
+        teacher=str(teacher_run),
+        distill_loss="recording",
+    )
+    passes = []
+    original = TaughtBatches.__init__
+
+    def counting(self, loader, taught):
+        passes.append(len(taught.values))
+        original(self, loader, taught)
+
+    monkeypatch.setattr(TaughtBatches, "__init__", counting)
+    engine.fit(image_folder, out=tmp_path / "student", quiet=True)
+    assert passes == [36]  # one stage, one pass over the 36 training images
+    assert len(recording.teacher_logits) == 2 * (36 // TINY["batch_size"])
+    reference = teacher_on_training_images(teacher_run, image_folder, tmp_path / "student")
+    for batch in recording.teacher_logits:
+        distance = torch.cdist(batch, reference).min(dim=1).values
+        assert distance.max() < 1e-3 * reference.abs().max()

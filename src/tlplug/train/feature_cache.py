@@ -98,6 +98,26 @@ class CachedBatches:
             yield batch if taught is None else (*batch, taught[index])
 
 
+class TaughtBatches:
+    """A loader's batches with a teacher's logits on their images, ``(images, labels,
+    teacher_logits)``; the logits were computed once (``taught``, in dataset order) because
+    the loader's images are the same every epoch."""
+
+    def __init__(self, loader: DataLoader, taught: Features):
+        self.loader, self.taught = loader, taught
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        batch_sampler = self.loader.batch_sampler
+        order, size = batch_sampler.sampler.own_indices(), batch_sampler.batch_size
+        for start, (images, labels) in zip(
+            range(0, len(self) * size, size), self.loader, strict=True
+        ):
+            yield images, labels, self.taught.values[order[start : start + len(labels)]]
+
+
 @torch.inference_mode()
 def extract(
     backbone: nn.Module,

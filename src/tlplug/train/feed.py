@@ -25,7 +25,7 @@ from tlplug.data.loaders import OutcomeLoader, ViewSampler, outcome_loader, view
 from tlplug.model.transfer import HEAD_GROUP
 from tlplug.recipe import AUTO, DEFAULT_VIEWS
 from tlplug.run import Run, Source
-from tlplug.train.feature_cache import Features, extract
+from tlplug.train.feature_cache import Features, TaughtBatches, extract
 from tlplug.train.prefix_cache import PrefixCut, Replay, find_cut, prefix_output
 from tlplug.train.probe import MAX_ELEMENTS, fits, linear_layer
 from tlplug.train.stages import Stage
@@ -161,7 +161,13 @@ def feeding(run: Run, source: Source, cut: PrefixCut | None) -> Iterator[Feed]:
     loaders = run.loaders
     if not source.used:
         stepped = run.compiled or run.model
-        yield Feed(run.model, stepped, loaders.train, loaders.val, run.batch_augment)
+        taught = _taught_once(run)
+        train = loaders.train if taught is None else TaughtBatches(loaders.train, taught)
+        try:
+            yield Feed(run.model, stepped, train, loaders.val, run.batch_augment)
+        finally:
+            if taught is not None:
+                taught.release()
         return
     started = time.perf_counter()
     cache = []
@@ -242,6 +248,27 @@ def _fill(
     )
     made.first_epoch, made.weights = run.epoch, weights
     return made
+
+
+def _taught_once(run: Run) -> Features | None:
+    """The teacher's logits on every training image, computed now, when the run distils
+    and its training images are the same every epoch (no augmentation at all); else None.
+    The caller releases them."""
+    pipeline = run.pipeline
+    if run.loss.distillation is None or pipeline.train is not None or pipeline.varying:
+        return None
+    progress = functools.partial(run.console.progress, label="teacher on the training images")
+    return extract(
+        run.model.backbone,
+        run.loaders.plain,
+        run.device,
+        run.scratch_dir / ".{}.teacher",
+        run.numerics,
+        "train",
+        run.loss.taught,
+        progress,
+        world=run.world,
+    )
 
 
 def _passes(run: Run, source: Source) -> list[tuple[str, Any, int, torch.Tensor | None]]:
