@@ -64,6 +64,15 @@ def teacher_on_training_images(teacher_run: Path, folder: Path, student_run: Pat
     return teacher(student(torch.stack(images)))
 
 
+def assert_teachers_on_training_images(batches, teacher_run, folder, student_run) -> None:
+    """Every row of every batch of ``batches`` is the teacher's logits on one of the
+    training images (as the student saw them)."""
+    reference = teacher_on_training_images(teacher_run, folder, student_run)
+    for batch in batches:
+        distance = torch.cdist(batch, reference).min(dim=1).values
+        assert distance.max() < 1e-3 * reference.abs().max()
+
+
 def test_kd_loss_by_hand():
     logits, teacher = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([[0.5, 1.5, 0.0]])
     hard = torch.tensor(0.7)
@@ -118,10 +127,9 @@ def test_every_step_gets_the_teachers_logits_cached_and_live(teacher_run, image_
     assert result.history[0]["feature_cache"]  # the head stage trained on the cache
     steps = 2 * (36 // TINY["batch_size"])  # the loader drops a last partial batch
     assert len(recording.teacher_logits) == steps
-    reference = teacher_on_training_images(teacher_run, image_folder, tmp_path / "student")
-    for batch in recording.teacher_logits:
-        distance = torch.cdist(batch, reference).min(dim=1).values
-        assert distance.max() < 1e-3 * reference.abs().max()
+    assert_teachers_on_training_images(
+        recording.teacher_logits, teacher_run, image_folder, tmp_path / "student"
+    )
     config = json.loads((tmp_path / "student" / "config.json").read_text())
     assert config["resolved"]["teacher"]["run"] == str(teacher_run.resolve())
     assert config["recipe"]["teacher"] == str(teacher_run.resolve())  # resumable anywhere
@@ -231,7 +239,6 @@ def test_without_augmentation_the_teacher_runs_once_over_the_images(
     engine.fit(image_folder, out=tmp_path / "student", quiet=True)
     assert passes == [36]  # one stage, one pass over the 36 training images
     assert len(recording.teacher_logits) == 2 * (36 // TINY["batch_size"])
-    reference = teacher_on_training_images(teacher_run, image_folder, tmp_path / "student")
-    for batch in recording.teacher_logits:
-        distance = torch.cdist(batch, reference).min(dim=1).values
-        assert distance.max() < 1e-3 * reference.abs().max()
+    assert_teachers_on_training_images(
+        recording.teacher_logits, teacher_run, image_folder, tmp_path / "student"
+    )

@@ -88,14 +88,19 @@ class CachedBatches:
         return len(self.batch_sampler)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        sampler = self.batch_sampler.sampler  # an EpochSampler
-        order, values = sampler.own_indices(), self.features.view(sampler.epoch)
-        taught = self.features.teacher_view(sampler.epoch)
-        size = self.batch_sampler.batch_size
-        for start in range(0, len(self) * size, size):
-            index = order[start : start + size]
+        epoch = self.batch_sampler.sampler.epoch  # an EpochSampler
+        values, taught = self.features.view(epoch), self.features.teacher_view(epoch)
+        for index in batch_indices(self.batch_sampler):
             batch = values[index], self.features.labels[index]
             yield batch if taught is None else (*batch, taught[index])
+
+
+def batch_indices(batch_sampler) -> Iterator[torch.Tensor]:
+    """The dataset indices of each batch a loader's ``batch_sampler`` (over an
+    :class:`~tlplug.data.loaders.EpochSampler`) gives this process in the sampler's epoch."""
+    order, size = batch_sampler.sampler.own_indices(), batch_sampler.batch_size
+    for start in range(0, len(batch_sampler) * size, size):
+        yield order[start : start + size]
 
 
 class TaughtBatches:
@@ -110,12 +115,9 @@ class TaughtBatches:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        batch_sampler = self.loader.batch_sampler
-        order, size = batch_sampler.sampler.own_indices(), batch_sampler.batch_size
-        for start, (images, labels) in zip(
-            range(0, len(self) * size, size), self.loader, strict=True
-        ):
-            yield images, labels, self.taught.values[order[start : start + len(labels)]]
+        indices = batch_indices(self.loader.batch_sampler)
+        for index, (images, labels) in zip(indices, self.loader, strict=True):
+            yield images, labels, self.taught.values[index]
 
 
 @torch.inference_mode()

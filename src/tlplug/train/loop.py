@@ -32,7 +32,7 @@ from tlplug.train.freezing import apply_stage
 from tlplug.train.handover import hand_over
 from tlplug.train.interrupt import Interrupted, StopRequest
 from tlplug.train.optimizer import stage_lrs
-from tlplug.train.rollback import StageGuard
+from tlplug.train.rollback import StageGuard, compared_loss
 from tlplug.train.stages import stage_at
 from tlplug.train.step import Diverged, NonFinite, OutOfMemory
 
@@ -189,8 +189,7 @@ class Sitting:
                 f"{again}",
                 128 + self.stop.signum,
             )
-        train = result.train
-        loss = train.labels_loss if train.labels_loss is not None else train.loss
+        loss = compared_loss(result.train.loss, result.train.labels_loss)
         why = self.guard.exploded(loss, len(run.classes))
         if why is not None:
             return self._again(feed, why, skipped)

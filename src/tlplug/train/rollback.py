@@ -20,6 +20,12 @@ EXPLODED = 4.0  # a first epoch's loss this many times the stage before's has ex
 RETRY_LR = 0.1  # the factor on every learning rate after a rollback
 
 
+def compared_loss(loss: float, labels_loss: float | None) -> float:
+    """The loss of an epoch the guard compares: the labels' cross-entropy when a teacher's
+    part makes the whole loss differ (on another scale than a stage without it)."""
+    return loss if labels_loss is None else labels_loss
+
+
 class StageGuard:
     """Watches the first epoch of each stage of one sitting."""
 
@@ -33,7 +39,7 @@ class StageGuard:
         last = run.history[-1] if run.history else None
         self.before = None
         if last and last["stage"] != run.stage:
-            self.before = last.get("train_labels_loss", last["train_loss"])
+            self.before = compared_loss(last["train_loss"], last.get("train_labels_loss"))
 
     def disarm(self) -> None:
         """The stage's first epoch passed: nothing to roll back to any more."""
